@@ -1,0 +1,189 @@
+"""Settings: built-in defaults < the --config YAML file < command-line flags.
+
+The file is untrusted input and is checked with pydantic; everything past this module gets frozen
+dataclasses. Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
+
+from webhook.policy import (
+    CILIUM_TAINT_KEY,
+    DEFAULT_GATE_CONDITION,
+    DEFAULT_GATE_LABEL,
+    Exemption,
+    Mode,
+    PolicyConfig,
+    is_blanket_noexecute,
+)
+
+DEFAULT_CERTS_DIR = Path("certs")
+DEFAULT_PORT = 8443
+
+# Kubernetes "qualified name": an optional DNS-subdomain prefix and "/", then a name of at most 63 characters.
+_NAME = r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]"
+_PREFIX = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+_QUALIFIED_NAME = re.compile(rf"({_PREFIX}/)?{_NAME}")
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message is one line meant for the person who wrote it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    certs_dir: Path = DEFAULT_CERTS_DIR
+    # On an internal error: allow the request with a warning (like failurePolicy: Ignore) or refuse it.
+    allow_on_error: bool = True
+    config_file: Path | None = None
+
+
+def _is_qualified_name(value: str) -> bool:
+    prefix, _, _ = value.rpartition("/")
+    return bool(_QUALIFIED_NAME.fullmatch(value)) and len(prefix) <= 253
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _ExemptionFile(_Strict):
+    namespace: str | None = None
+    name: str | None = None
+    match_labels: dict[str, str] = Field(default_factory=dict, alias="matchLabels")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> _ExemptionFile:
+        if self.namespace is None and self.name is None and not self.match_labels:
+            raise ValueError("an exemption needs namespace, name or matchLabels (an empty one would match all)")
+        return self
+
+
+class _TolerationFile(_Strict):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoExecute", "NoSchedule", "PreferNoSchedule"] | None = None
+    toleration_seconds: StrictInt | None = Field(default=None, alias="tolerationSeconds")
+
+    @model_validator(mode="after")
+    def _valid(self) -> _TolerationFile:
+        as_dict = self.model_dump(by_alias=True, exclude_none=True)
+        if is_blanket_noexecute(as_dict):
+            raise ValueError("a replacement toleration must not be a blanket NoExecute toleration itself")
+        if not self.key and self.operator != "Exists":
+            raise ValueError("a toleration without a key needs operator: Exists")
+        if self.operator == "Exists" and self.value:
+            raise ValueError("a toleration with operator: Exists takes no value")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds needs effect: NoExecute")
+        return self
+
+
+class _ReadinessGateFile(_Strict):
+    enabled: StrictBool = True
+    condition_type: str = Field(default=DEFAULT_GATE_CONDITION, alias="conditionType")
+    pod_label: str = Field(default=DEFAULT_GATE_LABEL, alias="podLabel")
+
+    @model_validator(mode="after")
+    def _names(self) -> _ReadinessGateFile:
+        for what, value in (("conditionType", self.condition_type), ("podLabel", self.pod_label)):
+            if not _is_qualified_name(value):
+                raise ValueError(f"{what} {value!r} is not a valid Kubernetes qualified name")
+        return self
+
+
+class ConfigFile(_Strict):
+    """The YAML file (a mounted ConfigMap in a cluster). Keys are camelCase, as in Kubernetes objects."""
+
+    mode: Mode = Mode.WARN
+    allow_opt_out: StrictBool = Field(default=True, alias="allowOptOut")
+    exemptions: list[_ExemptionFile] | None = None  # None keeps the built-in list
+    readiness_gate: _ReadinessGateFile = Field(default_factory=_ReadinessGateFile, alias="readinessGate")
+    cilium_taint_key: str = Field(default=CILIUM_TAINT_KEY, alias="ciliumTaintKey")
+    replacement_tolerations: list[_TolerationFile] = Field(default_factory=list, alias="replacementTolerations")
+    failure_mode: Literal["allow", "deny"] = Field(default="allow", alias="failureMode")
+
+    @model_validator(mode="after")
+    def _taint_key(self) -> ConfigFile:
+        if not _is_qualified_name(self.cilium_taint_key):
+            raise ValueError(f"ciliumTaintKey {self.cilium_taint_key!r} is not a valid taint key")
+        if any(t.key == self.cilium_taint_key for t in self.replacement_tolerations):
+            raise ValueError("replacementTolerations must not tolerate the Cilium taint")
+        return self
+
+    def to_policy(self) -> PolicyConfig:
+        exemptions = PolicyConfig().exemptions if self.exemptions is None else tuple(
+            Exemption(namespace=e.namespace, name=e.name, labels=tuple(sorted(e.match_labels.items())))
+            for e in self.exemptions
+        )
+        return PolicyConfig(
+            mode=self.mode,
+            exemptions=exemptions,
+            allow_opt_out=self.allow_opt_out,
+            readiness_gate=self.readiness_gate.enabled,
+            gate_condition_type=self.readiness_gate.condition_type,
+            gate_label=self.readiness_gate.pod_label,
+            cilium_taint_key=self.cilium_taint_key,
+            replacement_tolerations=tuple(
+                t.model_dump(by_alias=True, exclude_none=True) for t in self.replacement_tolerations
+            ),
+        )
+
+
+def parse_config(text: str, source: str) -> ConfigFile:
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ConfigError(f"config file {source}: not valid YAML{line}: {getattr(err, 'problem', err)}") from None
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"config file {source}: expected a mapping of settings, got {type(document).__name__}")
+    try:
+        return ConfigFile.model_validate(document)
+    except ValidationError as err:
+        raise ConfigError(f"config file {source}: {_describe(err)}") from None
+
+
+def load_config(path: Path) -> ConfigFile:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path}: cannot read it: {err}") from None
+    return parse_config(text, str(path))
+
+
+def build_settings(config_file: Path | None = None, mode: Mode | None = None, **overrides: Any) -> Settings:
+    """Defaults < config file < flags. `overrides` are Settings fields; None means "not given"."""
+    file = load_config(config_file) if config_file is not None else ConfigFile()
+    policy = file.to_policy()
+    if mode is not None:
+        policy = replace(policy, mode=mode)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(policy=policy, allow_on_error=file.failure_mode == "allow", config_file=config_file, **given)
+
+
+def _describe(err: ValidationError) -> str:
+    problems = []
+    for item in err.errors():
+        where = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append(f"{where}: {message}" if where else message)
+    return "; ".join(problems)
