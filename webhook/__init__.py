@@ -1,0 +1,1 @@
+"""cilium-startup-guard: keeps DaemonSet pods from starting before Cilium manages their network."""

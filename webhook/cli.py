@@ -1,0 +1,139 @@
+"""Command line: `cilium-startup-guard` and `python -m webhook`. Builds Settings and hands them down."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from webhook import certs
+from webhook.config import DEFAULT_CERTS_DIR, DEFAULT_PORT, ConfigError, build_settings
+from webhook.logs import configure_logging
+from webhook.policy import Mode
+
+PROG = "cilium-startup-guard"
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.run(args)
+    except ConfigError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return status
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=(
+        "Keeps DaemonSet pods from starting before Cilium manages their network."))
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the admission webhook over HTTPS")
+    serve.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help=f"port to listen on (default {DEFAULT_PORT})")
+    serve.add_argument("--tls-cert", type=Path, help="serving certificate (PEM); with --tls-key")
+    serve.add_argument("--tls-key", type=Path, help="private key of the serving certificate (PEM)")
+    serve.add_argument("--certs-dir", type=Path, default=None,
+                       help=f"where development certificates are made when no --tls-cert is given "
+                            f"(default {DEFAULT_CERTS_DIR})")
+    _add_policy_flags(serve)
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(run=_serve)
+
+    review = commands.add_parser("review", help="run the policy offline on manifests or AdmissionReviews",
+                                 description="Exit status: 0 clean, 1 a non-exempt DaemonSet has a blanket "
+                                             "NoExecute toleration, 2 unreadable input or configuration.")
+    review.add_argument("paths", nargs="+", metavar="FILE|DIR|-",
+                        help="YAML or JSON files (multi-document), directories of them, or - for stdin")
+    review.add_argument("--output", choices=["table", "json"], default="table")
+    review.add_argument("--fix", action="store_true",
+                        help="print the manifests as /mutate would leave them (strip mode unless --mode)")
+    _add_policy_flags(review)
+    review.set_defaults(run=_review)
+
+    certs_cmd = commands.add_parser("certs", help="make a CA and a serving certificate for the webhook")
+    certs_cmd.add_argument("--out-dir", type=Path, default=DEFAULT_CERTS_DIR)
+    certs_cmd.add_argument("--service", default=certs.DEFAULT_SERVICE, help="the webhook Service's name")
+    certs_cmd.add_argument("--namespace", default=certs.DEFAULT_NAMESPACE, help="the webhook's namespace")
+    certs_cmd.add_argument("--force", action="store_true", help="replace certificates that already exist")
+    certs_cmd.set_defaults(run=_certs)
+    return parser
+
+
+def _add_policy_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="policy configuration file (YAML)")
+    parser.add_argument("--mode", choices=[m.value for m in Mode], help="override the configured mode")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from webhook.server import build_server  # uvicorn and FastAPI load only for `serve`
+
+    configure_logging(args.log_level)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key must be given together")
+    settings = build_settings(args.config, _mode(args), host=args.host, port=args.port,
+                              tls_cert=args.tls_cert, tls_key=args.tls_key, certs_dir=args.certs_dir)
+    cert, key = settings.tls_cert, settings.tls_key
+    if cert is None or key is None:
+        if certs.ensure_dev_certs(settings.certs_dir):
+            print(f"made a development CA and serving certificate in {settings.certs_dir}/", file=sys.stderr)
+        cert, key = settings.certs_dir / certs.CERT_FILE, settings.certs_dir / certs.KEY_FILE
+        _print_how_to_call(settings.host, settings.port, settings.certs_dir / certs.CA_CERT_FILE)
+    server = build_server(settings, cert, key)
+    server.run()
+    return 0 if server.started else 1
+
+
+def _print_how_to_call(host: str, port: int, ca: Path) -> None:
+    name = "localhost" if host in ("127.0.0.1", "0.0.0.0", "localhost", "::", "::1") else host
+    url = f"https://{name}:{port}"
+    print(f"serving {url} (HTTPS only); try:\n"
+          f"  curl --cacert {ca} {url}/healthz\n"
+          f"  curl --cacert {ca} -H 'Content-Type: application/json' "
+          f"--data @tests/fixtures/daemonset_ebs_csi_node.json {url}/mutate", file=sys.stderr, flush=True)
+
+
+def _review(args: argparse.Namespace) -> int:
+    from webhook import review
+
+    mode = _mode(args) or (Mode.STRIP if args.fix else None)
+    policy = build_settings(args.config, mode).policy
+    try:
+        documents = review.load_documents(args.paths, sys.stdin)
+    except review.ReviewInputError as err:
+        print(f"{PROG} review: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    results = review.review_documents(documents, policy)
+    report = review.render_json(results, policy) if args.output == "json" else review.render_table(results, policy)
+    if args.fix:
+        yaml.safe_dump_all(review.fix_documents(documents, policy), sys.stdout, sort_keys=False)
+        sys.stderr.write(report)
+        return EXIT_USAGE if any(r.error for r in results) else 0
+    sys.stdout.write(report)
+    return review.exit_status(results)
+
+
+def _certs(args: argparse.Namespace) -> int:
+    out: Path = args.out_dir
+    if not args.force and (out / certs.CERT_FILE).exists():
+        print(f"{out / certs.CERT_FILE} exists; use --force to replace it", file=sys.stderr)
+        return 0
+    dns_names, ips = certs.default_sans(args.service, args.namespace)
+    certs.write_bundle(certs.build_bundle(dns_names, ips), out)
+    print(f"wrote {out}/{certs.CA_CERT_FILE}, {certs.CERT_FILE} and {certs.KEY_FILE} "
+          f"for {', '.join(dns_names + ips)}", file=sys.stderr)
+    return 0
+
+
+def _mode(args: argparse.Namespace) -> Mode | None:
+    return Mode(args.mode) if args.mode else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
