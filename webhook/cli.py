@@ -74,7 +74,6 @@ def _add_policy_flags(parser: argparse.ArgumentParser) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from webhook.server import build_server  # uvicorn and FastAPI load only for `serve`
 
-    configure_logging(args.log_level)
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key must be given together")
     settings = build_settings(args.config, _mode(args), host=args.host, port=args.port,
@@ -86,6 +85,7 @@ def _serve(args: argparse.Namespace) -> int:
         cert, key = settings.certs_dir / certs.CERT_FILE, settings.certs_dir / certs.KEY_FILE
         _print_how_to_call(settings.host, settings.port, settings.certs_dir / certs.CA_CERT_FILE)
     server = build_server(settings, cert, key)
+    configure_logging(args.log_level)
     server.run()
     return 0 if server.started else 1
 

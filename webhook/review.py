@@ -101,7 +101,7 @@ def render_table(results: list[Result], config: PolicyConfig) -> str:
         if r.error:
             rows.append((r.source, ref, "error", r.error))
         elif r.finding:
-            rows += [(r.source, ref, r.action or "finding", message) for message in r.messages]
+            rows += [(r.source, ref, "finding", message) for message in r.messages]
         elif r.exempt_reason:
             rows.append((r.source, ref, "exempt", r.exempt_reason))
         else:
