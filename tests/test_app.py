@@ -1,0 +1,134 @@
+"""The FastAPI app driven in-process through httpx: routes, envelope errors, failure mode."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import load_fixture
+from webhook.app import create_app
+from webhook.config import Settings
+from webhook.policy import Mode, PolicyConfig
+
+JSON = {"Content-Type": "application/json"}
+
+
+def call(settings: Settings, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def run() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(settings))
+        async with httpx.AsyncClient(transport=transport, base_url="https://webhook") as client:
+            return await client.request(method, path, **kwargs)
+    return asyncio.run(run())
+
+
+@pytest.fixture
+def strip() -> Iterator[Settings]:
+    yield Settings(policy=PolicyConfig(mode=Mode.STRIP))
+
+
+@pytest.mark.parametrize("content, status, detail", [
+    pytest.param(b"", 400, "request body is empty", id="empty-body"),
+    pytest.param(b"{", 400, "not valid JSON", id="bad-json"),
+    pytest.param(b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {}}', 400,
+                 "request.uid", id="missing-uid"),
+    pytest.param(b'{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}', 400,
+                 "admission.k8s.io/v1", id="wrong-version"),
+])
+@pytest.mark.parametrize("path", ["/mutate", "/validate"])
+def test_unreadable_request_gets_400_json(path: str, content: bytes, status: int, detail: str) -> None:
+    response = call(Settings(), "POST", path, content=content, headers=JSON)
+    assert response.status_code == status
+    assert detail in response.json()["detail"]
+
+
+def test_incomplete_review_with_uid_gets_an_admission_review_refusal() -> None:
+    body = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "u-1", "kind": {"group": "apps", "version": "v1", "kind": "DaemonSet"}}}
+    response = call(Settings(), "POST", "/mutate", json=body)
+    assert response.status_code == 200
+    answer = response.json()["response"]
+    assert answer["uid"] == "u-1"
+    assert answer["allowed"] is False
+    assert answer["status"]["code"] == 400
+    assert "request.operation" in answer["status"]["message"]
+
+
+@pytest.mark.parametrize("fixture", ["daemonset_delete.json", "deployment_create.json"])
+@pytest.mark.parametrize("path", ["/mutate", "/validate"])
+def test_delete_and_non_daemonset_are_allowed_without_patch(fixture: str, path: str, strip: Settings) -> None:
+    review = load_fixture(fixture)
+    answer = call(strip, "POST", path, json=review).json()
+    assert answer["response"] == {"uid": review["request"]["uid"], "allowed": True}
+
+
+def test_mutate_returns_a_patch_for_the_ebs_csi_node(strip: Settings) -> None:
+    review = load_fixture("daemonset_ebs_csi_node.json")
+    answer = call(strip, "POST", "/mutate", json=review).json()
+    assert answer["apiVersion"] == "admission.k8s.io/v1"
+    assert answer["kind"] == "AdmissionReview"
+    assert answer["response"]["uid"] == review["request"]["uid"]
+    assert answer["response"]["patchType"] == "JSONPatch"
+    ops = json.loads(base64.b64decode(answer["response"]["patch"]))
+    assert {"op": "replace", "path": "/spec/template/spec/tolerations/0",
+            "value": {"operator": "Exists", "effect": "NoSchedule"}} in ops
+
+
+def test_validate_denies_in_deny_mode() -> None:
+    review = load_fixture("daemonset_ebs_csi_node.json")
+    answer = call(Settings(policy=PolicyConfig(mode=Mode.DENY)), "POST", "/validate", json=review).json()
+    assert answer["response"]["allowed"] is False
+    assert answer["response"]["status"]["code"] == 403
+
+
+def test_wrong_content_type_is_415() -> None:
+    response = call(Settings(), "POST", "/mutate", content=b"{}", headers={"Content-Type": "text/plain"})
+    assert response.status_code == 415
+    assert "application/json" in response.json()["detail"]
+
+
+def test_json_content_type_with_charset_is_accepted() -> None:
+    review = load_fixture("deployment_create.json")
+    response = call(Settings(), "POST", "/mutate", content=json.dumps(review).encode(),
+                    headers={"Content-Type": "application/json; charset=utf-8"})
+    assert response.json()["response"]["allowed"] is True
+
+
+@pytest.mark.parametrize("method, path, status", [
+    pytest.param("GET", "/mutate", 405, id="get-mutate"),
+    pytest.param("PUT", "/validate", 405, id="put-validate"),
+    pytest.param("POST", "/healthz", 405, id="post-healthz"),
+    pytest.param("GET", "/nowhere", 404, id="unknown-path"),
+    pytest.param("GET", "/docs", 404, id="no-docs"),
+])
+def test_wrong_method_or_path_gets_json_4xx(method: str, path: str, status: int) -> None:
+    response = call(Settings(), method, path)
+    assert response.status_code == status
+    assert "detail" in response.json()
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+def test_health_endpoints_answer_ok(path: str) -> None:
+    assert call(Settings(), "GET", path).status_code == 200
+
+
+@pytest.mark.parametrize("allow_on_error, allowed", [(True, True), (False, False)])
+def test_unexpected_exception_follows_failure_mode(monkeypatch: pytest.MonkeyPatch, allow_on_error: bool,
+                                                   allowed: bool) -> None:
+    def explode(*_: Any) -> None:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr("webhook.policy.mutate", explode)
+    review = load_fixture("daemonset_ebs_csi_node.json")
+    response = call(Settings(allow_on_error=allow_on_error), "POST", "/mutate", json=review)
+    assert response.status_code == 200
+    answer = response.json()["response"]
+    assert answer["uid"] == review["request"]["uid"]
+    assert answer["allowed"] is allowed
+    assert "secret internals" not in response.text
+    assert "Traceback" not in response.text
