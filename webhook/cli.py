@@ -10,12 +10,15 @@ from pathlib import Path
 import yaml
 
 from webhook import certs
-from webhook.config import DEFAULT_CERTS_DIR, DEFAULT_PORT, ConfigError, build_settings
+from webhook.config import DEFAULT_CERTS_DIR, DEFAULT_PORT, ConfigError, ServerSettings, build_settings
 from webhook.logs import configure_logging
 from webhook.policy import Mode
 
 PROG = "cilium-startup-guard"
 EXIT_USAGE = 2
+# `serve` flags that are ServerSettings fields of the same name.
+SERVER_FLAGS = ("max_body_bytes", "max_header_bytes", "header_timeout", "body_timeout", "keep_alive_timeout",
+                "shutdown_delay", "shutdown_timeout", "reload_interval")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,6 +46,26 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"where development certificates are made when no --tls-cert is given "
                             f"(default {DEFAULT_CERTS_DIR})")
     _add_policy_flags(serve)
+    limits = serve.add_argument_group("limits and timings", "each overrides the config file's server: section")
+    limits.add_argument("--max-body-bytes", type=int, metavar="N",
+                        help=f"refuse larger request bodies with 413 (default {ServerSettings.max_body_bytes})")
+    limits.add_argument("--max-header-bytes", type=int, metavar="N",
+                        help=f"refuse larger request heads with 431 (default {ServerSettings.max_header_bytes})")
+    limits.add_argument("--header-timeout", type=float, metavar="S",
+                        help=f"seconds for a request's headers to arrive (default {ServerSettings.header_timeout:g})")
+    limits.add_argument("--body-timeout", type=float, metavar="S",
+                        help=f"seconds for a request's body to arrive (default {ServerSettings.body_timeout:g})")
+    limits.add_argument("--keep-alive-timeout", type=int, metavar="S",
+                        help=f"seconds an idle connection stays open (default {ServerSettings.keep_alive_timeout})")
+    limits.add_argument("--shutdown-delay", type=float, metavar="S",
+                        help="on SIGTERM, seconds to keep serving with /readyz at 503 "
+                             f"(default {ServerSettings.shutdown_delay:g})")
+    limits.add_argument("--shutdown-timeout", type=float, metavar="S",
+                        help="seconds to wait for requests in flight after the listener closes "
+                             f"(default {ServerSettings.shutdown_timeout:g})")
+    limits.add_argument("--reload-interval", type=float, metavar="S",
+                        help="seconds between checks of the certificate and config files for changes "
+                             f"(default {ServerSettings.reload_interval:g})")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(run=_serve)
 
@@ -77,7 +100,8 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key must be given together")
-    settings = build_settings(args.config, _mode(args), host=args.host, port=args.port,
+    server_flags = {name: getattr(args, name) for name in SERVER_FLAGS}
+    settings = build_settings(args.config, _mode(args), server=server_flags, host=args.host, port=args.port,
                               tls_cert=args.tls_cert, tls_key=args.tls_key, certs_dir=args.certs_dir)
     cert, key = settings.tls_cert, settings.tls_key
     if cert is None or key is None:
