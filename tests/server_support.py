@@ -6,6 +6,7 @@ an ephemeral port and is stopped by the test that started it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -18,6 +19,9 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import httpx
+import orjson
 
 from webhook import certs
 
@@ -175,3 +179,33 @@ def read_response(conn: ssl.SSLSocket) -> tuple[int, dict[str, str], bytes]:
             break
         rest += chunk
     return status, headers, rest[:length]
+
+
+class AppClient:
+    """Calls an ASGI app in process, synchronously (starlette's TestClient is deprecated with httpx)."""
+
+    def __init__(self, app: Any) -> None:
+        self.transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        async def call() -> httpx.Response:
+            async with httpx.AsyncClient(transport=self.transport, base_url="https://testserver") as client:
+                return await client.request(method, path, **kwargs)
+
+        return asyncio.run(call())
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", path, **kwargs)
+
+
+def nested(depth: int, leaf: bytes = b'"x"') -> bytes:
+    """JSON text of `depth` nested lists (orjson.dumps stops at 255 levels; the server must not rely on that)."""
+    return b"[" * depth + leaf + b"]" * depth
+
+
+def with_value(review: dict[str, Any], placeholder: str, raw: bytes) -> bytes:
+    """The review as JSON with the string `placeholder` replaced by raw JSON text."""
+    return orjson.dumps(review).replace(orjson.dumps(placeholder), raw)
