@@ -23,6 +23,7 @@ NARROWED_TOLERATIONS: tuple[Mapping[str, str], ...] = (
     {"operator": "Exists", "effect": "PreferNoSchedule"},
 )
 
+POD_SPEC_PATH = ("spec", "template", "spec")
 TOLERATIONS_PATH = ("spec", "template", "spec", "tolerations")
 READINESS_GATES_PATH = ("spec", "template", "spec", "readinessGates")
 TEMPLATE_METADATA_PATH = ("spec", "template", "metadata")
@@ -214,7 +215,8 @@ def mutate(obj: Mapping[str, Any], config: PolicyConfig, namespace: str = "") ->
         edits += _strip_edits(obj, found, config)
         warnings.append(_strip_warning(found, config))
         stripped = len(found.blanket)
-    if config.readiness_gate:
+    # Without a pod spec there is nothing to gate, and a patch below it could not apply.
+    if config.readiness_gate and isinstance(_lookup(obj, POD_SPEC_PATH), Mapping):
         edits += _gate_edits(obj, found, config)
     return Decision(warnings=tuple(warnings), edits=tuple(edits), blanket_seen=len(found.blanket),
                     blanket_stripped=stripped)
