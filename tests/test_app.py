@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from collections.abc import Iterator
@@ -11,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import load_fixture
+from tests.support import AppClient, load_fixture
 from webhook.app import create_app
 from webhook.config import Settings
 from webhook.policy import Mode, PolicyConfig
@@ -20,11 +19,7 @@ JSON = {"Content-Type": "application/json"}
 
 
 def call(settings: Settings, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    async def run() -> httpx.Response:
-        transport = httpx.ASGITransport(app=create_app(settings))
-        async with httpx.AsyncClient(transport=transport, base_url="https://webhook") as client:
-            return await client.request(method, path, **kwargs)
-    return asyncio.run(run())
+    return AppClient(create_app(settings)).request(method, path, **kwargs)
 
 
 @pytest.fixture

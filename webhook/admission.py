@@ -94,7 +94,7 @@ def parse_review(body: bytes) -> Review:
     if not isinstance(kind, dict):
         raise BadReview("request.kind must be an object with group, version and kind", uid)
     operation = request.get("operation")
-    if operation not in OPERATIONS:
+    if not isinstance(operation, str) or operation not in OPERATIONS:  # a list or object is unhashable
         raise BadReview(f"request.operation must be one of {', '.join(sorted(OPERATIONS))}, "
                         f"got {_quote(operation)}", uid)
     for key in ("object", "oldObject"):

@@ -1,4 +1,4 @@
-"""The HTTP face of the webhook: routes, error mapping and health checks.
+"""The HTTP face of the webhook: routes, error mapping, health checks and /metrics.
 
 Reads the raw body and hands it to admission.py; no decision is made here and no Kubernetes API is called.
 """
@@ -14,24 +14,48 @@ from fastapi import FastAPI, Request, Response
 
 from webhook import admission
 from webhook.admission import BadReview, Endpoint, Outcome
+from webhook.bodylimit import BodyLimit
 from webhook.config import Settings
+from webhook.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from webhook.metrics import ErrorReason, Metrics
 
 log = logging.getLogger(__name__)
 
 JSON_MEDIA_TYPE = "application/json"
 
 
+class Runtime:
+    """What may change while the app runs: the settings (config reload) and draining (SIGTERM).
+
+    Both are replaced whole by one assignment, so a request sees either the old or the new value.
+    """
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.draining = False
+
+
 def create_app(settings: Settings) -> FastAPI:
+    runtime = Runtime(settings, Metrics())
     app = FastAPI(title="cilium-startup-guard", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.settings = settings
+    app.state.runtime = runtime
+    app.add_middleware(BodyLimit, max_bytes=settings.server.max_body_bytes, timeout=settings.server.body_timeout,
+                       on_refusal=runtime.metrics.count_refusal)
+
+    # 404 and 405 are FastAPI's JSON {"detail": ...}; an error outside a review is JSON too, not text.
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.error("unexpected error", exc_info=exc, extra={"path": request.url.path})
+        return _json({"detail": "internal error"}, 500)
 
     @app.post("/mutate")
     async def mutate(request: Request) -> Response:
-        return await _review(request, Endpoint.MUTATE)
+        return await _review(request, Endpoint.MUTATE, runtime)
 
     @app.post("/validate")
     async def validate(request: Request) -> Response:
-        return await _review(request, Endpoint.VALIDATE)
+        return await _review(request, Endpoint.VALIDATE, runtime)
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -39,38 +63,55 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> Response:
+        if runtime.draining:
+            return _json({"status": "draining"}, 503)
         return _json({"status": "ready"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(runtime.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     return app
 
 
-async def _review(request: Request, endpoint: Endpoint) -> Response:
+async def _review(request: Request, endpoint: Endpoint, runtime: Runtime) -> Response:
     started = time.perf_counter()
+    metrics = runtime.metrics
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() != JSON_MEDIA_TYPE:
+        metrics.count_error(endpoint, ErrorReason.UNSUPPORTED_MEDIA_TYPE)
         return _json({"detail": f"Content-Type must be {JSON_MEDIA_TYPE}, got {content_type or 'none'}"}, 415)
-    settings: Settings = request.app.state.settings
-    body = await request.body()
+    settings = runtime.settings  # one read: a reload mid-request does not mix two configurations
+    body = await request.body()  # already read within limits by BodyLimit
+    review: admission.Review | None = None
     try:
         review = admission.parse_review(body)
-    except BadReview as err:
-        return _refuse(err, endpoint, started)
-
-    try:
         decision = admission.decide(review, settings.policy, endpoint)
+        answer = admission.build_response(review.uid, decision, endpoint)
     except BadReview as err:
-        return _refuse(err, endpoint, started)
+        return _refuse(err, endpoint, metrics, started)
     except Exception:
-        log.exception("admission review failed", extra={"uid": review.uid, "endpoint": endpoint.value})
-        answer = admission.internal_error_response(review.uid, settings.allow_on_error)
+        # failureMode decides; the caller gets a short answer, the log gets the traceback.
+        uid = review.uid if review is not None else None
+        log.exception("admission review failed", extra={"uid": uid, "endpoint": endpoint.value})
+        metrics.count_error(endpoint, ErrorReason.INTERNAL)
+        metrics.observe_review(endpoint, Outcome.ERROR, time.perf_counter() - started)
+        if review is None:
+            return _json({"detail": "internal error"}, 500)
         _log_decision(review, endpoint, settings, Outcome.ERROR, started)
-        return _json(answer)
+        return _json(admission.internal_error_response(review.uid, settings.allow_on_error))
 
-    _log_decision(review, endpoint, settings, admission.outcome_of(decision, endpoint), started)
-    return _json(admission.build_response(review.uid, decision, endpoint))
+    outcome = admission.outcome_of(decision, endpoint)
+    metrics.observe_review(endpoint, outcome, time.perf_counter() - started)
+    if decision.blanket_seen:
+        metrics.count_blanket(endpoint, review.namespace, decision.blanket_seen, decision.blanket_stripped)
+    _log_decision(review, endpoint, settings, outcome, started)
+    return _json(answer)
 
 
-def _refuse(err: BadReview, endpoint: Endpoint, started: float) -> Response:
+def _refuse(err: BadReview, endpoint: Endpoint, metrics: Metrics, started: float) -> Response:
+    metrics.count_error(endpoint, ErrorReason.BAD_REQUEST)
+    metrics.observe_review(endpoint, Outcome.ERROR, time.perf_counter() - started)
     log.warning("bad admission request", extra={
         "uid": err.uid, "endpoint": endpoint.value, "error": str(err), "outcome": Outcome.ERROR.value,
         "duration_ms": _elapsed_ms(started)})

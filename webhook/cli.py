@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,12 +11,15 @@ from pathlib import Path
 import yaml
 
 from webhook import certs
-from webhook.config import DEFAULT_CERTS_DIR, DEFAULT_PORT, ConfigError, build_settings
+from webhook.config import DEFAULT_CERTS_DIR, DEFAULT_PORT, ConfigError, ServerSettings, build_settings
 from webhook.logs import configure_logging
 from webhook.policy import Mode
 
 PROG = "cilium-startup-guard"
 EXIT_USAGE = 2
+# `serve` flags that are ServerSettings fields of the same name.
+SERVER_FLAGS = ("max_body_bytes", "max_header_bytes", "header_timeout", "body_timeout", "keep_alive_timeout",
+                "shutdown_delay", "shutdown_timeout", "reload_interval")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,6 +47,26 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"where development certificates are made when no --tls-cert is given "
                             f"(default {DEFAULT_CERTS_DIR})")
     _add_policy_flags(serve)
+    limits = serve.add_argument_group("limits and timings", "each overrides the config file's server: section")
+    limits.add_argument("--max-body-bytes", type=int, metavar="N",
+                        help=f"refuse larger request bodies with 413 (default {ServerSettings.max_body_bytes})")
+    limits.add_argument("--max-header-bytes", type=int, metavar="N",
+                        help=f"refuse larger request heads with 431 (default {ServerSettings.max_header_bytes})")
+    limits.add_argument("--header-timeout", type=float, metavar="S",
+                        help=f"seconds for a request's headers to arrive (default {ServerSettings.header_timeout:g})")
+    limits.add_argument("--body-timeout", type=float, metavar="S",
+                        help=f"seconds for a request's body to arrive (default {ServerSettings.body_timeout:g})")
+    limits.add_argument("--keep-alive-timeout", type=int, metavar="S",
+                        help=f"seconds an idle connection stays open (default {ServerSettings.keep_alive_timeout})")
+    limits.add_argument("--shutdown-delay", type=float, metavar="S",
+                        help="on SIGTERM, seconds to keep serving with /readyz at 503 "
+                             f"(default {ServerSettings.shutdown_delay:g})")
+    limits.add_argument("--shutdown-timeout", type=float, metavar="S",
+                        help="seconds to wait for requests in flight after the listener closes "
+                             f"(default {ServerSettings.shutdown_timeout:g})")
+    limits.add_argument("--reload-interval", type=float, metavar="S",
+                        help="seconds between checks of the certificate and config files for changes "
+                             f"(default {ServerSettings.reload_interval:g})")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(run=_serve)
 
@@ -76,21 +100,24 @@ def _serve(args: argparse.Namespace) -> int:
 
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key must be given together")
-    settings = build_settings(args.config, _mode(args), host=args.host, port=args.port,
+    server_flags = {name: getattr(args, name) for name in SERVER_FLAGS}
+    settings = build_settings(args.config, _mode(args), server=server_flags, host=args.host, port=args.port,
                               tls_cert=args.tls_cert, tls_key=args.tls_key, certs_dir=args.certs_dir)
     cert, key = settings.tls_cert, settings.tls_key
+    on_started = None
     if cert is None or key is None:
         if certs.ensure_dev_certs(settings.certs_dir):
             print(f"made a development CA and serving certificate in {settings.certs_dir}/", file=sys.stderr)
         cert, key = settings.certs_dir / certs.CERT_FILE, settings.certs_dir / certs.KEY_FILE
-        _print_how_to_call(settings.host, settings.port, settings.certs_dir / certs.CA_CERT_FILE)
-    server = build_server(settings, cert, key)
+        ca = settings.certs_dir / certs.CA_CERT_FILE
+        on_started = functools.partial(_print_how_to_call, settings.host, ca)
+    server = build_server(settings, cert, key, on_started)
     configure_logging(args.log_level)
     server.run()
     return 0 if server.started else 1
 
 
-def _print_how_to_call(host: str, port: int, ca: Path) -> None:
+def _print_how_to_call(host: str, ca: Path, port: int) -> None:
     name = "localhost" if host in ("127.0.0.1", "0.0.0.0", "localhost", "::", "::1") else host
     url = f"https://{name}:{port}"
     print(f"serving {url} (HTTPS only); try:\n"

@@ -26,6 +26,7 @@ from webhook.policy import (
 
 DEFAULT_CERTS_DIR = Path("certs")
 DEFAULT_PORT = 8443
+MIB = 1024 * 1024
 
 # Kubernetes "qualified name": an optional DNS-subdomain prefix and "/", then a name of at most 63 characters.
 _NAME = r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]"
@@ -35,6 +36,28 @@ _QUALIFIED_NAME = re.compile(rf"({_PREFIX}/)?{_NAME}")
 
 class ConfigError(Exception):
     """A configuration that cannot be used; the message is one line meant for the person who wrote it."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Limits and timings of the HTTPS server; read at start-up only (a reload does not change them)."""
+
+    # kube-apiserver sends object and oldObject: several MiB at most (etcd stores objects up to 1.5 MiB).
+    max_body_bytes: int = 8 * MIB
+    # Request line and headers; kube-apiserver sends well under 4 KiB.
+    max_header_bytes: int = 64 * 1024
+    # From connection (or first byte of a request) to the end of its headers, and for the whole body.
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    # Longer than Go's idle-connection timeout (90 s), so kube-apiserver closes idle connections first and
+    # never races a server-side close with a new request.
+    keep_alive_timeout: int = 120
+    # On SIGTERM: answer /readyz 503 and keep serving this long, then stop accepting and drain.
+    shutdown_delay: float = 0.0
+    # Bound on draining in-flight requests after the listener is closed.
+    shutdown_timeout: float = 20.0
+    # How often the certificate and the config file are checked for changes (a stat() of each).
+    reload_interval: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +71,9 @@ class Settings:
     # On an internal error: allow the request with a warning (like failurePolicy: Ignore) or refuse it.
     allow_on_error: bool = True
     config_file: Path | None = None
+    # --mode wins over the file's mode, also after the file is reloaded.
+    mode_override: Mode | None = None
+    server: ServerSettings = field(default_factory=ServerSettings)
 
 
 def _is_qualified_name(value: str) -> bool:
@@ -105,6 +131,23 @@ class _ReadinessGateFile(_Strict):
         return self
 
 
+class _ServerFile(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    max_body_bytes: StrictInt = Field(default=ServerSettings.max_body_bytes, alias="maxBodyBytes", ge=1024)
+    max_header_bytes: StrictInt = Field(default=ServerSettings.max_header_bytes, alias="maxHeaderBytes", ge=1024)
+    header_timeout: float = Field(default=ServerSettings.header_timeout, alias="headerTimeoutSeconds", gt=0)
+    body_timeout: float = Field(default=ServerSettings.body_timeout, alias="bodyTimeoutSeconds", gt=0)
+    keep_alive_timeout: StrictInt = Field(default=ServerSettings.keep_alive_timeout,
+                                          alias="keepAliveTimeoutSeconds", ge=1)
+    shutdown_delay: float = Field(default=ServerSettings.shutdown_delay, alias="shutdownDelaySeconds", ge=0)
+    shutdown_timeout: float = Field(default=ServerSettings.shutdown_timeout, alias="shutdownTimeoutSeconds", gt=0)
+    reload_interval: float = Field(default=ServerSettings.reload_interval, alias="reloadIntervalSeconds", gt=0)
+
+    def to_settings(self) -> ServerSettings:
+        return ServerSettings(**self.model_dump())
+
+
 class ConfigFile(_Strict):
     """The YAML file (a mounted ConfigMap in a cluster). Keys are camelCase, as in Kubernetes objects."""
 
@@ -115,6 +158,7 @@ class ConfigFile(_Strict):
     cilium_taint_key: str = Field(default=CILIUM_TAINT_KEY, alias="ciliumTaintKey")
     replacement_tolerations: list[_TolerationFile] = Field(default_factory=list, alias="replacementTolerations")
     failure_mode: Literal["allow", "deny"] = Field(default="allow", alias="failureMode")
+    server: _ServerFile = Field(default_factory=_ServerFile)
 
     @model_validator(mode="after")
     def _taint_key(self) -> ConfigFile:
@@ -168,14 +212,38 @@ def load_config(path: Path) -> ConfigFile:
     return parse_config(text, str(path))
 
 
-def build_settings(config_file: Path | None = None, mode: Mode | None = None, **overrides: Any) -> Settings:
-    """Defaults < config file < flags. `overrides` are Settings fields; None means "not given"."""
+def build_settings(config_file: Path | None = None, mode: Mode | None = None,
+                   server: dict[str, Any] | None = None, **overrides: Any) -> Settings:
+    """Defaults < config file < flags. `server` holds ServerSettings fields and `overrides` Settings fields
+    given as flags; None means "not given"."""
     file = load_config(config_file) if config_file is not None else ConfigFile()
-    policy = file.to_policy()
-    if mode is not None:
-        policy = replace(policy, mode=mode)
+    given_server = {k: v for k, v in (server or {}).items() if v is not None}
+    try:
+        # Flags pass the same checks as the file's keys.
+        server_settings = file.server.model_validate({**file.server.model_dump(), **given_server}).to_settings()
+    except ValidationError as err:
+        raise ConfigError(f"server settings: {_describe(err)}") from None
     given = {k: v for k, v in overrides.items() if v is not None}
-    return Settings(policy=policy, allow_on_error=file.failure_mode == "allow", config_file=config_file, **given)
+    return Settings(policy=_policy(file, mode), allow_on_error=file.failure_mode == "allow",
+                    config_file=config_file, mode_override=mode, server=server_settings, **given)
+
+
+def reload_settings(current: Settings) -> Settings:
+    """The policy and failure mode re-read from current.config_file, --mode re-applied; the rest is kept
+    (the server: section is read at start-up only).
+
+    Raises ConfigError for a file that cannot be used, so that the caller keeps `current`.
+    """
+    if current.config_file is None:
+        return current
+    file = load_config(current.config_file)
+    return replace(current, policy=_policy(file, current.mode_override),
+                   allow_on_error=file.failure_mode == "allow")
+
+
+def _policy(file: ConfigFile, mode: Mode | None) -> PolicyConfig:
+    policy = file.to_policy()
+    return policy if mode is None else replace(policy, mode=mode)
 
 
 def _describe(err: ValidationError) -> str:

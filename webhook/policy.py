@@ -23,6 +23,7 @@ NARROWED_TOLERATIONS: tuple[Mapping[str, str], ...] = (
     {"operator": "Exists", "effect": "PreferNoSchedule"},
 )
 
+POD_SPEC_PATH = ("spec", "template", "spec")
 TOLERATIONS_PATH = ("spec", "template", "spec", "tolerations")
 READINESS_GATES_PATH = ("spec", "template", "spec", "readinessGates")
 TEMPLATE_METADATA_PATH = ("spec", "template", "metadata")
@@ -100,6 +101,10 @@ class Decision:
     message: str = ""  # denial text, empty when allowed
     warnings: tuple[str, ...] = ()
     edits: tuple[Edit, ...] = ()
+    # For metrics only, so left out of equality: blanket tolerations on a non-exempt DaemonSet, and how
+    # many of them the edits strip.
+    blanket_seen: int = field(default=0, compare=False)
+    blanket_stripped: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -190,10 +195,12 @@ def validate(obj: Mapping[str, Any], config: PolicyConfig, namespace: str = "") 
     found = assess(obj, config, namespace)
     if not found.finding:
         return Decision()
+    seen = len(found.blanket)
     if config.mode is Mode.DENY and not found.terminating:
         # A terminating DaemonSet is let through so that finalizers can still be removed.
-        return Decision(allowed=False, message=_denial_message(found, config))
-    return Decision(warnings=tuple(_finding_warning(found.ref, t, config) for _, t in found.blanket))
+        return Decision(allowed=False, message=_denial_message(found, config), blanket_seen=seen)
+    return Decision(warnings=tuple(_finding_warning(found.ref, t, config) for _, t in found.blanket),
+                    blanket_seen=seen)
 
 
 def mutate(obj: Mapping[str, Any], config: PolicyConfig, namespace: str = "") -> Decision:
@@ -203,12 +210,16 @@ def mutate(obj: Mapping[str, Any], config: PolicyConfig, namespace: str = "") ->
         return Decision()
     edits: list[Edit] = []
     warnings: list[str] = []
+    stripped = 0
     if config.mode is Mode.STRIP and found.blanket:
         edits += _strip_edits(obj, found, config)
         warnings.append(_strip_warning(found, config))
-    if config.readiness_gate:
+        stripped = len(found.blanket)
+    # Without a pod spec there is nothing to gate, and a patch below it could not apply.
+    if config.readiness_gate and isinstance(_lookup(obj, POD_SPEC_PATH), Mapping):
         edits += _gate_edits(obj, found, config)
-    return Decision(warnings=tuple(warnings), edits=tuple(edits))
+    return Decision(warnings=tuple(warnings), edits=tuple(edits), blanket_seen=len(found.blanket),
+                    blanket_stripped=stripped)
 
 
 def _strip_edits(obj: Mapping[str, Any], found: Assessment, config: PolicyConfig) -> list[Edit]:
@@ -281,6 +292,11 @@ def _tolerations(pod_spec: Mapping[str, Any]) -> list[Mapping[str, Any]]:
             raise MalformedObject(f"{where}: expected an object, got {_json_type(tol)}")
         for key in ("key", "operator", "effect", "value"):
             _child(tol, key, str, where)
+        # Tolerations are echoed into the patch, the annotation and warnings: all their fields are scalars
+        # in Kubernetes, and a nested value (hundreds of levels deep) would break the encoders.
+        for key, value in tol.items():
+            if isinstance(value, dict | list):
+                raise MalformedObject(f"{where}.{key}: expected a string or a number, got {_json_type(value)}")
     return tolerations
 
 

@@ -1,0 +1,126 @@
+"""Prometheus metrics of one app, in a registry the app owns (tests create several apps side by side).
+
+prometheus-client only: no FastAPI here. The admission path calls pre-bound children, so that counting a
+request costs a lock and an addition, not a label lookup.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from webhook.admission import Endpoint, Outcome
+
+PREFIX = "cilium_startup_guard"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Reviews take well under a millisecond; the upper buckets catch a stalled event loop.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Anyone who reaches the port can send any namespace string: past this many distinct values (or for a
+# string that is no namespace name) the label reads "other", so that memory stays bounded.
+MAX_NAMESPACES = 2000
+OTHER_NAMESPACE = "other"
+_NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+class Refusal(StrEnum):
+    """Why a request was refused before the app reviewed it."""
+
+    BODY_TOO_LARGE = "body_too_large"
+    BODY_TIMEOUT = "body_timeout"
+    HEADER_TOO_LARGE = "header_too_large"
+    HEADER_TIMEOUT = "header_timeout"
+
+
+class ErrorReason(StrEnum):
+    BAD_REQUEST = "bad_request"  # 400, or an AdmissionReview refused with status 400
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # 415
+    INTERNAL = "internal"  # an exception in the webhook: answered per failureMode
+
+
+class Metrics:
+    def __init__(self) -> None:
+        # No *_created series: they double the exposition and say nothing here (process-wide setting).
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, open fds, CPU seconds
+        r = self.registry
+        requests = Counter(f"{PREFIX}_admission_requests", "Admission requests answered, by endpoint and outcome.",
+                           ["endpoint", "outcome"], registry=r)
+        errors = Counter(f"{PREFIX}_admission_errors", "Admission requests that ended in an error, by reason.",
+                         ["endpoint", "reason"], registry=r)
+        latency = Histogram(f"{PREFIX}_admission_duration_seconds",
+                            "Time to review one admission request, body already read.",
+                            ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self._seen = Counter(f"{PREFIX}_blanket_tolerations_seen",
+                             "Blanket NoExecute tolerations found on non-exempt DaemonSets, by endpoint and namespace.",
+                             ["endpoint", "namespace"], registry=r)
+        self._stripped = Counter(f"{PREFIX}_blanket_tolerations_stripped",
+                                 "Blanket NoExecute tolerations removed by a /mutate patch, by namespace.",
+                                 ["namespace"], registry=r)
+        refused = Counter(f"{PREFIX}_http_refused", "Requests refused before review (size or time limits), by reason.",
+                          ["reason"], registry=r)
+        config_reloads = Counter(f"{PREFIX}_config_reloads", "Reloads of the configuration file, by result.",
+                                 ["result"], registry=r)
+        self.config_last_reload_successful = Gauge(
+            f"{PREFIX}_config_last_reload_successful",
+            "1 when the configuration file in force is the one on disk, 0 when the last reload was rejected.",
+            registry=r)
+        cert_reloads = Counter(f"{PREFIX}_certificate_reloads", "Reloads of the serving certificate, by result.",
+                               ["result"], registry=r)
+        self.certificate_not_after = Gauge(f"{PREFIX}_certificate_not_after_timestamp_seconds",
+                                           "Expiry of the serving certificate in use (Unix time).", registry=r)
+        self.config_last_reload_successful.set(1)
+
+        self._requests = {(e, o): requests.labels(e.value, o.value) for e in Endpoint for o in Outcome}
+        self._errors = {(e, x): errors.labels(e.value, x.value) for e in Endpoint for x in ErrorReason}
+        self._latency = {e: latency.labels(e.value) for e in Endpoint}
+        self._refused = {x: refused.labels(x.value) for x in Refusal}
+        self._config_reloads = {ok: config_reloads.labels("success" if ok else "failure") for ok in (True, False)}
+        self._cert_reloads = {ok: cert_reloads.labels("success" if ok else "failure") for ok in (True, False)}
+        self._namespaces: set[str] = set()
+
+    def observe_review(self, endpoint: Endpoint, outcome: Outcome, seconds: float) -> None:
+        self._requests[endpoint, outcome].inc()
+        self._latency[endpoint].observe(seconds)
+
+    def count_error(self, endpoint: Endpoint, reason: ErrorReason) -> None:
+        self._errors[endpoint, reason].inc()
+
+    def count_blanket(self, endpoint: Endpoint, namespace: str, seen: int, stripped: int) -> None:
+        label = self._namespace_label(namespace)
+        if seen:
+            self._seen.labels(endpoint.value, label).inc(seen)
+        if stripped:
+            self._stripped.labels(label).inc(stripped)
+
+    def count_refusal(self, reason: Refusal) -> None:
+        self._refused[reason].inc()
+
+    def count_config_reload(self, ok: bool) -> None:
+        self._config_reloads[ok].inc()
+        self.config_last_reload_successful.set(1 if ok else 0)
+
+    def count_certificate_reload(self, ok: bool) -> None:
+        self._cert_reloads[ok].inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def _namespace_label(self, namespace: str) -> str:
+        if namespace in self._namespaces:
+            return namespace
+        if len(self._namespaces) >= MAX_NAMESPACES or not _NAMESPACE_NAME.fullmatch(namespace):
+            return OTHER_NAMESPACE
+        self._namespaces.add(namespace)
+        return namespace
