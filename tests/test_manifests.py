@@ -331,8 +331,12 @@ def test_webhooks_see_daemonset_create_and_update_only(rendered, overlay):
 
 
 def test_mutating_webhook_is_reinvoked_if_needed(rendered):
-    hooks = find(rendered["cert-manager"], "MutatingWebhookConfiguration", WEBHOOK_CONFIGURATION)["webhooks"]
+    objects = rendered["cert-manager"]
+    hooks = find(objects, "MutatingWebhookConfiguration", WEBHOOK_CONFIGURATION)["webhooks"]
     assert [h["reinvocationPolicy"] for h in hooks] == ["IfNeeded"]
+    # A field of mutating webhooks only; kube-apiserver rejects it on a validating one.
+    validating = find(objects, "ValidatingWebhookConfiguration", WEBHOOK_CONFIGURATION)["webhooks"]
+    assert all("reinvocationPolicy" not in h for h in validating)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -158,8 +158,8 @@ def _certs(args: argparse.Namespace) -> int:
     if renewal.ca_renewed:
         print(f"made a new CA in {out}/{certs.CA_CERT_FILE}", file=sys.stderr)
     if renewal.cert_renewed:
-        print(f"wrote {out}/{certs.CERT_FILE} and {certs.KEY_FILE} for {', '.join(dns_names + ips)}",
-              file=sys.stderr)
+        print(f"wrote {out}/{certs.CERT_FILE} and {certs.KEY_FILE} for {', '.join(dns_names + ips)}, "
+              f"valid until {renewal.cert_not_after:%Y-%m-%d}", file=sys.stderr)
     else:
         print(f"{out}/{certs.CERT_FILE} is valid until {renewal.cert_not_after:%Y-%m-%d}; nothing to renew",
               file=sys.stderr)
