@@ -1,23 +1,33 @@
 """A CA and a serving certificate for the webhook, made with the `cryptography` package.
 
 Building returns PEM bytes; writing files is separate. Key material is never logged.
+Renewal (`renew`) reuses a CA that is still good, so the caBundle kube-apiserver trusts stays valid; a CA
+that must change is published beside its predecessor until that one expires.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
 import os
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DEFAULT_SERVICE = "cilium-startup-guard-webhook"
 DEFAULT_NAMESPACE = "cilium-startup-guard"
+# Names in manifests/: the Secret the webhook Deployment mounts, and both webhook configurations.
+DEFAULT_SECRET = "cilium-startup-guard-webhook-tls"
+DEFAULT_WEBHOOK_CONFIGURATION = "cilium-startup-guard"
+DEFAULT_RENEW_BEFORE = datetime.timedelta(days=30)
 CA_VALIDITY = datetime.timedelta(days=3650)
 SERVING_VALIDITY = datetime.timedelta(days=365)
 # Backdated so that a node whose clock is slightly behind still accepts a brand-new certificate.
@@ -27,6 +37,10 @@ CA_CERT_FILE = "ca.crt"
 CA_KEY_FILE = "ca.key"
 CERT_FILE = "tls.crt"
 KEY_FILE = "tls.key"
+# Every CA kube-apiserver should trust: the current one first, then earlier ones that have not expired.
+CA_BUNDLE_FILE = "ca-bundle.crt"
+KUSTOMIZATION_FILE = "kustomization.yaml"
+CA_BUNDLE_PATCH_FILE = "ca-bundle-patch.yaml"
 
 
 @dataclass(frozen=True)
@@ -125,6 +139,196 @@ def ensure_dev_certs(directory: Path) -> bool:
         return False
     write_bundle(build_bundle(*default_sans()), directory)
     return True
+
+
+@dataclass(frozen=True)
+class StoredFiles:
+    """What a certificate directory holds; None for a file that is absent."""
+
+    ca_cert_pem: bytes | None = None
+    ca_key_pem: bytes | None = None
+    cert_pem: bytes | None = None
+    key_pem: bytes | None = None
+    ca_bundle_pem: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """The outcome of `renew`: the files to hold, and why anything changed."""
+
+    bundle: CertificateBundle
+    ca_bundle_pem: bytes
+    ca_renewed: bool
+    cert_renewed: bool
+    bundle_changed: bool
+    cert_not_after: datetime.datetime
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def changed(self) -> bool:
+        return self.ca_renewed or self.cert_renewed or self.bundle_changed
+
+
+def read_stored(directory: Path) -> StoredFiles:
+    def read(name: str) -> bytes | None:
+        path = directory / name
+        return path.read_bytes() if path.exists() else None
+
+    return StoredFiles(ca_cert_pem=read(CA_CERT_FILE), ca_key_pem=read(CA_KEY_FILE), cert_pem=read(CERT_FILE),
+                       key_pem=read(KEY_FILE), ca_bundle_pem=read(CA_BUNDLE_FILE))
+
+
+def renew(stored: StoredFiles, dns_names: list[str], ip_addresses: list[str],
+          renew_before: datetime.timedelta = DEFAULT_RENEW_BEFORE, now: datetime.datetime | None = None,
+          force: bool = False) -> Renewal:
+    """Keep what is still good, replace what is not, and never drop a CA that a live certificate needs.
+
+    The CA is replaced when it is absent, unusable, within `renew_before` of expiry, or `force` is set; the
+    serving certificate when the CA changed, it is within `renew_before` of expiry, its names differ, or it
+    does not match its key. A replaced CA that has not expired stays in the CA bundle, so the serving
+    certificate still deployed keeps verifying until the new one is live.
+    """
+    now = now or datetime.datetime.now(datetime.UTC)
+    notes: list[str] = []
+    old_ca = _usable_ca(stored, notes)
+    ca_renewed = force or old_ca is None or old_ca[0].not_valid_after_utc - now <= renew_before
+    if old_ca is None or ca_renewed:
+        ca_cert_pem, ca_key_pem = build_ca(now=now)
+    else:
+        ca_cert_pem, ca_key_pem = old_ca[1:]
+    ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
+
+    old_cert = None if ca_renewed else _good_serving_cert(stored, ca_cert, dns_names, ip_addresses,
+                                                          now + renew_before)
+    cert_renewed = old_cert is None
+    if old_cert is None:
+        cert_pem, key_pem = build_serving_cert(ca_cert_pem, ca_key_pem, dns_names, ip_addresses, now=now)
+    else:
+        cert_pem, key_pem = old_cert
+
+    earlier = list(_load_all(stored.ca_bundle_pem))
+    if stored.ca_cert_pem is not None:
+        earlier += _load_all(stored.ca_cert_pem)
+    ca_bundle_pem = build_ca_bundle(ca_cert, earlier, now)
+    return Renewal(
+        bundle=CertificateBundle(ca_cert_pem=ca_cert_pem, ca_key_pem=ca_key_pem, cert_pem=cert_pem,
+                                 key_pem=key_pem),
+        ca_bundle_pem=ca_bundle_pem,
+        ca_renewed=ca_renewed,
+        cert_renewed=cert_renewed,
+        bundle_changed=ca_bundle_pem != stored.ca_bundle_pem,
+        cert_not_after=x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc,
+        notes=tuple(notes),
+    )
+
+
+def build_ca_bundle(current: x509.Certificate, earlier: Iterable[x509.Certificate],
+                    now: datetime.datetime) -> bytes:
+    """The current CA, then each earlier CA that has not expired, once each and in their order."""
+    kept = [current]
+    seen = {current.fingerprint(hashes.SHA256())}
+    for cert in earlier:
+        fingerprint = cert.fingerprint(hashes.SHA256())
+        if fingerprint not in seen and cert.not_valid_after_utc > now:
+            seen.add(fingerprint)
+            kept.append(cert)
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in kept)
+
+
+def write_renewal(renewal: Renewal, directory: Path) -> None:
+    """Write only what changed. The key goes in before its certificate, as in write_bundle."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if renewal.ca_renewed:
+        _write(directory / CA_CERT_FILE, renewal.bundle.ca_cert_pem, 0o644)
+        _write(directory / CA_KEY_FILE, renewal.bundle.ca_key_pem, 0o600)
+    if renewal.bundle_changed:
+        _write(directory / CA_BUNDLE_FILE, renewal.ca_bundle_pem, 0o644)
+    if renewal.cert_renewed:
+        _write(directory / KEY_FILE, renewal.bundle.key_pem, 0o600)
+        _write(directory / CERT_FILE, renewal.bundle.cert_pem, 0o644)
+
+
+def kustomize_component(ca_bundle_pem: bytes, secret: str = DEFAULT_SECRET, namespace: str = DEFAULT_NAMESPACE,
+                        webhook_configuration: str = DEFAULT_WEBHOOK_CONFIGURATION) -> dict[str, str]:
+    """A kustomize Component, as {file name: text}, that makes the Secret and sets caBundle.
+
+    It sits beside the certificate files it reads. The Secret keeps one name (no hash suffix) so that a
+    renewed certificate replaces the mounted files in place instead of rolling the webhook pods. Each webhook
+    configuration holds one webhook (manifests/base), hence the one patched index.
+    """
+    ca_bundle = base64.b64encode(ca_bundle_pem).decode("ascii")
+    patch = [{"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": ca_bundle}]
+    component = {
+        "apiVersion": "kustomize.config.k8s.io/v1alpha1",
+        "kind": "Component",
+        "secretGenerator": [{
+            "name": secret,
+            "namespace": namespace,
+            "type": "kubernetes.io/tls",
+            "files": [CERT_FILE, KEY_FILE, f"ca.crt={CA_BUNDLE_FILE}"],
+            "options": {"disableNameSuffixHash": True},
+        }],
+        "patches": [
+            {"path": CA_BUNDLE_PATCH_FILE,
+             "target": {"group": "admissionregistration.k8s.io", "kind": kind, "name": webhook_configuration}}
+            for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
+        ],
+    }
+    header = ("# Made by `cilium-startup-guard certs --kustomize`; run it again to renew. Do not edit, and do not\n"
+              "# commit this directory: the key files beside this one are secret.\n")
+    return {
+        KUSTOMIZATION_FILE: header + yaml.safe_dump(component, sort_keys=False),
+        CA_BUNDLE_PATCH_FILE: header + yaml.safe_dump(patch, sort_keys=False, width=1_000_000),
+    }
+
+
+def _usable_ca(stored: StoredFiles, notes: list[str]) -> tuple[x509.Certificate, bytes, bytes] | None:
+    """The stored CA (certificate, its PEM, key PEM) if it can sign; otherwise None, with the reason in `notes`."""
+    if stored.ca_cert_pem is None or stored.ca_key_pem is None:
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(stored.ca_cert_pem)
+        key = serialization.load_pem_private_key(stored.ca_key_pem, password=None)
+    except ValueError as err:
+        notes.append(f"the stored CA cannot be read ({err}); made a new one")
+        return None
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key() or not is_ca:
+        notes.append("the stored CA key does not belong to a CA certificate; made a new CA")
+        return None
+    return cert, stored.ca_cert_pem, stored.ca_key_pem
+
+
+def _good_serving_cert(stored: StoredFiles, ca_cert: x509.Certificate, dns_names: list[str],
+                       ip_addresses: list[str], valid_until: datetime.datetime) -> tuple[bytes, bytes] | None:
+    """The stored (certificate PEM, key PEM) if it can stay; None when it must be replaced."""
+    if stored.cert_pem is None or stored.key_pem is None:
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(stored.cert_pem)
+        key = serialization.load_pem_private_key(stored.key_pem, password=None)
+        cert.verify_directly_issued_by(ca_cert)
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, TypeError, x509.ExtensionNotFound, InvalidSignature):
+        return None
+    names = set(sans.get_values_for_type(x509.DNSName))
+    ips = {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    wanted_ips = {str(ipaddress.ip_address(ip)) for ip in ip_addresses}
+    good = (key.public_key() == cert.public_key() and names == set(dns_names) and ips == wanted_ips
+            and cert.not_valid_after_utc > valid_until)
+    return (stored.cert_pem, stored.key_pem) if good else None
+
+
+def _load_all(pem: bytes | None) -> list[x509.Certificate]:
+    if not pem:
+        return []
+    try:
+        return x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        return []
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

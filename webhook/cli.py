@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import functools
 import sys
 from collections.abc import Sequence
@@ -81,11 +82,26 @@ def _parser() -> argparse.ArgumentParser:
     _add_policy_flags(review)
     review.set_defaults(run=_review)
 
-    certs_cmd = commands.add_parser("certs", help="make a CA and a serving certificate for the webhook")
+    certs_cmd = commands.add_parser(
+        "certs", help="make or renew a CA and a serving certificate for the webhook",
+        description="Makes a CA and a serving certificate in --out-dir, or renews them: a CA that is still good "
+                    "is kept, so the caBundle in the webhook configurations stays valid. Run it again before "
+                    "expiry; it changes nothing while the certificates have more than --renew-before days left.")
     certs_cmd.add_argument("--out-dir", type=Path, default=DEFAULT_CERTS_DIR)
     certs_cmd.add_argument("--service", default=certs.DEFAULT_SERVICE, help="the webhook Service's name")
     certs_cmd.add_argument("--namespace", default=certs.DEFAULT_NAMESPACE, help="the webhook's namespace")
-    certs_cmd.add_argument("--force", action="store_true", help="replace certificates that already exist")
+    certs_cmd.add_argument("--renew-before", type=int, default=certs.DEFAULT_RENEW_BEFORE.days, metavar="DAYS",
+                           help="renew a certificate that expires within DAYS days (default %(default)s)")
+    certs_cmd.add_argument("--force", action="store_true",
+                           help="replace the CA and the serving certificate now; the old CA stays in the "
+                                "CA bundle until it expires, so the running webhook keeps working")
+    certs_cmd.add_argument("--kustomize", action="store_true",
+                           help="also write a kustomize Component (kustomization.yaml) in --out-dir that makes "
+                                "the Secret and sets caBundle in both webhook configurations")
+    certs_cmd.add_argument("--secret", default=certs.DEFAULT_SECRET,
+                           help="the Secret the webhook mounts (default %(default)s)")
+    certs_cmd.add_argument("--webhook-configuration", default=certs.DEFAULT_WEBHOOK_CONFIGURATION,
+                           help="name of both webhook configurations (default %(default)s)")
     certs_cmd.set_defaults(run=_certs)
     return parser
 
@@ -148,13 +164,36 @@ def _review(args: argparse.Namespace) -> int:
 
 def _certs(args: argparse.Namespace) -> int:
     out: Path = args.out_dir
-    if not args.force and (out / certs.CERT_FILE).exists():
-        print(f"{out / certs.CERT_FILE} exists; use --force to replace it", file=sys.stderr)
-        return 0
+    # A renewal window as long as the certificate itself would renew it on every run.
+    if not 0 <= args.renew_before < certs.SERVING_VALIDITY.days:
+        raise ConfigError(f"--renew-before must be from 0 to {certs.SERVING_VALIDITY.days - 1} days")
     dns_names, ips = certs.default_sans(args.service, args.namespace)
-    certs.write_bundle(certs.build_bundle(dns_names, ips), out)
-    print(f"wrote {out}/{certs.CA_CERT_FILE}, {certs.CERT_FILE} and {certs.KEY_FILE} "
-          f"for {', '.join(dns_names + ips)}", file=sys.stderr)
+    try:
+        renewal = certs.renew(certs.read_stored(out), dns_names, ips,
+                              renew_before=datetime.timedelta(days=args.renew_before), force=args.force)
+        certs.write_renewal(renewal, out)
+        if args.kustomize:
+            component = certs.kustomize_component(renewal.ca_bundle_pem, secret=args.secret,
+                                                  namespace=args.namespace,
+                                                  webhook_configuration=args.webhook_configuration)
+            for name, text in component.items():
+                (out / name).write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot use certificate directory {out}: {err}") from None
+    for note in renewal.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if renewal.ca_renewed:
+        print(f"made a new CA in {out}/{certs.CA_CERT_FILE}", file=sys.stderr)
+    if renewal.cert_renewed:
+        print(f"wrote {out}/{certs.CERT_FILE} and {certs.KEY_FILE} for {', '.join(dns_names + ips)}, "
+              f"valid until {renewal.cert_not_after:%Y-%m-%d}", file=sys.stderr)
+    else:
+        print(f"{out}/{certs.CERT_FILE} is valid until {renewal.cert_not_after:%Y-%m-%d}; nothing to renew",
+              file=sys.stderr)
+    trusted = renewal.ca_bundle_pem.count(b"-----BEGIN CERTIFICATE-----")
+    print(f"caBundle: {out}/{certs.CA_BUNDLE_FILE} ({trusted} CA{'s' if trusted > 1 else ''})", file=sys.stderr)
+    if args.kustomize:
+        print(f"wrote {out}/{certs.KUSTOMIZATION_FILE}; apply the overlay that includes it", file=sys.stderr)
     return 0
 
 
