@@ -34,7 +34,7 @@ import time
 import uuid
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -110,6 +110,7 @@ class Request:
     content_type: str
     body: Any
     user_agent: str
+    at: float = field(default_factory=time.monotonic, compare=False)  # when it arrived (monotonic clock)
 
 
 @dataclass
