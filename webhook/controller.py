@@ -17,6 +17,13 @@ from enum import StrEnum
 from typing import Any
 
 from webhook import kube
+from webhook.config import (
+    DEFAULT_AGENT_SELECTOR,
+    DEFAULT_CILIUM_NAMESPACE,
+    DEFAULT_GRACE_PERIOD,
+    DEFAULT_RECYCLE_RATE,
+    DEFAULT_RELEASE_AFTER,
+)
 from webhook.controller_metrics import ControllerMetrics
 from webhook.informer import Backoff, Informer, Key, WorkQueue
 from webhook.kube import ApiError, Kube, Target
@@ -26,13 +33,6 @@ from webhook.policy import CILIUM_TAINT_KEY, DEFAULT_GATE_CONDITION, DEFAULT_GAT
 log = logging.getLogger(__name__)
 
 REPORTING_CONTROLLER = "startupguard.io/controller"
-DEFAULT_GRACE_PERIOD = 60.0
-DEFAULT_RECYCLE_RATE = 5.0  # evictions per minute, cluster-wide
-# Ten minutes, Kubernetes' default progressDeadlineSeconds: past it a rollout is considered stuck anyway, and
-# a Cilium agent that is not ready by then needs a person, whom the Warning event and the metric call.
-DEFAULT_RELEASE_AFTER = 600.0
-DEFAULT_CILIUM_NAMESPACE = "kube-system"
-DEFAULT_AGENT_SELECTOR = "k8s-app=cilium"
 EVICTION_RETRY_FLOOR = 30.0  # issue 3: a refused eviction is retried no sooner than this
 ENDPOINT_READY = "ready"  # CiliumEndpoint status.state once the endpoint is fully regenerated
 FINISHED_PHASES = ("Succeeded", "Failed")

@@ -16,13 +16,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from webhook import kube
+from webhook.config import DEFAULT_LEASE_DURATION, DEFAULT_RENEW_DEADLINE, DEFAULT_RETRY_PERIOD
 from webhook.kube import ApiError, Kube
 
 log = logging.getLogger(__name__)
-
-DEFAULT_LEASE_DURATION = 15
-DEFAULT_RENEW_DEADLINE = 10.0
-DEFAULT_RETRY_PERIOD = 2.0
 
 
 @dataclass(frozen=True)
