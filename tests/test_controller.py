@@ -464,3 +464,52 @@ def test_probe_server_serves_metrics_health_and_readiness(fake_kube: FakeKube, s
                 assert response.status == 200
     finally:
         server.close()
+
+
+# --- RBAC: the calls made are exactly the ones the README documents ---
+
+# (apiGroup, resource, verb); every one cluster-wide except leases, which live in --lease-namespace.
+CONTROLLER_RBAC = {
+    ("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"),
+    ("", "pods/status", "patch"),
+    ("", "pods/eviction", "create"),
+    ("", "nodes", "list"), ("", "nodes", "watch"),
+    ("cilium.io", "ciliumendpoints", "get"), ("cilium.io", "ciliumendpoints", "list"),
+    ("cilium.io", "ciliumendpoints", "watch"),
+    ("events.k8s.io", "events", "create"),
+    ("coordination.k8s.io", "leases", "get"), ("coordination.k8s.io", "leases", "create"),
+    ("coordination.k8s.io", "leases", "update"),
+}
+# Discovery, which the built-in system:discovery ClusterRole grants every authenticated user.
+DISCOVERY = {("nonResourceURL", "/apis/cilium.io/v2", "get")}
+
+
+def rbac_of(request: Request) -> tuple[str, str, str]:
+    """The (apiGroup, resource, verb) an API server authorizes a request as."""
+    parts = [p for p in request.path.split("/") if p]
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    if not rest:
+        return "nonResourceURL", request.path, "get"
+    if rest[0] == "namespaces" and len(rest) >= 3:
+        rest = rest[2:]
+    resource = "/".join([rest[0], *rest[2:3]])
+    named = len(rest) > 1
+    verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
+            "DELETE": "delete" if named else "deletecollection"}.get(request.method)
+    if verb is None:
+        verb = "get" if named else ("watch" if request.query.get("watch") == "true" else "list")
+    return group, resource, verb
+
+
+def test_api_calls_are_exactly_the_documented_rbac(fake_kube: FakeKube, start):
+    fake_kube.graceful_pod_deletion = True
+    cluster(fake_kube)
+    managed = fake_kube.create(gated_pod("managed"))
+    fake_kube.create(endpoint(managed))
+    fake_kube.create(gated_pod("unmanaged"))
+    replica = start()
+    fake_kube.wait_for(lambda: gate_of(fake_kube, "managed") == "True" and evictions(fake_kube))
+    wait_until(lambda: len(fake_kube.list("events.events.k8s.io")) == 2)
+    assert replica.stop() == 0  # releases the lease: an update
+    used = {rbac_of(r) for r in fake_kube.requests}
+    assert used - DISCOVERY == CONTROLLER_RBAC
