@@ -925,6 +925,7 @@ def _now() -> str:
 def _handler_for(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, and chunked watch streams
+        disable_nagle_algorithm = True  # headers and body go out as separate writes: no 40 ms delayed-ACK stalls
 
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)

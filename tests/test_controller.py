@@ -121,18 +121,24 @@ def events(fake: FakeKube, reason: str) -> list[dict[str, Any]]:
 
 def test_endpoint_appearing_sets_the_condition_within_a_second(fake_kube: FakeKube, start, record_property):
     cluster(fake_kube)
-    pod = fake_kube.create(gated_pod("agent-1"))
-    replica = start()
+    pods = [fake_kube.create(gated_pod(f"agent-{i}")) for i in range(10)]
+    replica = start(options(policy=GatePolicy(grace_period=60, release_after=0)))
     time.sleep(0.2)
-    assert gate_of(fake_kube, "agent-1") is None
-    created = time.monotonic()
-    fake_kube.create(endpoint(pod))
-    fake_kube.wait_for(lambda: gate_of(fake_kube, "agent-1") == "True", timeout=2)
-    latency = time.monotonic() - created
-    record_property("endpoint_to_condition_seconds", round(latency, 4))
-    print(f"\nendpoint created -> gate condition True: {latency * 1000:.1f} ms")
-    assert latency < 1.0
-    wait_until(lambda: replica.metric("cilium_startup_guard_gate_conditions_set_total", dry_run="false") == 1)
+    assert all(gate_of(fake_kube, p["metadata"]["name"]) is None for p in pods)
+    latencies = []
+    for pod in pods:  # one at a time: each is the time from one endpoint's creation to its pod's condition
+        name = pod["metadata"]["name"]
+        created = time.monotonic()
+        fake_kube.create(endpoint(pod))
+        fake_kube.wait_for(lambda name=name: gate_of(fake_kube, name) == "True", timeout=2)
+        latencies.append(time.monotonic() - created)
+    latencies.sort()
+    summary = {"min_ms": round(latencies[0] * 1000, 1), "median_ms": round(latencies[len(latencies) // 2] * 1000, 1),
+               "max_ms": round(latencies[-1] * 1000, 1)}
+    record_property("endpoint_to_condition", summary)
+    print(f"\nendpoint created -> gate condition True, {len(latencies)} pods: {summary}")
+    assert latencies[-1] < 1.0  # the issue asks for "within a second or two"; no poll interval is involved
+    wait_until(lambda: replica.metric("cilium_startup_guard_gate_conditions_set_total", dry_run="false") == 10)
 
 
 def test_endpoint_present_at_start_sets_the_condition(fake_kube: FakeKube, start):
