@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from tests.manifest_render import KUBECTL, OVERLAYS, ROOT, build, normalized, prepare, render_kubectl, render_overlays
+from tests.objects import CONTROLLER_RBAC
 from webhook import certs
 from webhook.app import create_app
 from webhook.config import ConfigFile, Settings, parse_config
@@ -72,7 +73,7 @@ CONTROLLER_GRANTS = {
     *(("", "", "pods", verb, None) for verb in ("get", "list", "watch")),
     ("", "", "pods/status", "patch", None),
     ("", "", "pods/eviction", "create", None),
-    *(("", "cilium.io", "ciliumendpoints", verb, None) for verb in ("list", "watch")),
+    *(("", "cilium.io", "ciliumendpoints", verb, None) for verb in ("get", "list", "watch")),
     *(("", "", "nodes", verb, None) for verb in ("list", "watch")),
     ("", "events.k8s.io", "events", "create", None),
     (NAMESPACE, "coordination.k8s.io", "leases", "create", None),
@@ -457,6 +458,10 @@ def test_certs_job_uses_the_in_cluster_interface(rendered, kind):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_controller_rbac_is_exactly_its_api_calls(rendered, overlay):
     assert grants(rendered[overlay], CONTROLLER) == CONTROLLER_GRANTS
+
+
+def test_controller_rbac_matches_the_calls_the_controller_makes():
+    assert {(group, resource, verb) for _, group, resource, verb, _ in CONTROLLER_GRANTS} == CONTROLLER_RBAC
 
 
 def test_certs_job_rbac_is_exactly_its_api_calls(rendered):

@@ -5,14 +5,33 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import logging
+import signal
+import socket
 import sys
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
 from webhook import certs
-from webhook.config import DEFAULT_CERTS_DIR, DEFAULT_PORT, ConfigError, ServerSettings, build_settings
+from webhook.config import (
+    DEFAULT_AGENT_SELECTOR,
+    DEFAULT_CERTS_DIR,
+    DEFAULT_CILIUM_NAMESPACE,
+    DEFAULT_GRACE_PERIOD,
+    DEFAULT_LEASE_NAME,
+    DEFAULT_METRICS_PORT,
+    DEFAULT_PORT,
+    DEFAULT_RECYCLE_RATE,
+    DEFAULT_RELEASE_AFTER,
+    ConfigError,
+    ConfigFile,
+    ServerSettings,
+    build_settings,
+    load_config,
+)
 from webhook.logs import configure_logging
 from webhook.policy import Mode
 
@@ -21,6 +40,8 @@ EXIT_USAGE = 2
 # `serve` flags that are ServerSettings fields of the same name.
 SERVER_FLAGS = ("max_body_bytes", "max_header_bytes", "header_timeout", "body_timeout", "keep_alive_timeout",
                 "shutdown_delay", "shutdown_timeout", "reload_interval")
+
+log = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,7 +124,48 @@ def _parser() -> argparse.ArgumentParser:
     certs_cmd.add_argument("--webhook-configuration", default=certs.DEFAULT_WEBHOOK_CONFIGURATION,
                            help="name of both webhook configurations (default %(default)s)")
     certs_cmd.set_defaults(run=_certs)
+
+    _add_controller(commands)
     return parser
+
+
+def _add_controller(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ctl = commands.add_parser(
+        "controller", help="run the gate controller: set the readiness gate once Cilium manages a pod",
+        description="Sets the readiness gate of gated pods once their CiliumEndpoint is ready, and evicts pods "
+                    "that Cilium will never manage. Exit status: 0 after SIGTERM (or --release-all done), 1 when "
+                    "the leader lease could not be renewed (or --release-all left pods), 2 bad usage.")
+    ctl.add_argument("--kubeconfig", type=Path, metavar="PATH",
+                     help="kubeconfig file (default: the in-cluster service account)")
+    ctl.add_argument("--context", metavar="NAME", help="kubeconfig context (default: its current context)")
+    ctl.add_argument("--config", type=Path, metavar="FILE",
+                     help="the webhook's configuration file (YAML): gate condition type, pod label, lease timings")
+    ctl.add_argument("--grace-period", type=_non_negative, default=DEFAULT_GRACE_PERIOD, metavar="SECONDS",
+                     help=f"how long a running pod may lack a CiliumEndpoint after the later of its start and its "
+                          f"node's Cilium agent becoming ready, before it is evicted (default "
+                          f"{DEFAULT_GRACE_PERIOD:g})")
+    ctl.add_argument("--recycle-rate", type=_non_negative, default=DEFAULT_RECYCLE_RATE, metavar="PER_MINUTE",
+                     help=f"evictions a minute, cluster-wide, also the burst; 0 never evicts "
+                          f"(default {DEFAULT_RECYCLE_RATE:g})")
+    ctl.add_argument("--release-after", type=_non_negative, default=DEFAULT_RELEASE_AFTER, metavar="SECONDS",
+                     help=f"release a gate still closed this long after its pod started, with a Warning event; "
+                          f"0 never (default {DEFAULT_RELEASE_AFTER:g})")
+    ctl.add_argument("--metrics-port", type=_port, default=DEFAULT_METRICS_PORT, metavar="PORT",
+                     help=f"plain HTTP port for /metrics, /healthz and /readyz (default {DEFAULT_METRICS_PORT})")
+    ctl.add_argument("--lease-namespace", metavar="NS",
+                     help="namespace of the leader Lease (default: the controller's own namespace in a cluster, "
+                          "else default)")
+    ctl.add_argument("--lease-name", default=DEFAULT_LEASE_NAME, metavar="NAME",
+                     help=f"name of the leader Lease (default {DEFAULT_LEASE_NAME})")
+    ctl.add_argument("--cilium-namespace", default=DEFAULT_CILIUM_NAMESPACE, metavar="NS",
+                     help=f"namespace of the Cilium agent pods (default {DEFAULT_CILIUM_NAMESPACE})")
+    ctl.add_argument("--cilium-agent-selector", default=DEFAULT_AGENT_SELECTOR, metavar="SELECTOR",
+                     help=f"label selector of the Cilium agent pods (default {DEFAULT_AGENT_SELECTOR})")
+    ctl.add_argument("--dry-run", action="store_true",
+                     help="observe only: log and count what would be done, write nothing, take no lease")
+    ctl.add_argument("--release-all", action="store_true",
+                     help="set every gated pod's condition True and exit (for uninstalling); needs no lease")
+    ctl.set_defaults(run=_controller)
 
 
 def _add_policy_flags(parser: argparse.ArgumentParser) -> None:
@@ -195,6 +257,69 @@ def _certs(args: argparse.Namespace) -> int:
     if args.kustomize:
         print(f"wrote {out}/{certs.KUSTOMIZATION_FILE}; apply the overlay that includes it", file=sys.stderr)
     return 0
+
+
+def _controller(args: argparse.Namespace) -> int:
+    # The kubernetes client loads here only: `serve` and `review` never import it.
+    from webhook import controller, kube
+    from webhook.controller_metrics import ControllerMetrics, ProbeServer
+    from webhook.lease import LeaseConfig
+
+    configure_logging("info")
+    file = load_config(args.config) if args.config is not None else ConfigFile()
+    policy = file.to_policy()
+    identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+    try:
+        client = kube.connect(args.kubeconfig, args.context, user_agent=f"{PROG}-controller/{identity}")
+    except kube.KubeConfigError as err:
+        raise ConfigError(str(err)) from None
+    lease = None
+    if not (args.dry_run or args.release_all):  # dry-run replicas take no part in the election
+        timings = file.controller
+        lease = LeaseConfig(namespace=args.lease_namespace or kube.in_cluster_namespace() or "default",
+                            name=args.lease_name, identity=identity, lease_duration=timings.lease_duration,
+                            renew_deadline=timings.renew_deadline, retry_period=timings.retry_period)
+    options = controller.ControllerOptions(
+        gate_condition=policy.gate_condition_type, gate_label=policy.gate_label,
+        cilium_taint_key=policy.cilium_taint_key,
+        policy=controller.GatePolicy(grace_period=args.grace_period, release_after=args.release_after),
+        recycle_rate=args.recycle_rate, cilium_namespace=args.cilium_namespace,
+        agent_selector=args.cilium_agent_selector, dry_run=args.dry_run, lease=lease, identity=identity)
+    try:
+        if args.release_all:
+            return controller.release_all(client, options)
+        metrics = ControllerMetrics(dry_run=args.dry_run)
+        gate = controller.GateController(client, options, metrics)
+        try:
+            probes = ProbeServer(metrics, "0.0.0.0", args.metrics_port, healthy=gate.is_healthy,
+                                 ready=gate.is_ready).start()
+        except OSError as err:
+            raise ConfigError(f"cannot listen on --metrics-port {args.metrics_port}: {err}") from None
+        log.info("serving /metrics, /healthz and /readyz", extra={"port": probes.port})
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: gate.stop())  # run() then releases the lease and returns 0
+        try:
+            return gate.run()
+        finally:
+            probes.close()
+    finally:
+        client.close()
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number (0-65535), got {text!r}")
+    return int(text)
 
 
 def _mode(args: argparse.Namespace) -> Mode | None:

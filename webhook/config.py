@@ -27,6 +27,20 @@ from webhook.policy import (
 DEFAULT_CERTS_DIR = Path("certs")
 DEFAULT_PORT = 8443
 MIB = 1024 * 1024
+# Gate controller flags (issue 3).
+DEFAULT_GRACE_PERIOD = 60.0
+DEFAULT_RECYCLE_RATE = 5.0  # evictions per minute, cluster-wide
+# Ten minutes, Kubernetes' default progressDeadlineSeconds: past it a rollout counts as stuck anyway, and a Cilium
+# agent that is not ready by then needs a person, whom the Warning event and the metric call.
+DEFAULT_RELEASE_AFTER = 600.0
+DEFAULT_METRICS_PORT = 9090
+DEFAULT_LEASE_NAME = "cilium-startup-guard-controller"
+DEFAULT_CILIUM_NAMESPACE = "kube-system"
+DEFAULT_AGENT_SELECTOR = "k8s-app=cilium"
+# Gate controller leader election, client-go's usual timings (issue 3); the config file may change them.
+DEFAULT_LEASE_DURATION = 15
+DEFAULT_RENEW_DEADLINE = 10.0
+DEFAULT_RETRY_PERIOD = 2.0
 
 # Kubernetes "qualified name": an optional DNS-subdomain prefix and "/", then a name of at most 63 characters.
 _NAME = r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]"
@@ -148,6 +162,21 @@ class _ServerFile(_Strict):
         return ServerSettings(**self.model_dump())
 
 
+class _ControllerFile(_Strict):
+    """Leader-election timings of the gate controller; its other settings are flags."""
+
+    lease_duration: StrictInt = Field(default=DEFAULT_LEASE_DURATION, alias="leaseDurationSeconds", ge=1)
+    renew_deadline: float = Field(default=DEFAULT_RENEW_DEADLINE, alias="renewDeadlineSeconds", gt=0)
+    retry_period: float = Field(default=DEFAULT_RETRY_PERIOD, alias="retryPeriodSeconds", gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> _ControllerFile:
+        # A leader must stop writing (renew deadline) before anyone else may take the lease (duration).
+        if not self.retry_period < self.renew_deadline < self.lease_duration:
+            raise ValueError("needs retryPeriodSeconds < renewDeadlineSeconds < leaseDurationSeconds")
+        return self
+
+
 class ConfigFile(_Strict):
     """The YAML file (a mounted ConfigMap in a cluster). Keys are camelCase, as in Kubernetes objects."""
 
@@ -159,6 +188,7 @@ class ConfigFile(_Strict):
     replacement_tolerations: list[_TolerationFile] = Field(default_factory=list, alias="replacementTolerations")
     failure_mode: Literal["allow", "deny"] = Field(default="allow", alias="failureMode")
     server: _ServerFile = Field(default_factory=_ServerFile)
+    controller: _ControllerFile = Field(default_factory=_ControllerFile)
 
     @model_validator(mode="after")
     def _taint_key(self) -> ConfigFile:

@@ -1,0 +1,37 @@
+"""Shared fixtures: the fake Kubernetes API server and a real kubernetes client pointed at it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.fakekube import FakeKube
+
+
+@pytest.fixture
+def fake_kube() -> Iterator[FakeKube]:
+    fake = FakeKube().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def kubeconfig_path(fake_kube: FakeKube, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # The client honours proxy variables; the fake server is always local.
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(fake_kube.kubeconfig()), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def kube_client(kubeconfig_path: Path) -> Iterator[object]:
+    from webhook import kube
+
+    client = kube.connect(kubeconfig_path, "fake")
+    yield client
+    client.close()

@@ -1,0 +1,975 @@
+"""A small in-memory Kubernetes API server for tests, driven by the real `kubernetes` client over HTTP.
+
+Generic over resource paths: core (/api/v1/...) and group (/apis/GROUP/VERSION/...) resources, namespaced and
+cluster-scoped, each registered with `add_resource`. It serves:
+
+- discovery: /api, /api/v1, /apis, /apis/GROUP/VERSION (a removed resource disappears from it and answers 404)
+- list with labelSelector, fieldSelector (any dotted path, = == !=), limit and continue
+- watch: chunked JSON lines of {type, object} from a resourceVersion (or the current state when none is
+  given), 410 Gone (as an ERROR event, like kube-apiserver) for a compacted one, timeoutSeconds, and
+  `drop_watches()` to cut every open watch connection
+- get, create (generateName, 409 AlreadyExists), update (PUT; 409 on a stale resourceVersion or another uid),
+  delete (uid/resourceVersion preconditions; pods may be left terminating), deletecollection
+- patch: JSON patch, JSON merge patch and a strategic merge patch (lists merged by the usual merge keys), on
+  the object or its status subresource; a patch may not change metadata.uid (422, as kube-apiserver)
+- pods/eviction with a PodDisruptionBudget switch (`block_evictions`) that answers 429 (+ Retry-After)
+- events.k8s.io/v1 Event validation as kube-apiserver does it for that API (422)
+- a record of every request (`requests`, `calls()`) and fault injection (`fail()`)
+
+Resource versions come from one counter, as etcd revisions do. Not modelled: authentication and RBAC,
+admission, server-side apply, field managers, defaulting, most validation.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import copy
+import json
+import re
+import secrets
+import socket
+import threading
+import time
+import uuid
+from bisect import bisect_right
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import jsonpatch
+
+
+@dataclass(frozen=True)
+class ResourceType:
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool
+    subresources: tuple[str, ...] = ()
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def prefix(self) -> str:
+        return f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+
+    @property
+    def name(self) -> str:
+        """plural.group, as kubectl and RBAC spell it (just the plural for core resources)."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+
+DEFAULT_RESOURCES = (
+    ResourceType("", "v1", "pods", "Pod", True, ("status", "eviction")),
+    ResourceType("", "v1", "nodes", "Node", False, ("status",)),
+    ResourceType("", "v1", "namespaces", "Namespace", False, ("status",)),
+    ResourceType("", "v1", "events", "Event", True),
+    ResourceType("", "v1", "configmaps", "ConfigMap", True),
+    ResourceType("", "v1", "secrets", "Secret", True),
+    ResourceType("", "v1", "services", "Service", True, ("status",)),
+    ResourceType("", "v1", "serviceaccounts", "ServiceAccount", True),
+    ResourceType("apps", "v1", "daemonsets", "DaemonSet", True, ("status",)),
+    ResourceType("apps", "v1", "deployments", "Deployment", True, ("status",)),
+    ResourceType("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True, ("status",)),
+    ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True),
+    ResourceType("events.k8s.io", "v1", "events", "Event", True),
+    ResourceType("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations",
+                 "MutatingWebhookConfiguration", False),
+    ResourceType("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations",
+                 "ValidatingWebhookConfiguration", False),
+    ResourceType("cilium.io", "v2", "ciliumendpoints", "CiliumEndpoint", True, ("status",)),
+)
+
+# Strategic merge patch: lists merged by these keys (from the Kubernetes API's patchMergeKey tags);
+# every other list is replaced, as for a JSON merge patch.
+MERGE_KEYS = {
+    "conditions": "type",
+    "containers": "name",
+    "initContainers": "name",
+    "ephemeralContainers": "name",
+    "volumes": "name",
+    "volumeMounts": "mountPath",
+    "env": "name",
+    "imagePullSecrets": "name",
+    "ownerReferences": "uid",
+    "hostAliases": "ip",
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    content_type: str
+    body: Any
+    user_agent: str
+    at: float = field(default_factory=time.monotonic, compare=False)  # when it arrived (monotonic clock)
+
+
+@dataclass
+class Fault:
+    method: str
+    path: re.Pattern[str]
+    status: int
+    times: int | None  # None: until removed
+    when: Callable[[Request], bool] | None = None
+    retry_after: int | None = None
+
+
+@dataclass
+class _Change:
+    rv: int
+    resource: ResourceType
+    type: str  # ADDED, MODIFIED, DELETED
+    old: dict[str, Any] | None
+    new: dict[str, Any]
+
+
+@dataclass
+class _EvictionBlock:
+    namespace: str
+    selector: str | None
+    retry_after: int
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, reason: str, message: str, details: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.code, self.reason, self.message = code, reason, message
+        self.details = details or {}
+        self.headers = headers or {}
+
+    def status(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                "message": self.message, "reason": self.reason, "code": self.code}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+def not_found(rt: ResourceType, name: str) -> ApiError:
+    return ApiError(404, "NotFound", f'{rt.name} "{name}" not found', {"name": name, "group": rt.group,
+                                                                       "kind": rt.plural})
+
+
+def conflict(rt: ResourceType, name: str, why: str) -> ApiError:
+    return ApiError(409, "Conflict", f'Operation cannot be fulfilled on {rt.name} "{name}": {why}',
+                    {"name": name, "group": rt.group, "kind": rt.plural})
+
+
+def invalid(rt: ResourceType, name: str, causes: list[str]) -> ApiError:
+    return ApiError(422, "Invalid", f'{rt.kind} "{name}" is invalid: {"; ".join(causes)}',
+                    {"name": name, "group": rt.group, "kind": rt.kind,
+                     "causes": [{"message": c} for c in causes]})
+
+
+class FakeKube:
+    def __init__(self, resources: tuple[ResourceType, ...] = DEFAULT_RESOURCES) -> None:
+        self._types: dict[tuple[str, str], ResourceType] = {}  # (group, plural)
+        for rt in resources:
+            self.add_resource(rt)
+        self._objects: dict[tuple[str, str], dict[tuple[str, str], dict[str, Any]]] = {}
+        self._rv = 100
+        self._oldest_rv = 0  # watches from below this answer 410 Gone
+        self._history: list[_Change] = []
+        self._cond = threading.Condition(threading.RLock())
+        self.requests: list[Request] = []
+        self._faults: list[Fault] = []
+        self._evictions_blocked: list[_EvictionBlock] = []
+        self._drop_generation = 0
+        self._watch_sockets: set[socket.socket] = set()
+        self._stopping = False
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        # When true, deleting or evicting a running pod leaves it terminating (deletionTimestamp set) until
+        # finish_deletion(), as a kubelet honouring terminationGracePeriodSeconds would.
+        self.graceful_pod_deletion = False
+
+    # --- lifecycle ---
+
+    def start(self) -> FakeKube:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fakekube",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start() first"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self.drop_watches()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def kubeconfig(self, context: str = "fake") -> dict[str, Any]:
+        """A kubeconfig document (as a dict) that points the real client here."""
+        return {
+            "apiVersion": "v1", "kind": "Config", "current-context": context,
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "users": [{"name": "tester", "user": {"token": "fake-token"}}],
+            "contexts": [{"name": context, "context": {"cluster": "fake", "user": "tester"}}],
+        }
+
+    # --- resource types ---
+
+    def add_resource(self, rt: ResourceType) -> None:
+        self._types[(rt.group, rt.plural)] = rt
+
+    def remove_resource(self, name: str) -> ResourceType:
+        """Stop serving a resource (plural.group): discovery omits it and its paths answer 404."""
+        rt = self.resource(name)
+        del self._types[(rt.group, rt.plural)]
+        return rt
+
+    def resource(self, name: str) -> ResourceType:
+        plural, _, group = name.partition(".")
+        try:
+            return self._types[(group, plural)]
+        except KeyError:
+            raise KeyError(f"resource {name} is not served") from None
+
+    def _type_of(self, obj: dict[str, Any]) -> ResourceType:
+        api_version, kind = obj.get("apiVersion", ""), obj.get("kind", "")
+        group, _, version = api_version.rpartition("/")
+        for rt in self._types.values():
+            if rt.group == group and rt.version == version and rt.kind == kind:
+                return rt
+        raise KeyError(f"no resource for {api_version} {kind}")
+
+    # --- direct access for tests (no HTTP, no request record) ---
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Store an object (apiVersion and kind say where); returns a copy with uid and resourceVersion."""
+        rt = self._type_of(obj)
+        with self._cond:
+            return copy.deepcopy(self._create(rt, obj.get("metadata", {}).get("namespace", ""), obj))
+
+    def get(self, name: str, namespace: str, object_name: str) -> dict[str, Any] | None:
+        rt = self.resource(name)
+        with self._cond:
+            obj = self._objects.get(_bucket(rt), {}).get((namespace if rt.namespaced else "", object_name))
+            return copy.deepcopy(obj) if obj is not None else None
+
+    def list(self, name: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        rt = self.resource(name)
+        with self._cond:
+            return [copy.deepcopy(o) for (ns, _), o in sorted(self._objects.get(_bucket(rt), {}).items())
+                    if namespace is None or ns == namespace]
+
+    def modify(self, name: str, namespace: str, object_name: str,
+               change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Change a stored object in place through `change(obj)`; a watch sees MODIFIED."""
+        rt = self.resource(name)
+        with self._cond:
+            old = self._stored(rt, namespace, object_name)
+            new = copy.deepcopy(old)
+            change(new)
+            return copy.deepcopy(self._write(rt, old, new))
+
+    def delete(self, name: str, namespace: str, object_name: str) -> None:
+        rt = self.resource(name)
+        with self._cond:
+            self._remove(rt, self._stored(rt, namespace, object_name))
+
+    def finish_deletion(self, namespace: str, pod_name: str) -> None:
+        """The kubelet is done with a terminating pod: remove it."""
+        self.delete("pods", namespace, pod_name)
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
+        """Block until predicate() is truthy (re-checked on every change and every 50 ms); return its value."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                value = predicate()
+                if value:
+                    return value
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"condition not met within {timeout}s")
+                self._cond.wait(min(left, 0.05))
+
+    # --- switches ---
+
+    def compact(self) -> int:
+        """Forget history: a watch from any earlier resourceVersion gets 410 Gone. Returns the oldest kept."""
+        with self._cond:
+            self._oldest_rv = self._rv
+            self._history.clear()
+            return self._oldest_rv
+
+    def drop_watches(self) -> None:
+        """Cut every open watch connection mid-stream, as a restarting API server or a load balancer would."""
+        with self._cond:
+            self._drop_generation += 1
+            sockets = list(self._watch_sockets)
+            self._cond.notify_all()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def block_evictions(self, namespace: str, selector: str | None = None, retry_after: int = 0) -> None:
+        """A PodDisruptionBudget with no disruptions allowed over pods in `namespace` (matching `selector`)."""
+        with self._cond:
+            self._evictions_blocked.append(_EvictionBlock(namespace, selector, retry_after))
+
+    def allow_evictions(self) -> None:
+        with self._cond:
+            self._evictions_blocked.clear()
+
+    def fail(self, method: str, path: str, status: int = 500, times: int | None = 1,
+             when: Callable[[Request], bool] | None = None, retry_after: int | None = None) -> Fault:
+        """Answer requests matching method and path (a regular expression searched in the path) with an
+        error, `times` times (None: until `clear_fault`)."""
+        fault = Fault(method.upper(), re.compile(path), status, times, when, retry_after)
+        with self._cond:
+            self._faults.append(fault)
+        return fault
+
+    def clear_fault(self, fault: Fault) -> None:
+        with self._cond:
+            if fault in self._faults:
+                self._faults.remove(fault)
+
+    def calls(self, method: str | None = None, path: str | None = None) -> list[Request]:
+        """Recorded requests, optionally by method and a regular expression searched in the path."""
+        with self._cond:
+            return [r for r in self.requests if (method is None or r.method == method.upper())
+                    and (path is None or re.search(path, r.path))]
+
+    # --- storage ---
+
+    def _stored(self, rt: ResourceType, namespace: str, name: str) -> dict[str, Any]:
+        obj = self._objects.get(_bucket(rt), {}).get((namespace if rt.namespaced else "", name))
+        if obj is None:
+            raise not_found(rt, name)
+        return obj
+
+    def _next_rv(self) -> str:
+        self._rv += 1
+        return str(self._rv)
+
+    def _create(self, rt: ResourceType, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        if rt.group == "events.k8s.io":
+            problems = validate_event_v1(body)
+            if problems:
+                raise invalid(rt, body.get("metadata", {}).get("name", ""), problems)
+        obj = copy.deepcopy(body)
+        obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
+        metadata = obj.setdefault("metadata", {})
+        if rt.namespaced:
+            if not namespace:
+                raise ApiError(400, "BadRequest", "the namespace of the object is required")
+            if metadata.get("namespace") not in (None, "", namespace):
+                raise ApiError(400, "BadRequest", "the namespace of the provided object does not match the "
+                                                  "namespace sent on the request")
+            metadata["namespace"] = namespace
+        else:
+            metadata.pop("namespace", None)
+        if not metadata.get("name"):
+            if not metadata.get("generateName"):
+                raise invalid(rt, "", ["metadata.name: Required value: name or generateName is required"])
+            metadata["name"] = metadata["generateName"] + secrets.token_hex(3)[:5]
+        key = (namespace if rt.namespaced else "", metadata["name"])
+        bucket = self._objects.setdefault(_bucket(rt), {})
+        if key in bucket:
+            raise ApiError(409, "AlreadyExists", f'{rt.name} "{metadata["name"]}" already exists',
+                           {"name": metadata["name"], "group": rt.group, "kind": rt.plural})
+        metadata["uid"] = metadata.get("uid") or str(uuid.uuid4())
+        metadata.setdefault("creationTimestamp", _now())
+        metadata["resourceVersion"] = self._next_rv()
+        bucket[key] = obj
+        self._record(rt, "ADDED", None, obj)
+        return obj
+
+    def _write(self, rt: ResourceType, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+        """Store `new` in place of `old`; a change that changes nothing writes nothing."""
+        new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+        if new == old:
+            return old
+        new["metadata"]["resourceVersion"] = self._next_rv()
+        key = (new["metadata"].get("namespace", "") if rt.namespaced else "", new["metadata"]["name"])
+        self._objects[_bucket(rt)][key] = new
+        self._record(rt, "MODIFIED", old, new)
+        return new
+
+    def _remove(self, rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
+        key = (obj["metadata"].get("namespace", "") if rt.namespaced else "", obj["metadata"]["name"])
+        del self._objects[_bucket(rt)][key]
+        gone = copy.deepcopy(obj)
+        gone["metadata"]["resourceVersion"] = self._next_rv()
+        self._record(rt, "DELETED", obj, gone)
+        return gone
+
+    def _record(self, rt: ResourceType, kind: str, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+        self._history.append(_Change(self._rv, rt, kind, copy.deepcopy(old), copy.deepcopy(new)))
+        self._cond.notify_all()
+
+    # --- HTTP: routing ---
+
+    def handle(self, method: str, raw_path: str, headers: Any, body: bytes) -> tuple[int, Any, dict[str, str]]:
+        """Answer one request: (status, JSON body or a watch generator, extra headers)."""
+        parts = urlsplit(raw_path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        content_type = (headers.get("Content-Type") or "").split(";")[0].strip()
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            return 400, ApiError(400, "BadRequest", "request body is not JSON").status(), {}
+        request = Request(method, parts.path, query, content_type, parsed, headers.get("User-Agent") or "")
+        with self._cond:
+            self.requests.append(request)
+            fault = self._fault_for(request)
+        if fault is not None:
+            extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after else {}
+            return fault.status, ApiError(fault.status, "InternalError" if fault.status >= 500 else "Injected",
+                                          f"injected fault for {method} {parts.path}").status(), extra
+        try:
+            return self._route(request)
+        except ApiError as err:
+            return err.code, err.status(), err.headers
+
+    def _fault_for(self, request: Request) -> Fault | None:
+        for fault in self._faults:
+            if fault.method == request.method and fault.path.search(request.path) and (
+                    fault.when is None or fault.when(request)):
+                if fault.times is not None:
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self._faults.remove(fault)
+                return fault
+        return None
+
+    def _route(self, r: Request) -> tuple[int, Any, dict[str, str]]:
+        segments = [s for s in r.path.split("/") if s]
+        if segments in (["api"], ["apis"]) and r.method == "GET":
+            return 200, self._discovery_root(segments[0]), {}
+        if len(segments) >= 2 and segments[0] == "api":
+            group, version, rest = "", segments[1], segments[2:]
+        elif len(segments) >= 3 and segments[0] == "apis":
+            group, version, rest = segments[1], segments[2], segments[3:]
+        else:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        if not rest:
+            if r.method != "GET":
+                raise ApiError(405, "MethodNotAllowed", "method not allowed")
+            return 200, self._discovery_group(group, version), {}
+        namespace = ""
+        if rest[0] == "namespaces" and len(rest) >= 3 and (group, rest[2]) in self._types:
+            namespace, rest = rest[1], rest[2:]
+        rt = self._types.get((group, rest[0]))
+        if rt is None or rt.version != version or (namespace and not rt.namespaced):
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        name = rest[1] if len(rest) > 1 else ""
+        sub = rest[2] if len(rest) > 2 else ""
+        if (sub and sub not in rt.subresources) or len(rest) > 3:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        with self._cond:
+            return self._dispatch(rt, namespace, name, sub, r)
+
+    def _dispatch(self, rt: ResourceType, ns: str, name: str, sub: str, r: Request) -> tuple[int, Any, dict[str, str]]:
+        if not name:
+            if r.method == "GET":
+                if r.query.get("watch") in ("true", "1"):
+                    return 200, self._watch(rt, ns, r.query), {}
+                return 200, self._list(rt, ns, r.query), {}
+            if r.method == "POST":
+                return 201, copy.deepcopy(self._create(rt, ns, _object_body(r))), {}
+            if r.method == "DELETE":
+                return 200, self._delete_collection(rt, ns, r.query), {}
+        elif sub == "eviction":
+            if r.method == "POST":
+                return self._evict(rt, ns, name, _object_body(r))
+        elif r.method == "GET":
+            return 200, copy.deepcopy(self._stored(rt, ns, name)), {}
+        elif r.method == "PUT":
+            return 200, copy.deepcopy(self._update(rt, ns, name, sub, _object_body(r))), {}
+        elif r.method == "PATCH":
+            return 200, copy.deepcopy(self._patch(rt, ns, name, sub, r)), {}
+        elif r.method == "DELETE" and not sub:
+            return 200, copy.deepcopy(self._delete(rt, ns, name, r.body or {})), {}
+        raise ApiError(405, "MethodNotAllowed", f"{r.method} is not supported here")
+
+    # --- discovery ---
+
+    def _discovery_root(self, root: str) -> dict[str, Any]:
+        if root == "api":
+            return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
+        groups: dict[str, list[str]] = {}
+        for rt in self._types.values():
+            if rt.group and rt.version not in groups.setdefault(rt.group, []):
+                groups[rt.group].append(rt.version)
+        return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+            {"name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v} for v in vs],
+             "preferredVersion": {"groupVersion": f"{g}/{vs[0]}", "version": vs[0]}}
+            for g, vs in sorted(groups.items())]}
+
+    def _discovery_group(self, group: str, version: str) -> dict[str, Any]:
+        served = [rt for rt in self._types.values() if rt.group == group and rt.version == version]
+        if not served:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        verbs = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+        resources: list[dict[str, Any]] = []
+        for rt in sorted(served, key=lambda t: t.plural):
+            resources.append({"name": rt.plural, "singularName": rt.kind.lower(), "namespaced": rt.namespaced,
+                              "kind": rt.kind, "verbs": verbs})
+            resources += [{"name": f"{rt.plural}/{s}", "singularName": "", "namespaced": rt.namespaced,
+                           "kind": "Eviction" if s == "eviction" else rt.kind,
+                           "verbs": ["create"] if s == "eviction" else ["get", "patch", "update"]}
+                          for s in rt.subresources]
+        return {"kind": "APIResourceList", "apiVersion": "v1",
+                "groupVersion": f"{group}/{version}" if group else version, "resources": resources}
+
+    # --- list and watch ---
+
+    def _matching(self, rt: ResourceType, ns: str, query: dict[str, str]) -> Callable[[dict[str, Any]], bool]:
+        labels = parse_label_selector(query.get("labelSelector", ""))
+        fields = parse_field_selector(query.get("fieldSelector", ""))
+
+        def matches(obj: dict[str, Any]) -> bool:
+            metadata = obj.get("metadata", {})
+            if ns and metadata.get("namespace") != ns:
+                return False
+            return all(test(metadata.get("labels") or {}) for test in labels) and all(
+                test(obj) for test in fields)
+
+        return matches
+
+    def _list(self, rt: ResourceType, ns: str, query: dict[str, str]) -> dict[str, Any]:
+        matches = self._matching(rt, ns, query)
+        list_rv, start = self._rv, None
+        if query.get("continue"):
+            try:
+                token = json.loads(base64.b64decode(query["continue"]))
+                list_rv, start = int(token["rv"]), tuple(token["start"])
+            except (ValueError, KeyError, TypeError):
+                raise ApiError(400, "BadRequest", "invalid continue token") from None
+            if list_rv < self._oldest_rv:
+                raise ApiError(410, "Expired", "The provided continue parameter is too old to display a "
+                                               "consistent list result. You can start a new list without the "
+                                               "continue parameter.")
+        keys = sorted(k for k, o in self._objects.get(_bucket(rt), {}).items() if matches(o))
+        if start is not None:
+            keys = [k for k in keys if k > start]
+        limit = int(query.get("limit") or 0)
+        page, more = (keys[:limit], len(keys) > limit) if limit > 0 else (keys, False)
+        metadata: dict[str, Any] = {"resourceVersion": str(list_rv)}
+        if more:
+            token = {"rv": list_rv, "start": list(page[-1])}
+            metadata["continue"] = base64.b64encode(json.dumps(token).encode()).decode()
+            metadata["remainingItemCount"] = len(keys) - len(page)
+        bucket = self._objects.get(_bucket(rt), {})
+        return {"kind": f"{rt.kind}List", "apiVersion": rt.api_version, "metadata": metadata,
+                "items": [copy.deepcopy(bucket[k]) for k in page]}
+
+    def _watch(self, rt: ResourceType, ns: str, query: dict[str, str]) -> Iterator[dict[str, Any]]:
+        """Called under the lock: decide the starting point now, stream later (see _stream_watch)."""
+        matches = self._matching(rt, ns, query)
+        since = query.get("resourceVersion") or ""
+        timeout = min(float(query.get("timeoutSeconds") or 1800), 1800.0)
+        if since in ("", "0"):
+            initial = [{"type": "ADDED", "object": copy.deepcopy(o)}
+                       for _, o in sorted(self._objects.get(_bucket(rt), {}).items()) if matches(o)]
+            position = self._rv
+        else:
+            position = int(since)
+            if position < self._oldest_rv:
+                gone = ApiError(410, "Expired", f"too old resource version: {since} ({self._oldest_rv})")
+                return iter([{"type": "ERROR", "object": gone.status()}])
+            initial = []
+        return self._stream_watch(rt, matches, position, initial, time.monotonic() + timeout,
+                                  self._drop_generation)
+
+    def _stream_watch(self, rt: ResourceType, matches: Callable[[dict[str, Any]], bool], position: int,
+                      initial: list[dict[str, Any]], deadline: float,
+                      generation: int) -> Iterator[dict[str, Any]]:
+        yield from initial
+        while True:
+            with self._cond:
+                if self._stopping or self._drop_generation != generation:
+                    raise ConnectionAbortedError("watch dropped")
+                if position < self._oldest_rv:
+                    gone = ApiError(410, "Expired", "too old resource version")
+                    yield {"type": "ERROR", "object": gone.status()}
+                    return
+                start = bisect_right([c.rv for c in self._history], position)
+                changes = self._history[start:]
+                if not changes:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    self._cond.wait(min(left, 0.2))
+                    continue
+            for change in changes:
+                position = change.rv
+                if change.resource != rt:
+                    continue
+                was = change.old is not None and matches(change.old)
+                now = matches(change.new)
+                if change.type == "DELETED":
+                    kind = "DELETED" if was else None
+                elif was and now:
+                    kind = "MODIFIED"
+                elif now:
+                    kind = "ADDED"
+                elif was:
+                    kind = "DELETED"  # no longer selected: watchers see it go
+                else:
+                    kind = None
+                if kind is not None:
+                    yield {"type": kind, "object": copy.deepcopy(change.new)}
+
+    # --- writes ---
+
+    def _update(self, rt: ResourceType, ns: str, name: str, sub: str, body: dict[str, Any]) -> dict[str, Any]:
+        old = self._stored(rt, ns, name)
+        metadata = body.get("metadata") or {}
+        if metadata.get("name") not in (None, name):
+            raise ApiError(400, "BadRequest", "the name of the object does not match the name on the URL")
+        if metadata.get("uid") not in (None, "", old["metadata"]["uid"]):
+            raise conflict(rt, name, f"Precondition failed: UID in precondition: {metadata['uid']}, "
+                                     f"UID in object meta: {old['metadata']['uid']}")
+        if metadata.get("resourceVersion") not in (None, "", old["metadata"]["resourceVersion"]):
+            raise conflict(rt, name, "the object has been modified; please apply your changes to the latest "
+                                     "version and try again")
+        new = copy.deepcopy(body)
+        new["apiVersion"], new["kind"] = rt.api_version, rt.kind
+        for kept in ("uid", "creationTimestamp", "namespace", "name", "deletionTimestamp"):
+            if kept in old["metadata"]:
+                new.setdefault("metadata", {})[kept] = old["metadata"][kept]
+        return self._write(rt, old, self._scope_to(rt, sub, old, new))
+
+    def _patch(self, rt: ResourceType, ns: str, name: str, sub: str, r: Request) -> dict[str, Any]:
+        old = self._stored(rt, ns, name)
+        patched = copy.deepcopy(old)
+        if r.content_type == "application/json-patch+json":
+            if not isinstance(r.body, list):
+                raise ApiError(400, "BadRequest", "a JSON patch must be a list of operations")
+            try:
+                patched = jsonpatch.apply_patch(patched, r.body)
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
+                raise ApiError(422, "Invalid", str(err)) from None
+        elif r.content_type == "application/merge-patch+json":
+            patched = merge_patch(patched, _object_body(r))
+        elif r.content_type == "application/strategic-merge-patch+json":
+            patched = strategic_merge_patch(patched, _object_body(r))
+        else:
+            raise ApiError(415, "UnsupportedMediaType", "the body of the request was in an unknown format - "
+                                                        "accepted media types include: application/json-patch+json, "
+                                                        "application/merge-patch+json, "
+                                                        "application/strategic-merge-patch+json")
+        for immutable in ("uid", "name", "namespace"):
+            if patched.get("metadata", {}).get(immutable) != old["metadata"].get(immutable):
+                raise invalid(rt, name, [f"metadata.{immutable}: Invalid value: "
+                                         f"{json.dumps(patched.get('metadata', {}).get(immutable))}: "
+                                         f"field is immutable"])
+        return self._write(rt, old, self._scope_to(rt, sub, old, patched))
+
+    def _scope_to(self, rt: ResourceType, sub: str, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+        """The status subresource writes only status; the main resource leaves status alone."""
+        if "status" not in rt.subresources:
+            return new
+        if sub == "status":
+            result = copy.deepcopy(old)
+            if "status" in new:
+                result["status"] = new["status"]
+            else:
+                result.pop("status", None)
+            return result
+        result = new
+        if "status" in old:
+            result["status"] = copy.deepcopy(old["status"])
+        else:
+            result.pop("status", None)
+        return result
+
+    def _delete(self, rt: ResourceType, ns: str, name: str, options: dict[str, Any]) -> dict[str, Any]:
+        obj = self._stored(rt, ns, name)
+        pre = options.get("preconditions") or {}
+        if pre.get("uid") not in (None, "", obj["metadata"]["uid"]):
+            raise conflict(rt, name, f"Precondition failed: UID in precondition: {pre['uid']}, "
+                                     f"UID in object meta: {obj['metadata']['uid']}")
+        if pre.get("resourceVersion") not in (None, "", obj["metadata"]["resourceVersion"]):
+            raise conflict(rt, name, "Precondition failed: ResourceVersion in precondition does not match")
+        if rt.plural == "pods" and not rt.group and self.graceful_pod_deletion and _is_running(obj):
+            if obj["metadata"].get("deletionTimestamp"):
+                return obj
+
+            def terminate(pod: dict[str, Any]) -> dict[str, Any]:
+                pod["metadata"]["deletionTimestamp"] = _now()
+                pod["metadata"]["deletionGracePeriodSeconds"] = 30
+                return pod
+
+            return self._write(rt, obj, terminate(copy.deepcopy(obj)))
+        return self._remove(rt, obj)
+
+    def _delete_collection(self, rt: ResourceType, ns: str, query: dict[str, str]) -> dict[str, Any]:
+        matches = self._matching(rt, ns, query)
+        gone = [self._remove(rt, o) for o in list(self._objects.get(_bucket(rt), {}).values()) if matches(o)]
+        return {"kind": f"{rt.kind}List", "apiVersion": rt.api_version,
+                "metadata": {"resourceVersion": str(self._rv)}, "items": gone}
+
+    def _evict(self, rt: ResourceType, ns: str, name: str, eviction: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        if (eviction.get("metadata") or {}).get("name") != name:
+            raise ApiError(400, "BadRequest", "name in URL does not match name in Eviction object")
+        pod = self._stored(rt, ns, name)
+        options = eviction.get("deleteOptions") or {}
+        phase = (pod.get("status") or {}).get("phase")
+        # kube-apiserver deletes terminal, pending and terminating pods without looking at budgets.
+        ignores_budget = phase in ("Succeeded", "Failed", "Pending") or pod["metadata"].get("deletionTimestamp")
+        block = None if ignores_budget else self._eviction_block(pod)
+        if block is not None:
+            details: dict[str, Any] = {"causes": [{"reason": "DisruptionBudget",
+                                                   "message": "The disruption budget test-pdb needs 1 healthy pods "
+                                                              "and has 1 currently"}]}
+            headers = {}
+            if block.retry_after:
+                details["retryAfterSeconds"] = block.retry_after
+                headers["Retry-After"] = str(block.retry_after)
+            raise ApiError(429, "TooManyRequests", "Cannot evict pod as it would violate the pod's disruption "
+                                                   "budget.", details, headers)
+        self._delete(rt, ns, name, options)
+        return 201, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}, {}
+
+    def _eviction_block(self, pod: dict[str, Any]) -> _EvictionBlock | None:
+        labels = pod["metadata"].get("labels") or {}
+        for block in self._evictions_blocked:
+            if block.namespace == pod["metadata"].get("namespace") and all(
+                    test(labels) for test in parse_label_selector(block.selector or "")):
+                return block
+        return None
+
+
+# --- validation kube-apiserver applies to events.k8s.io/v1 creates (pkg/apis/core/validation/events.go) ---
+
+_QUALIFIED_NAME = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                             r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_MICRO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)")
+
+
+def validate_event_v1(event: dict[str, Any]) -> list[str]:
+    problems = []
+    if not _MICRO_TIME.fullmatch(str(event.get("eventTime") or "")):
+        problems.append("eventTime: Required value (a MicroTime, six fractional digits)")
+    if event.get("type") not in ("Normal", "Warning"):
+        problems.append(f"type: Invalid value: {event.get('type')!r}")
+    controller = str(event.get("reportingController") or "")
+    if not controller or not _QUALIFIED_NAME.fullmatch(controller):
+        problems.append("reportingController: Invalid value: must be a qualified name")
+    if not event.get("reportingInstance") or len(event["reportingInstance"]) > 128:
+        problems.append("reportingInstance: Required value (at most 128 characters)")
+    for key, limit in (("action", 128), ("reason", 128)):
+        if not event.get(key) or len(event[key]) > limit:
+            problems.append(f"{key}: Required value (at most {limit} characters)")
+    if len(event.get("note") or "") > 1024:
+        problems.append("note: Invalid value: at most 1024 characters")
+    regarding = event.get("regarding") or {}
+    if regarding.get("namespace") and regarding["namespace"] != event.get("metadata", {}).get("namespace"):
+        problems.append("regarding.namespace: does not match event.namespace")
+    for legacy in ("firstTimestamp", "lastTimestamp", "count", "source"):
+        if event.get(legacy):
+            problems.append(f"{legacy}: Invalid value: needs to be unset")
+    return problems
+
+
+# --- selectors and patches ---
+
+
+def parse_label_selector(text: str) -> list[Callable[[dict[str, str]], bool]]:
+    """k=v, k==v, k!=v, k, !k, k in (a,b), k notin (a,b), joined by commas."""
+    tests: list[Callable[[dict[str, str]], bool]] = []
+    for term in _split_terms(text):
+        if m := re.fullmatch(r"([^\s!=]+)\s+(in|notin)\s+\((.*)\)", term):
+            key, op, values = m.group(1), m.group(2), {v.strip() for v in m.group(3).split(",")}
+            if op == "in":
+                tests.append(lambda labels, k=key, vs=values: labels.get(k) in vs)
+            else:
+                tests.append(lambda labels, k=key, vs=values: labels.get(k) not in vs)
+        elif m := re.fullmatch(r"([^\s!=]+)\s*(==|=|!=)\s*(\S*)", term):
+            key, op, value = m.groups()
+            if op == "!=":
+                tests.append(lambda labels, k=key, v=value: labels.get(k) != v)
+            else:
+                tests.append(lambda labels, k=key, v=value: labels.get(k) == v)
+        elif term.startswith("!"):
+            absent = term[1:].strip()
+            tests.append(lambda labels, k=absent: k not in labels)
+        else:
+            tests.append(lambda labels, k=term: k in labels)
+    return tests
+
+
+def parse_field_selector(text: str) -> list[Callable[[dict[str, Any]], bool]]:
+    """path=value, path==value, path!=value over dotted paths such as spec.nodeName or metadata.name."""
+    tests: list[Callable[[dict[str, Any]], bool]] = []
+    for term in _split_terms(text):
+        m = re.fullmatch(r"([A-Za-z0-9_.]+)\s*(==|=|!=)\s*(.*)", term)
+        if m is None:
+            raise ApiError(400, "BadRequest", f"invalid field selector: {term}")
+        path, op, value = m.group(1).split("."), m.group(2), m.group(3)
+
+        def read(obj: dict[str, Any], path: list[str] = path) -> str:
+            node: Any = obj
+            for key in path:
+                node = node.get(key) if isinstance(node, dict) else None
+            return "" if node is None else str(node)
+
+        if op == "!=":
+            tests.append(lambda obj, v=value, read=read: read(obj) != v)
+        else:
+            tests.append(lambda obj, v=value, read=read: read(obj) == v)
+    return tests
+
+
+def _split_terms(text: str) -> list[str]:
+    terms, depth, current = [], 0, ""
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0:
+            terms.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    if current.strip():
+        terms.append(current.strip())
+    return terms
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: null deletes, objects merge, everything else (lists too) replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def strategic_merge_patch(target: Any, patch: Any, key: str | None = None) -> Any:
+    """A strategic merge patch, simplified: lists named in MERGE_KEYS merge item by item on their merge key
+    (`$patch: delete` removes one), `$setElementOrder/...` and `$retainKeys` are ignored, the rest is a JSON
+    merge patch."""
+    if isinstance(patch, list) and key in MERGE_KEYS and isinstance(target, list):
+        merge_key = MERGE_KEYS[key]
+        result = [copy.deepcopy(item) for item in target]
+        for item in patch:
+            if not isinstance(item, dict) or merge_key not in item:
+                raise ApiError(400, "BadRequest", f"map: {item} does not contain declared merge key: {merge_key}")
+            index = next((i for i, old in enumerate(result) if isinstance(old, dict)
+                          and old.get(merge_key) == item[merge_key]), None)
+            if item.get("$patch") == "delete":
+                if index is not None:
+                    del result[index]
+            elif index is None:
+                result.append(copy.deepcopy(item))
+            else:
+                result[index] = strategic_merge_patch(result[index], item)
+        return result
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for name, value in patch.items():
+        if name.startswith("$"):
+            continue
+        if value is None:
+            result.pop(name, None)
+        else:
+            result[name] = strategic_merge_patch(result.get(name), value, name)
+    return result
+
+
+# --- helpers ---
+
+
+def _bucket(rt: ResourceType) -> tuple[str, str]:
+    return rt.group, rt.plural
+
+
+def _object_body(r: Request) -> dict[str, Any]:
+    if not isinstance(r.body, dict):
+        raise ApiError(400, "BadRequest", "the request body must be a JSON object")
+    return r.body
+
+
+def _is_running(pod: dict[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _handler_for(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, and chunked watch streams
+        disable_nagle_algorithm = True  # headers and body go out as separate writes: no 40 ms delayed-ACK stalls
+
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            status, answer, headers = fake.handle(self.command, self.path, self.headers, body)
+            if isinstance(answer, Iterator):
+                self._stream(answer)
+                return
+            data = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _stream(self, events: Iterator[dict[str, Any]]) -> None:
+            self.close_connection = True
+            sock = self.connection
+            with fake._cond:
+                fake._watch_sockets.add(sock)
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.wfile.flush()
+                for event in events:
+                    line = json.dumps(event).encode() + b"\n"
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+            except (ConnectionAbortedError, BrokenPipeError, ConnectionResetError, OSError):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)  # cut mid-stream: the client sees a broken chunked body
+            finally:
+                with fake._cond:
+                    fake._watch_sockets.discard(sock)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler

@@ -1,0 +1,88 @@
+"""Builders for the Kubernetes objects the controller tests store in the fake API server."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from webhook.policy import CILIUM_TAINT_KEY, DEFAULT_GATE_CONDITION, DEFAULT_GATE_LABEL
+
+GATE = DEFAULT_GATE_CONDITION
+GATE_LABEL = DEFAULT_GATE_LABEL
+CILIUM_NAMESPACE = "kube-system"
+
+
+def stamp(epoch: float | None = None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if epoch is None else epoch))
+
+
+def gated_pod(name: str, namespace: str = "default", node: str = "node-a", *, phase: str = "Running",
+              ip: str = "10.0.0.5", started: float | None = None, gate_true: bool = False,
+              host_network: bool = False, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    conditions = [{"type": "Ready", "status": "False"}, {"type": "PodScheduled", "status": "True"}]
+    if gate_true:
+        conditions.append({"type": GATE, "status": "True"})
+    status: dict[str, Any] = {"phase": phase, "conditions": conditions}
+    if phase == "Running":
+        status["startTime"] = stamp(started)
+        if ip:
+            status["podIP"] = ip
+    spec: dict[str, Any] = {"containers": [{"name": "agent", "image": "example/agent:1"}],
+                            "readinessGates": [{"conditionType": GATE}]}
+    if node:
+        spec["nodeName"] = node
+    if host_network:
+        spec["hostNetwork"] = True
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace,
+                         "labels": {GATE_LABEL: "true", "app": "node-agent", **(labels or {})}},
+            "spec": spec, "status": status}
+
+
+def node(name: str, *, tainted: bool = False) -> dict[str, Any]:
+    taints = [{"key": CILIUM_TAINT_KEY, "value": "true", "effect": "NoExecute"}] if tainted else []
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "spec": {"taints": taints}}
+
+
+def agent_pod(node_name: str, *, ready: bool = True, name: str | None = None) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name or f"cilium-{node_name}", "namespace": CILIUM_NAMESPACE,
+                         "labels": {"k8s-app": "cilium"}},
+            "spec": {"nodeName": node_name, "hostNetwork": True,
+                     "containers": [{"name": "cilium-agent", "image": "quay.io/cilium/cilium:v1.16"}]},
+            "status": {"phase": "Running", "startTime": stamp(),
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def endpoint(pod: dict[str, Any], *, state: str = "ready") -> dict[str, Any]:
+    """A CiliumEndpoint as the agent writes it: the pod's name, namespace and labels, the pod as owner."""
+    metadata = pod["metadata"]
+    return {"apiVersion": "cilium.io/v2", "kind": "CiliumEndpoint",
+            "metadata": {"name": metadata["name"], "namespace": metadata["namespace"],
+                         "labels": dict(metadata.get("labels") or {}),
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": metadata["name"],
+                                              "uid": metadata.get("uid", "")}]},
+            "status": {"id": 1234, "state": state,
+                       "networking": {"addressing": [{"ipv4": (pod.get("status") or {}).get("podIP", "")}]}}}
+
+
+def gate_status(pod: dict[str, Any] | None) -> str | None:
+    for condition in ((pod or {}).get("status") or {}).get("conditions") or []:
+        if condition.get("type") == GATE:
+            return str(condition.get("status"))
+    return None
+
+
+# The controller's API calls as (apiGroup, resource, verb): every one cluster-wide except leases, which live in
+# --lease-namespace. tests/test_controller.py checks the calls against it, tests/test_manifests.py the RBAC.
+CONTROLLER_RBAC = {
+    ("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"),
+    ("", "pods/status", "patch"),
+    ("", "pods/eviction", "create"),
+    ("", "nodes", "list"), ("", "nodes", "watch"),
+    ("cilium.io", "ciliumendpoints", "get"), ("cilium.io", "ciliumendpoints", "list"),
+    ("cilium.io", "ciliumendpoints", "watch"),
+    ("events.k8s.io", "events", "create"),
+    ("coordination.k8s.io", "leases", "get"), ("coordination.k8s.io", "leases", "create"),
+    ("coordination.k8s.io", "leases", "update"),
+}

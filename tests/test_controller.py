@@ -1,0 +1,509 @@
+"""The gate controller end to end: the real kubernetes client against the fake API server.
+
+Timings are shrunk (grace 0.4 s, lease 2 s) so the whole file runs in seconds; the decisions themselves are
+tested without any I/O in test_controller_decision.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakekube import FakeKube, Request
+from tests.objects import CILIUM_NAMESPACE, CONTROLLER_RBAC, GATE, agent_pod, endpoint, gate_status, gated_pod, node
+from webhook import kube
+from webhook.controller import ControllerOptions, GateController, GatePolicy, release_all
+from webhook.controller_metrics import ControllerMetrics, ProbeServer
+from webhook.lease import LeaseConfig
+
+GRACE = 0.4
+
+
+def options(identity: str = "replica-a", **changes: Any) -> ControllerOptions:
+    base = ControllerOptions(
+        policy=GatePolicy(grace_period=GRACE, release_after=0),
+        recycle_rate=600,
+        lease=LeaseConfig("default", "guard", identity, lease_duration=2, renew_deadline=1.2, retry_period=0.1),
+        identity=identity,
+        eviction_retry_floor=0.6,
+        resync_period=30,
+        watch_timeout=5,
+        absent_recheck=0.3,
+        backoff_initial=0.05,
+        backoff_max=0.4,
+    )
+    return replace(base, **changes)
+
+
+class Replica:
+    """One controller process: its own client, metrics and thread."""
+
+    def __init__(self, kubeconfig: Path, opts: ControllerOptions) -> None:
+        self.client = kube.connect(kubeconfig, "fake", user_agent=f"cilium-startup-guard/{opts.identity}")
+        self.metrics = ControllerMetrics(dry_run=opts.dry_run)
+        self.controller = GateController(self.client, opts, self.metrics)
+        self.exit_code: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.exit_code = self.controller.run()
+
+    def stop(self) -> int | None:
+        self.controller.stop()
+        self.thread.join(timeout=20)
+        self.client.close()
+        return self.exit_code
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+def start(kubeconfig_path: Path) -> Iterator[Callable[..., Replica]]:
+    replicas: list[Replica] = []
+
+    def start_replica(opts: ControllerOptions | None = None, *, lead: bool = True) -> Replica:
+        replica = Replica(kubeconfig_path, opts or options())
+        replicas.append(replica)
+        wait_until(replica.controller.is_ready)
+        if lead and not replica.controller.options.dry_run:
+            wait_until(lambda: replica.controller.leading)
+        return replica
+
+    yield start_replica
+    for replica in replicas:
+        if replica.thread.is_alive():
+            replica.stop()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def cluster(fake: FakeKube, *nodes: str, agent_ready: bool = True, tainted: bool = False) -> None:
+    for name in nodes or ("node-a",):
+        fake.create(node(name, tainted=tainted))
+        fake.create(agent_pod(name, ready=agent_ready))
+
+
+def gate_of(fake: FakeKube, name: str, namespace: str = "default") -> str | None:
+    return gate_status(fake.get("pods", namespace, name))
+
+
+def evictions(fake: FakeKube) -> list[Request]:
+    return fake.calls("POST", "/eviction$")
+
+
+def writes(fake: FakeKube) -> list[Request]:
+    return [r for r in fake.requests if r.method in ("POST", "PUT", "PATCH", "DELETE")]
+
+
+def events(fake: FakeKube, reason: str) -> list[dict[str, Any]]:
+    return [e for e in fake.list("events.events.k8s.io") if e["reason"] == reason]
+
+
+# --- setting the gate ---
+
+
+def test_endpoint_appearing_sets_the_condition_within_a_second(fake_kube: FakeKube, start, record_property):
+    cluster(fake_kube)
+    pods = [fake_kube.create(gated_pod(f"agent-{i}")) for i in range(10)]
+    replica = start(options(policy=GatePolicy(grace_period=60, release_after=0)))
+    time.sleep(0.2)
+    assert all(gate_of(fake_kube, p["metadata"]["name"]) is None for p in pods)
+    latencies = []
+    for pod in pods:  # one at a time: each is the time from one endpoint's creation to its pod's condition
+        name = pod["metadata"]["name"]
+        created = time.monotonic()
+        fake_kube.create(endpoint(pod))
+        fake_kube.wait_for(lambda name=name: gate_of(fake_kube, name) == "True", timeout=2)
+        latencies.append(time.monotonic() - created)
+    latencies.sort()
+    summary = {"min_ms": round(latencies[0] * 1000, 1), "median_ms": round(latencies[len(latencies) // 2] * 1000, 1),
+               "max_ms": round(latencies[-1] * 1000, 1)}
+    record_property("endpoint_to_condition", summary)
+    print(f"\nendpoint created -> gate condition True, {len(latencies)} pods: {summary}")
+    assert latencies[-1] < 1.0  # the issue asks for "within a second or two"; no poll interval is involved
+    wait_until(lambda: replica.metric("cilium_startup_guard_gate_conditions_set_total", dry_run="false") == 10)
+
+
+def test_endpoint_present_at_start_sets_the_condition(fake_kube: FakeKube, start):
+    cluster(fake_kube)
+    pod = fake_kube.create(gated_pod("agent-1"))
+    fake_kube.create(endpoint(pod))
+    start()
+    fake_kube.wait_for(lambda: gate_of(fake_kube, "agent-1") == "True")
+    [event] = wait_until(lambda: events(fake_kube, "CiliumManaged"))
+    assert (event["type"], event["regarding"]["uid"]) == ("Normal", pod["metadata"]["uid"])
+
+
+def test_condition_patch_keeps_the_kubelets_conditions(fake_kube: FakeKube, start):
+    cluster(fake_kube)
+    pod = fake_kube.create(gated_pod("agent-1"))
+    fake_kube.create(endpoint(pod))
+    start()
+    fake_kube.wait_for(lambda: gate_of(fake_kube, "agent-1") == "True")
+    conditions = fake_kube.get("pods", "default", "agent-1")["status"]["conditions"]
+    assert {c["type"] for c in conditions} == {"Ready", "PodScheduled", GATE}
+    [patch] = fake_kube.calls("PATCH", "/pods/agent-1/status$")
+    assert patch.content_type == "application/strategic-merge-patch+json"
+    assert patch.body["metadata"]["uid"] == pod["metadata"]["uid"]
+
+
+def test_pod_gone_or_replaced_answer_is_dropped_not_retried(fake_kube: FakeKube, start):
+    cluster(fake_kube)
+    pod = fake_kube.create(gated_pod("agent-1"))
+    fake_kube.fail("PATCH", "/pods/agent-1/status$", status=422, times=None)
+    start()
+    fake_kube.create(endpoint(pod))
+    fake_kube.wait_for(lambda: fake_kube.calls("PATCH"))
+    time.sleep(0.5)
+    assert len(fake_kube.calls("PATCH")) == 1
+
+
+def test_end_to_end_pod_started_before_cilium_waits_then_is_set(fake_kube: FakeKube, start):
+    # The problem this project exists for: a DaemonSet pod tolerates the Cilium taint and runs before the
+    # agent is ready. It must stay gated (unready) and untouched until Cilium manages it.
+    cluster(fake_kube, tainted=True, agent_ready=False)
+    pod = fake_kube.create(gated_pod("ebs-csi-node-x"))
+    replica = start()
+    time.sleep(GRACE * 3)
+    assert gate_of(fake_kube, "ebs-csi-node-x") is None and not evictions(fake_kube)
+    assert replica.metric("cilium_startup_guard_pods_waiting") == 1
+    fake_kube.modify("pods", CILIUM_NAMESPACE, "cilium-node-a",
+                     lambda a: a["status"].update(conditions=[{"type": "Ready", "status": "True"}]))
+    fake_kube.modify("nodes", "", "node-a", lambda n: n["spec"].update(taints=[]))
+    fake_kube.create(endpoint(pod))
+    fake_kube.wait_for(lambda: gate_of(fake_kube, "ebs-csi-node-x") == "True")
+    assert not evictions(fake_kube)
+    wait_until(lambda: replica.metric("cilium_startup_guard_pods_waiting") == 0)
+    wait_until(lambda: replica.metric("cilium_startup_guard_gate_wait_seconds_count", dry_run="false") == 1)
+
+
+# --- recycling ---
+
+
+def test_unmanaged_pod_after_grace_with_agent_ready_is_evicted_once(fake_kube: FakeKube, start):
+    fake_kube.graceful_pod_deletion = True  # the evicted pod keeps running, IP and all, while it terminates
+    cluster(fake_kube)
+    pod = fake_kube.create(gated_pod("agent-1"))
+    replica = start()
+    fake_kube.wait_for(lambda: evictions(fake_kube))
+    time.sleep(GRACE * 3)
+    [eviction] = evictions(fake_kube)
+    assert eviction.body["deleteOptions"]["preconditions"]["uid"] == pod["metadata"]["uid"]
+    assert fake_kube.get("pods", "default", "agent-1")["metadata"]["deletionTimestamp"]
+    [event] = events(fake_kube, "UnmanagedPodRecycled")
+    assert event["type"] == "Warning"
+    assert replica.metric("cilium_startup_guard_pods_recycled_total", dry_run="false") == 1
+
+
+def test_pod_is_not_evicted_before_the_grace_period(fake_kube: FakeKube, start):
+    cluster(fake_kube)
+    fake_kube.create(gated_pod("agent-1"))
+    start(options(policy=GatePolicy(grace_period=30, release_after=0)))
+    time.sleep(0.5)
+    assert not evictions(fake_kube)
+
+
+def test_pod_on_a_node_whose_agent_is_not_ready_is_not_evicted(fake_kube: FakeKube, start):
+    cluster(fake_kube, agent_ready=False)
+    fake_kube.create(gated_pod("agent-1"))
+    start()
+    time.sleep(GRACE * 3)
+    assert not evictions(fake_kube)
+
+
+def test_pod_on_a_node_that_still_has_the_cilium_taint_is_not_evicted(fake_kube: FakeKube, start):
+    cluster(fake_kube, tainted=True)
+    fake_kube.create(gated_pod("agent-1"))
+    start()
+    time.sleep(GRACE * 3)
+    assert not evictions(fake_kube)
+
+
+def test_pod_on_a_node_without_a_cilium_agent_is_not_evicted(fake_kube: FakeKube, start):
+    fake_kube.create(node("fargate-ip-10-0-0-1"))
+    fake_kube.create(gated_pod("agent-1", node="fargate-ip-10-0-0-1"))
+    start()
+    time.sleep(GRACE * 3)
+    assert not evictions(fake_kube)
+
+
+def test_pod_deleted_before_its_eviction_is_dropped(fake_kube: FakeKube, start):
+    cluster(fake_kube)
+    fake_kube.create(gated_pod("agent-1"))
+    fake_kube.fail("GET", "/namespaces/default/pods/agent-1$", status=404, times=None)
+    start()
+    fake_kube.wait_for(lambda: fake_kube.calls("GET", "/pods/agent-1$"))
+    time.sleep(GRACE * 2)
+    assert not evictions(fake_kube)
+    assert len(fake_kube.calls("GET", "/pods/agent-1$")) == 1
+
+
+def test_eviction_refused_by_a_budget_is_retried_later_and_never_deleted(fake_kube: FakeKube, start):
+    cluster(fake_kube)
+    fake_kube.create(gated_pod("agent-1"))
+    fake_kube.block_evictions("default")
+    replica = start()
+    fake_kube.wait_for(lambda: len(evictions(fake_kube)) >= 2, timeout=5)
+    first, second = evictions(fake_kube)[:2]
+    assert second.at - first.at >= 0.6  # the retry floor in options()
+    assert replica.metric("cilium_startup_guard_evictions_refused_total") >= 1
+    assert not fake_kube.calls("DELETE")
+    assert fake_kube.get("pods", "default", "agent-1") is not None
+    fake_kube.allow_evictions()
+    fake_kube.wait_for(lambda: fake_kube.get("pods", "default", "agent-1") is None)
+    assert not fake_kube.calls("DELETE")
+
+
+def test_refused_eviction_waits_at_least_the_retry_floor(fake_kube: FakeKube, start):
+    cluster(fake_kube)
+    fake_kube.create(gated_pod("agent-1"))
+    fake_kube.block_evictions("default", retry_after=1)
+    start(options(eviction_retry_floor=0.3))
+    fake_kube.wait_for(lambda: evictions(fake_kube))
+    first = time.monotonic()
+    fake_kube.wait_for(lambda: len(evictions(fake_kube)) >= 2, timeout=4)
+    assert time.monotonic() - first >= 0.9  # Retry-After (1 s) is longer than the floor and wins
+
+
+def test_recycling_rate_limit_holds(fake_kube: FakeKube, start):
+    cluster(fake_kube)
+    for i in range(5):
+        fake_kube.create(gated_pod(f"agent-{i}"))
+    start(options(recycle_rate=2))  # two a minute, burst two
+    fake_kube.wait_for(lambda: len(evictions(fake_kube)) >= 2)
+    time.sleep(GRACE * 3)
+    assert len(evictions(fake_kube)) == 2
+    assert len(fake_kube.list("pods", "default")) == 3
+
+
+# --- robust watching ---
+
+
+def test_dropped_watches_and_410_gone_recover_with_no_missed_pod(fake_kube: FakeKube, start):
+    cluster(fake_kube)
+    replica = start()
+    listed = replica.controller.pods.lists
+    fake_kube.fail("GET", "^/api/v1/pods$", status=503, times=2, when=lambda r: r.query.get("watch") == "true")
+    fake_kube.drop_watches()
+    pod = fake_kube.create(gated_pod("born-while-disconnected"))
+    fake_kube.create(endpoint(pod))
+    fake_kube.compact()  # the resourceVersion the informer holds is now too old: 410 on the next watch
+    fake_kube.wait_for(lambda: gate_of(fake_kube, "born-while-disconnected") == "True", timeout=5)
+    assert replica.controller.pods.lists > listed
+
+
+def test_periodic_resync_lists_again(fake_kube: FakeKube, start):
+    cluster(fake_kube)
+    replica = start(options(relist_period=0.3))
+    wait_until(lambda: replica.controller.pods.lists >= 3, timeout=5)
+
+
+# --- high availability ---
+
+
+def test_two_controllers_elect_one_leader_which_alone_writes(fake_kube: FakeKube, start):
+    cluster(fake_kube)
+    a = start(options("replica-a"))
+    b = start(options("replica-b"), lead=False)
+    time.sleep(0.3)
+    assert a.controller.leading and not b.controller.leading
+    pod = fake_kube.create(gated_pod("agent-1"))
+    fake_kube.create(endpoint(pod))
+    fake_kube.wait_for(lambda: gate_of(fake_kube, "agent-1") == "True")
+    time.sleep(0.2)
+    patchers = {r.user_agent for r in fake_kube.calls("PATCH")}
+    assert patchers == {"cilium-startup-guard/replica-a"}
+    assert (a.metric("cilium_startup_guard_leader"), b.metric("cilium_startup_guard_leader")) == (1, 0)
+
+
+def test_the_other_controller_takes_over_when_the_leader_stops_renewing(fake_kube: FakeKube, start):
+    cluster(fake_kube)
+    a = start(options("replica-a"))
+    b = start(options("replica-b"), lead=False)
+    fake_kube.fail("PUT", "/leases/guard$", status=500, times=None,
+                   when=lambda r: r.user_agent == "cilium-startup-guard/replica-a")
+    a.thread.join(timeout=5)
+    assert a.exit_code == 1  # stopped writing, exits to be restarted
+    wait_until(lambda: b.controller.leading, timeout=5)
+    pod = fake_kube.create(gated_pod("agent-2"))
+    fake_kube.create(endpoint(pod))
+    fake_kube.wait_for(lambda: gate_of(fake_kube, "agent-2") == "True")
+    assert {r.user_agent for r in fake_kube.calls("PATCH")} == {"cilium-startup-guard/replica-b"}
+
+
+def test_a_stopped_leader_releases_the_lease_for_a_quick_takeover(fake_kube: FakeKube, start):
+    cluster(fake_kube)
+    a = start(options("replica-a", lease=LeaseConfig("default", "guard", "replica-a", lease_duration=30,
+                                                      renew_deadline=20, retry_period=0.1)))
+    b = start(options("replica-b", lease=LeaseConfig("default", "guard", "replica-b", lease_duration=30,
+                                                      renew_deadline=20, retry_period=0.1)), lead=False)
+    assert a.stop() == 0
+    wait_until(lambda: b.controller.leading, timeout=3)  # not the 30 s lease
+
+
+# --- dry run ---
+
+
+def test_dry_run_changes_nothing_and_counts_once(fake_kube: FakeKube, start):
+    cluster(fake_kube)
+    managed = fake_kube.create(gated_pod("managed"))
+    fake_kube.create(endpoint(managed))
+    fake_kube.create(gated_pod("unmanaged"))
+    before = len(writes(fake_kube))
+    replica = start(options(dry_run=True, lease=None))
+    wait_until(lambda: replica.metric("cilium_startup_guard_pods_recycled_total", dry_run="true") == 1)
+    wait_until(lambda: replica.metric("cilium_startup_guard_gate_conditions_set_total", dry_run="true") == 1)
+    time.sleep(GRACE * 2)
+    assert len(writes(fake_kube)) == before
+    assert not fake_kube.calls(path="/leases")
+    assert replica.metric("cilium_startup_guard_pods_recycled_total", dry_run="true") == 1
+    assert replica.metric("cilium_startup_guard_gate_conditions_set_total", dry_run="true") == 1
+    assert gate_of(fake_kube, "managed") is None
+
+
+# --- fail-safes ---
+
+
+def test_without_the_ciliumendpoints_resource_gates_are_released_after_grace_and_nothing_is_evicted(
+        fake_kube: FakeKube, start):
+    fake_kube.remove_resource("ciliumendpoints.cilium.io")
+    cluster(fake_kube)
+    fake_kube.create(gated_pod("agent-1"))
+    replica = start()
+    fake_kube.wait_for(lambda: gate_of(fake_kube, "agent-1") == "True")
+    assert not evictions(fake_kube)
+    [event] = wait_until(lambda: events(fake_kube, "GateReleased"))
+    assert event["type"] == "Warning"
+    assert replica.metric("cilium_startup_guard_gates_released_total", reason="no-cilium-endpoints",
+                          dry_run="false") == 1
+    assert replica.metric("cilium_startup_guard_cilium_endpoints_available") == 0
+
+
+def test_the_ciliumendpoints_resource_appearing_restores_normal_behaviour(fake_kube: FakeKube, start):
+    resource = fake_kube.remove_resource("ciliumendpoints.cilium.io")
+    cluster(fake_kube)
+    replica = start()
+    fake_kube.add_resource(resource)
+    wait_until(lambda: replica.metric("cilium_startup_guard_cilium_endpoints_available") == 1)
+    pod = fake_kube.create(gated_pod("agent-1"))
+    fake_kube.create(endpoint(pod))
+    fake_kube.wait_for(lambda: gate_of(fake_kube, "agent-1") == "True")
+    wait_until(lambda: events(fake_kube, "CiliumManaged"))
+    assert not events(fake_kube, "GateReleased")
+
+
+def test_maximum_wait_releases_the_gate_with_a_warning(fake_kube: FakeKube, start):
+    cluster(fake_kube, agent_ready=False)
+    fake_kube.create(gated_pod("agent-1"))
+    replica = start(options(policy=GatePolicy(grace_period=GRACE, release_after=1.0)))
+    fake_kube.wait_for(lambda: gate_of(fake_kube, "agent-1") == "True", timeout=4)
+    [event] = wait_until(lambda: events(fake_kube, "GateReleased"))
+    assert "--release-after" in event["note"]
+    assert replica.metric("cilium_startup_guard_gates_released_total", reason="max-wait", dry_run="false") == 1
+
+
+def test_host_network_pod_gate_is_released_not_recycled(fake_kube: FakeKube, start):
+    cluster(fake_kube)
+    fake_kube.create(gated_pod("agent-1", host_network=True))
+    start()
+    fake_kube.wait_for(lambda: gate_of(fake_kube, "agent-1") == "True")
+    assert not evictions(fake_kube)
+
+
+# --- release-all ---
+
+
+def test_release_all_sets_every_gated_pod_true(fake_kube: FakeKube, kube_client):
+    fake_kube.create(gated_pod("running"))
+    fake_kube.create(gated_pod("pending", phase="Pending", node=""))
+    fake_kube.create(gated_pod("done", gate_true=True))
+    assert release_all(kube_client, options(lease=None)) == 0
+    assert {p["metadata"]["name"]: gate_status(p) for p in fake_kube.list("pods")} == {
+        "running": "True", "pending": "True", "done": "True"}
+    assert len(fake_kube.calls("PATCH")) == 2
+    assert not fake_kube.calls(path="/leases")
+
+
+def test_release_all_exits_1_when_a_pod_cannot_be_released(fake_kube: FakeKube, kube_client):
+    fake_kube.create(gated_pod("stuck"))
+    fake_kube.create(gated_pod("fine"))
+    fake_kube.fail("PATCH", "/pods/stuck/status$", status=500, times=None)
+    assert release_all(kube_client, options(lease=None)) == 1
+    assert gate_of(fake_kube, "fine") == "True"
+
+
+# --- metrics and probes ---
+
+
+def test_probe_server_serves_metrics_health_and_readiness(fake_kube: FakeKube, start):
+    cluster(fake_kube)
+    replica = start()
+    server = ProbeServer(replica.metrics, "127.0.0.1", 0, healthy=replica.controller.is_healthy,
+                         ready=replica.controller.is_ready).start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        for name in ("cilium_startup_guard_gate_conditions_set_total", "cilium_startup_guard_pods_recycled_total",
+                     "cilium_startup_guard_pods_waiting", "cilium_startup_guard_gate_wait_seconds_bucket",
+                     "cilium_startup_guard_leader 1.0"):
+            assert name in text
+        for path in ("/healthz", "/readyz"):
+            with urllib.request.urlopen(base + path, timeout=5) as response:
+                assert response.status == 200
+    finally:
+        server.close()
+
+
+# --- RBAC: the calls made are exactly the ones the README documents ---
+
+# Discovery, which the built-in system:discovery ClusterRole grants every authenticated user.
+DISCOVERY = {("nonResourceURL", "/apis/cilium.io/v2", "get")}
+
+
+def rbac_of(request: Request) -> tuple[str, str, str]:
+    """The (apiGroup, resource, verb) an API server authorizes a request as."""
+    parts = [p for p in request.path.split("/") if p]
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    if not rest:
+        return "nonResourceURL", request.path, "get"
+    if rest[0] == "namespaces" and len(rest) >= 3:
+        rest = rest[2:]
+    resource = "/".join([rest[0], *rest[2:3]])
+    named = len(rest) > 1
+    verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
+            "DELETE": "delete" if named else "deletecollection"}.get(request.method)
+    if verb is None:
+        verb = "get" if named else ("watch" if request.query.get("watch") == "true" else "list")
+    return group, resource, verb
+
+
+def test_api_calls_are_exactly_the_documented_rbac(fake_kube: FakeKube, start):
+    fake_kube.graceful_pod_deletion = True
+    cluster(fake_kube)
+    managed = fake_kube.create(gated_pod("managed"))
+    fake_kube.create(endpoint(managed))
+    fake_kube.create(gated_pod("unmanaged"))
+    replica = start()
+    fake_kube.wait_for(lambda: gate_of(fake_kube, "managed") == "True" and evictions(fake_kube))
+    wait_until(lambda: len(fake_kube.list("events.events.k8s.io")) == 2)
+    assert replica.stop() == 0  # releases the lease: an update
+    used = {rbac_of(r) for r in fake_kube.requests}
+    assert used - DISCOVERY == CONTROLLER_RBAC

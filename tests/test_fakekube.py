@@ -1,0 +1,150 @@
+"""The fake API server itself, over plain HTTP: the behaviour other tests (and colleagues) rely on."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+from tests.fakekube import FakeKube, parse_label_selector
+from tests.objects import GATE, gated_pod
+
+
+def call(fake: FakeKube, method: str, path: str, body: Any = None,
+         content_type: str = "application/json") -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(fake.url + path, data=data, method=method,
+                                     headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.mark.parametrize("selector, labels, expected", [
+    pytest.param("a=1", {"a": "1"}, True, id="equals"),
+    pytest.param("a==1", {"a": "2"}, False, id="double-equals"),
+    pytest.param("a!=1", {}, True, id="not-equals-absent"),
+    pytest.param("a", {"a": ""}, True, id="exists"),
+    pytest.param("!a", {"a": "1"}, False, id="does-not-exist"),
+    pytest.param("a in (1,2),b notin (3)", {"a": "2", "b": "4"}, True, id="set-based"),
+    pytest.param("a in (1,2),b notin (3)", {"a": "2", "b": "3"}, False, id="set-based-miss"),
+])
+def test_label_selectors(selector, labels, expected):
+    assert all(test(labels) for test in parse_label_selector(selector)) is expected
+
+
+def test_discovery_lists_groups_resources_and_subresources(fake_kube: FakeKube):
+    status, groups = call(fake_kube, "GET", "/apis")
+    assert status == 200
+    assert "cilium.io" in {g["name"] for g in groups["groups"]}
+    _, core = call(fake_kube, "GET", "/api/v1")
+    assert {"pods", "pods/status", "pods/eviction", "nodes"} <= {r["name"] for r in core["resources"]}
+
+
+def test_a_removed_resource_is_gone_from_discovery_and_paths(fake_kube: FakeKube):
+    fake_kube.remove_resource("ciliumendpoints.cilium.io")
+    assert call(fake_kube, "GET", "/apis/cilium.io/v2")[0] == 404
+    assert call(fake_kube, "GET", "/apis/cilium.io/v2/ciliumendpoints")[0] == 404
+
+
+def test_create_assigns_uid_version_and_generated_name(fake_kube: FakeKube):
+    status, secret = call(fake_kube, "POST", "/api/v1/namespaces/ns/secrets",
+                          {"apiVersion": "v1", "kind": "Secret", "metadata": {"generateName": "tls-"}})
+    assert status == 201
+    assert secret["metadata"]["name"].startswith("tls-") and secret["metadata"]["uid"]
+    assert secret["metadata"]["namespace"] == "ns"
+    again = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret["metadata"]["name"]}}
+    assert call(fake_kube, "POST", "/api/v1/namespaces/ns/secrets", again)[0] == 409
+
+
+def test_cluster_scoped_and_group_resources_share_the_store_rules(fake_kube: FakeKube):
+    hook = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": "guard"}, "webhooks": []}
+    assert call(fake_kube, "POST", "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
+                hook)[0] == 201
+    status, got = call(fake_kube, "GET", "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/guard")
+    assert status == 200 and "namespace" not in got["metadata"]
+
+
+def test_json_merge_patch_on_pod_status_replaces_the_whole_conditions_list(fake_kube: FakeKube):
+    # Why the controller never sends one: the kubelet's conditions would be wiped.
+    fake_kube.create(gated_pod("p"))
+    patch = {"status": {"conditions": [{"type": GATE, "status": "True"}]}}
+    call(fake_kube, "PATCH", "/api/v1/namespaces/default/pods/p/status", patch, "application/merge-patch+json")
+    assert [c["type"] for c in fake_kube.get("pods", "default", "p")["status"]["conditions"]] == [GATE]
+
+
+def test_json_patch_test_operation_failing_answers_422(fake_kube: FakeKube):
+    fake_kube.create(gated_pod("p"))
+    patch = [{"op": "test", "path": "/metadata/uid", "value": "other"},
+             {"op": "add", "path": "/status/conditions/-", "value": {"type": GATE, "status": "True"}}]
+    status, _ = call(fake_kube, "PATCH", "/api/v1/namespaces/default/pods/p/status", patch,
+                     "application/json-patch+json")
+    assert status == 422
+
+
+def test_status_subresource_writes_only_status(fake_kube: FakeKube):
+    fake_kube.create(gated_pod("p"))
+    patch = {"metadata": {"labels": {"new": "x"}}, "status": {"phase": "Failed"}}
+    call(fake_kube, "PATCH", "/api/v1/namespaces/default/pods/p/status", patch,
+         "application/strategic-merge-patch+json")
+    pod = fake_kube.get("pods", "default", "p")
+    assert pod["status"]["phase"] == "Failed" and "new" not in pod["metadata"]["labels"]
+
+
+def test_an_expired_continue_token_answers_410(fake_kube: FakeKube):
+    for i in range(3):
+        fake_kube.create(gated_pod(f"p{i}"))
+    _, page = call(fake_kube, "GET", "/api/v1/pods?limit=1")
+    fake_kube.create(gated_pod("later"))
+    fake_kube.compact()
+    status, body = call(fake_kube, "GET", f"/api/v1/pods?limit=1&continue={page['metadata']['continue']}")
+    assert (status, body["reason"]) == (410, "Expired")
+
+
+def test_delete_honours_the_uid_precondition(fake_kube: FakeKube):
+    fake_kube.create(gated_pod("p"))
+    status, _ = call(fake_kube, "DELETE", "/api/v1/namespaces/default/pods/p", {"preconditions": {"uid": "old"}})
+    assert status == 409
+    assert fake_kube.get("pods", "default", "p") is not None
+
+
+def test_graceful_pod_deletion_leaves_the_pod_terminating(fake_kube: FakeKube):
+    fake_kube.graceful_pod_deletion = True
+    fake_kube.create(gated_pod("p"))
+    call(fake_kube, "DELETE", "/api/v1/namespaces/default/pods/p")
+    assert fake_kube.get("pods", "default", "p")["metadata"]["deletionTimestamp"]
+    fake_kube.finish_deletion("default", "p")
+    assert fake_kube.get("pods", "default", "p") is None
+
+
+def test_eviction_of_a_pending_pod_ignores_the_budget(fake_kube: FakeKube):
+    fake_kube.create(gated_pod("p", phase="Pending"))
+    fake_kube.block_evictions("default")
+    eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "p", "namespace": "default"}}
+    assert call(fake_kube, "POST", "/api/v1/namespaces/default/pods/p/eviction", eviction)[0] == 201
+
+
+def test_events_v1_validation_rejects_an_incomplete_event(fake_kube: FakeKube):
+    event = {"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "default"},
+             "eventTime": "2024-01-01T00:00:00Z", "reason": "X", "type": "Normal"}
+    status, body = call(fake_kube, "POST", "/apis/events.k8s.io/v1/namespaces/default/events", event)
+    assert status == 422
+    assert "reportingController" in body["message"] and "eventTime" in body["message"]
+
+
+def test_injected_faults_answer_then_clear(fake_kube: FakeKube):
+    fake_kube.fail("GET", "/api/v1/nodes$", status=503, times=1)
+    assert call(fake_kube, "GET", "/api/v1/nodes")[0] == 503
+    assert call(fake_kube, "GET", "/api/v1/nodes")[0] == 200
+
+
+def test_every_request_is_recorded_with_its_query(fake_kube: FakeKube):
+    call(fake_kube, "GET", "/api/v1/pods?labelSelector=a%3D1&limit=5")
+    [request] = fake_kube.calls("GET", "^/api/v1/pods$")
+    assert request.query == {"labelSelector": "a=1", "limit": "5"}

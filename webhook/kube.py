@@ -1,0 +1,350 @@
+"""The Kubernetes adapter: the only module that imports the `kubernetes` client. Thin calls, no decisions.
+
+Objects go in and come out as the API's JSON (plain dicts): responses are read raw (`_preload_content=False`)
+and bodies of group resources go through CustomObjectsApi, which passes dicts through untouched. A round trip
+through the client's models would drop fields we do not own and re-spell MicroTime values (it writes
+`isoformat()`, which the API server rejects when the microseconds are zero).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import urllib3
+from kubernetes import client, config
+from kubernetes.config.config_exception import ConfigException
+from kubernetes.watch.watch import iter_resp_lines
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "cilium-startup-guard"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+CONNECT_TIMEOUT = 10.0
+REQUEST_TIMEOUT = 30.0
+LIST_PAGE_SIZE = 500
+
+
+class ApiError(Exception):
+    """A failed API call: `status` is the HTTP status, 0 when no answer came (connection, timeout)."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+        super().__init__(f"{status or 'no answer'}: {message}")
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+class Gone(ApiError):
+    """410: the resourceVersion (or list continue token) is too old; list again."""
+
+
+class KubeConfigError(Exception):
+    """No usable client configuration; the message is one line for the person who ran the command."""
+
+
+@dataclass(frozen=True)
+class Resource:
+    group: str  # "" for the core API
+    version: str
+    plural: str
+    namespaced: bool
+
+
+PODS = Resource("", "v1", "pods", namespaced=True)
+NODES = Resource("", "v1", "nodes", namespaced=False)
+CILIUM_ENDPOINTS = Resource("cilium.io", "v2", "ciliumendpoints", namespaced=True)
+LEASES = Resource("coordination.k8s.io", "v1", "leases", namespaced=True)
+EVENTS = Resource("events.k8s.io", "v1", "events", namespaced=True)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to list or watch: a resource, in one namespace or all, optionally narrowed by selectors."""
+
+    resource: Resource
+    namespace: str | None = None
+    label_selector: str | None = None
+    field_selector: str | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[dict[str, Any]]
+    resource_version: str
+    continue_token: str | None
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    type: str  # ADDED, MODIFIED, DELETED, BOOKMARK
+    object: dict[str, Any]
+
+
+class Kube:
+    """One API client and the typed API groups it serves."""
+
+    def __init__(self, api_client: Any) -> None:
+        self.api_client = api_client
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+
+    def close(self) -> None:
+        self.api_client.close()
+
+
+def connect(kubeconfig: Path | None = None, context: str | None = None, user_agent: str = USER_AGENT) -> Kube:
+    """A client from a kubeconfig file (and context), or the in-cluster service account when none is given."""
+    configuration = client.Configuration()
+    try:
+        if kubeconfig is not None:
+            # persist_config=False: never write refreshed credentials back into the user's file.
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=str(kubeconfig), context=context, client_configuration=configuration,
+                persist_config=False)
+        else:
+            if context is not None:
+                raise KubeConfigError("--context needs --kubeconfig")
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except (ConfigException, OSError) as err:
+        where = f"kubeconfig {kubeconfig}" if kubeconfig is not None else "in-cluster configuration"
+        hint = "" if kubeconfig is not None else " (not running in a pod? pass --kubeconfig PATH)"
+        raise KubeConfigError(f"cannot use {where}: {err}{hint}") from None
+    # Four long-lived watches plus the worker's calls share this pool.
+    configuration.connection_pool_maxsize = 16
+    api_client = client.ApiClient(configuration)
+    api_client.user_agent = user_agent
+    return Kube(api_client)
+
+
+def in_cluster_namespace() -> str | None:
+    """The namespace of the pod this process runs in, when it runs in one."""
+    path = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+# --- reading -------------------------------------------------------------------------------------------------
+
+
+def list_page(kube: Kube, target: Target, limit: int = LIST_PAGE_SIZE, continue_token: str | None = None) -> Page:
+    response = _call(_list_function(kube, target), limit=limit, _continue=continue_token,
+                     **_selectors(target), _request_timeout=(CONNECT_TIMEOUT, REQUEST_TIMEOUT))
+    body = _json(response)
+    metadata = body.get("metadata") or {}
+    return Page(items=list(body.get("items") or []), resource_version=str(metadata.get("resourceVersion", "")),
+                continue_token=metadata.get("continue") or None)
+
+
+def list_all(kube: Kube, target: Target, page_size: int = LIST_PAGE_SIZE) -> tuple[list[dict[str, Any]], str]:
+    """Every item, page by page, and the list's resourceVersion to watch from."""
+    try:
+        return _list_pages(kube, target, page_size)
+    except Gone:
+        # A continue token expired mid-way: start over once, like client-go's pager.
+        return _list_pages(kube, target, page_size)
+
+
+def _list_pages(kube: Kube, target: Target, page_size: int) -> tuple[list[dict[str, Any]], str]:
+    items: list[dict[str, Any]] = []
+    token: str | None = None
+    while True:
+        page = list_page(kube, target, page_size, token)
+        items += page.items
+        token = page.continue_token
+        if token is None:
+            return items, page.resource_version
+
+
+def watch(kube: Kube, target: Target, resource_version: str, timeout_seconds: int) -> WatchStream:
+    """A watch from `resource_version`; the server ends it after `timeout_seconds`."""
+    response = _call(_list_function(kube, target), watch=True, resource_version=resource_version,
+                     allow_watch_bookmarks=True, timeout_seconds=timeout_seconds, **_selectors(target),
+                     _request_timeout=(CONNECT_TIMEOUT, timeout_seconds + REQUEST_TIMEOUT))
+    return WatchStream(response)
+
+
+class WatchStream:
+    """The events of one watch connection. `close()` from another thread unblocks a pending read."""
+
+    def __init__(self, response: Any) -> None:
+        self._response = response
+        self._closed = False
+
+    def __iter__(self) -> Iterator[WatchEvent]:
+        try:
+            for line in iter_resp_lines(self._response):  # type: ignore[no-untyped-call]
+                if self._closed:
+                    return
+                if not line.strip():
+                    continue
+                event = orjson.loads(line)
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind == "ERROR":
+                    raise _status_error(obj)
+                yield WatchEvent(type=str(kind), object=obj)
+        except ApiError:
+            raise
+        except Exception as err:
+            if self._closed:  # closed on purpose; the read it interrupted fails in assorted ways
+                return
+            raise ApiError(0, f"watch stream broken: {err!r}") from None
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        # shutdown() unblocks a read in progress in another thread; the connection is not reused.
+        self._closed = True
+        for step in (self._response.shutdown, self._response.close, self._response.release_conn):
+            with contextlib.suppress(Exception):
+                step()
+
+
+def get_pod(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    return _get_or_none(kube.core.read_namespaced_pod, name, namespace)
+
+
+def get_cilium_endpoint(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    r = CILIUM_ENDPOINTS
+    return _get_or_none(kube.custom.get_namespaced_custom_object, r.group, r.version, namespace, r.plural, name)
+
+
+def has_resource(kube: Kube, resource: Resource) -> bool:
+    """Whether API discovery lists the resource (an absent group answers 404)."""
+    try:
+        if resource.group:
+            response = _call(kube.custom.get_api_resources, resource.group, resource.version,
+                             _request_timeout=(CONNECT_TIMEOUT, REQUEST_TIMEOUT))
+        else:
+            response = _call(kube.core.get_api_resources, _request_timeout=(CONNECT_TIMEOUT, REQUEST_TIMEOUT))
+    except ApiError as err:
+        if err.status == 404:
+            return False
+        raise
+    return any(r.get("name") == resource.plural for r in _json(response).get("resources") or [])
+
+
+def get_lease(kube: Kube, namespace: str, name: str, timeout: float = REQUEST_TIMEOUT) -> dict[str, Any] | None:
+    r = LEASES
+    return _get_or_none(kube.custom.get_namespaced_custom_object, r.group, r.version, namespace, r.plural, name,
+                        timeout=timeout)
+
+
+# --- writing -------------------------------------------------------------------------------------------------
+
+
+def patch_pod_status(kube: Kube, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+    """A strategic merge patch on pods/status: merges conditions by type, so the kubelet's stay."""
+    return _json(_call(kube.core.patch_namespaced_pod_status, name, namespace, dict(patch),
+                       _content_type=STRATEGIC_MERGE_PATCH, _request_timeout=(CONNECT_TIMEOUT, REQUEST_TIMEOUT)))
+
+
+def evict_pod(kube: Kube, namespace: str, name: str, uid: str) -> None:
+    """POST pods/eviction (policy/v1), so PodDisruptionBudgets apply; the uid precondition spares a
+    recreated pod of the same name. Raises ApiError 429 when a budget refuses."""
+    body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": namespace},
+            "deleteOptions": {"preconditions": {"uid": uid}}}
+    _call(kube.core.create_namespaced_pod_eviction, name, namespace, body,
+          _request_timeout=(CONNECT_TIMEOUT, REQUEST_TIMEOUT))
+
+
+def create_event(kube: Kube, namespace: str, event: Mapping[str, Any]) -> dict[str, Any]:
+    r = EVENTS
+    return _json(_call(kube.custom.create_namespaced_custom_object, r.group, r.version, namespace, r.plural,
+                       dict(event), _request_timeout=(CONNECT_TIMEOUT, REQUEST_TIMEOUT)))
+
+
+def create_lease(kube: Kube, namespace: str, lease: Mapping[str, Any],
+                 timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
+    r = LEASES
+    return _json(_call(kube.custom.create_namespaced_custom_object, r.group, r.version, namespace, r.plural,
+                       dict(lease), _request_timeout=(CONNECT_TIMEOUT, timeout)))
+
+
+def replace_lease(kube: Kube, namespace: str, name: str, lease: Mapping[str, Any],
+                  timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
+    """PUT with the lease's metadata.resourceVersion: 409 when someone else wrote it first."""
+    r = LEASES
+    return _json(_call(kube.custom.replace_namespaced_custom_object, r.group, r.version, namespace, r.plural,
+                       name, dict(lease), _request_timeout=(CONNECT_TIMEOUT, timeout)))
+
+
+# --- plumbing ------------------------------------------------------------------------------------------------
+
+
+def _list_function(kube: Kube, target: Target) -> Any:
+    r, ns = target.resource, target.namespace
+    if r == PODS:
+        return (lambda **kw: kube.core.list_namespaced_pod(ns, **kw)) if ns else kube.core.list_pod_for_all_namespaces
+    if r == NODES:
+        return kube.core.list_node
+    if r.group:
+        if ns:
+            return lambda **kw: kube.custom.list_namespaced_custom_object(r.group, r.version, ns, r.plural, **kw)
+        return lambda **kw: kube.custom.list_cluster_custom_object(r.group, r.version, r.plural, **kw)
+    raise ValueError(f"no list call for core resource {r.plural}")
+
+
+def _selectors(target: Target) -> dict[str, str]:
+    selectors = {"label_selector": target.label_selector, "field_selector": target.field_selector}
+    return {k: v for k, v in selectors.items() if v}
+
+
+def _get_or_none(function: Any, *args: Any, timeout: float = REQUEST_TIMEOUT) -> dict[str, Any] | None:
+    try:
+        return _json(_call(function, *args, _request_timeout=(CONNECT_TIMEOUT, timeout)))
+    except ApiError as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+def _call(function: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a client function for its raw response; every failure becomes ApiError."""
+    try:
+        return function(*args, _preload_content=False, **kwargs)
+    except client.ApiException as err:
+        raise _api_error(err) from None
+    except (urllib3.exceptions.HTTPError, OSError) as err:
+        raise ApiError(0, str(err)) from None
+
+
+def _json(response: Any) -> dict[str, Any]:
+    data = response.data if hasattr(response, "data") else response.read()
+    body = orjson.loads(data) if data else {}
+    return body if isinstance(body, dict) else {}
+
+
+def _api_error(err: Any) -> ApiError:
+    status = int(err.status or 0)
+    message, retry_after = str(err.reason or ""), None
+    with contextlib.suppress(orjson.JSONDecodeError, TypeError, AttributeError):
+        body = orjson.loads(err.body or b"")
+        if isinstance(body, dict):
+            message = str(body.get("message") or message)
+            retry_after = _number((body.get("details") or {}).get("retryAfterSeconds"))
+    headers = err.headers or {}
+    header = _number(headers.get("Retry-After")) if hasattr(headers, "get") else None
+    retry_after = header if header is not None else retry_after
+    return (Gone if status == 410 else ApiError)(status, message, retry_after)
+
+
+def _status_error(status: Mapping[str, Any]) -> ApiError:
+    code = int(status.get("code") or 0)
+    message = str(status.get("message") or status.get("reason") or "watch error")
+    return (Gone if code == 410 else ApiError)(code, message)
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
