@@ -145,6 +145,11 @@ def default_kubeconfig() -> Path | None:
     return home if home.is_file() else None
 
 
+def server_url(kube: Kube) -> str:
+    """The API server's address, for messages."""
+    return str(kube.api_client.configuration.host)
+
+
 def in_cluster_namespace() -> str | None:
     """The namespace of the pod this process runs in, when it runs in one."""
     path = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
