@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
+
 from webhook import kube, policy
 from webhook.cilium import AgentState, agent_state, endpoint_state, is_cilium_taint
 from webhook.config import DEFAULT_AGENT_SELECTOR, DEFAULT_AUDIT_TIMEOUT, DEFAULT_CILIUM_NAMESPACE
@@ -244,7 +246,7 @@ def _endpoints(client: Kube, options: AuditOptions) -> tuple[list[dict[str, Any]
             return None, absent
         return _list(client, options, Target(kube.CILIUM_ENDPOINTS), what), None
     except AuditError as err:
-        if err.status == 404:  # the resource went away between discovery and the list
+        if err.status == 404:  # discovery lists it, yet the list is not served (or it went away meanwhile)
             return None, absent
         if err.status == 403:
             return None, str(err)
@@ -261,7 +263,7 @@ def _call(client: Kube, options: AuditOptions, what: str, call: Callable[[], _T]
         return call()
     except ApiError as err:
         raise AuditError(_describe(client, options, err, what), err.status) from None
-    except ValueError:  # orjson: an answer that is not JSON
+    except orjson.JSONDecodeError:  # a 200 answer that is not JSON
         raise AuditError(f"listing {what}: the answer from {kube.server_url(client)} is not JSON; is it a "
                          f"Kubernetes API server?") from None
 
