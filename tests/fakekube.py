@@ -15,6 +15,7 @@ cluster-scoped, each registered with `add_resource`. It serves:
 - pods/eviction with a PodDisruptionBudget switch (`block_evictions`) that answers 429 (+ Retry-After)
 - events.k8s.io/v1 Event validation as kube-apiserver does it for that API (422)
 - a record of every request (`requests`, `calls()`) and fault injection (`fail()`)
+- `rbac_of(request)`: the (apiGroup, resource, verb) that RBAC authorizes a recorded request as
 
 Resource versions come from one counter, as etcd revisions do. Not modelled: authentication and RBAC,
 admission, server-side apply, field managers, defaulting, most validation.
@@ -787,6 +788,26 @@ def validate_event_v1(event: dict[str, Any]) -> list[str]:
         if event.get(legacy):
             problems.append(f"{legacy}: Invalid value: needs to be unset")
     return problems
+
+
+# --- authorization ---
+
+
+def rbac_of(request: Request) -> tuple[str, str, str]:
+    """The (apiGroup, resource, verb) an API server authorizes a request as."""
+    parts = [p for p in request.path.split("/") if p]
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    if not rest:
+        return "nonResourceURL", request.path, "get"
+    if rest[0] == "namespaces" and len(rest) >= 3:
+        rest = rest[2:]
+    resource = "/".join([rest[0], *rest[2:3]])
+    named = len(rest) > 1
+    verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
+            "DELETE": "delete" if named else "deletecollection"}.get(request.method)
+    if verb is None:
+        verb = "get" if named else ("watch" if request.query.get("watch") == "true" else "list")
+    return group, resource, verb
 
 
 # --- selectors and patches ---

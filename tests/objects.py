@@ -86,3 +86,37 @@ CONTROLLER_RBAC = {
     ("coordination.k8s.io", "leases", "get"), ("coordination.k8s.io", "leases", "create"),
     ("coordination.k8s.io", "leases", "update"),
 }
+
+
+def daemonset_pod(daemonset: dict[str, Any], name: str, node_name: str = "node-a", *, phase: str = "Running",
+                  host_network: bool = False, terminating: bool = False, owner_uid: str | None = None,
+                  ) -> dict[str, Any]:
+    """A pod as the DaemonSet controller makes it: in the DaemonSet's namespace, owned by it (by uid)."""
+    metadata = daemonset["metadata"]
+    uid = metadata.get("uid", "") if owner_uid is None else owner_uid
+    pod_metadata: dict[str, Any] = {
+        "name": name, "namespace": metadata["namespace"],
+        "labels": dict(((daemonset.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}),
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": metadata["name"], "uid": uid,
+                             "controller": True, "blockOwnerDeletion": True}]}
+    if terminating:
+        pod_metadata["deletionTimestamp"] = stamp()
+    spec: dict[str, Any] = {"nodeName": node_name, "containers": [{"name": "main", "image": "example/main:1"}]}
+    if host_network:
+        spec["hostNetwork"] = True
+    status: dict[str, Any] = {"phase": phase}
+    if phase == "Running":
+        status.update(startTime=stamp(), podIP="10.0.1.7")
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": pod_metadata, "spec": spec, "status": status}
+
+
+def with_taints(the_node: dict[str, Any], *taints: dict[str, str]) -> dict[str, Any]:
+    the_node["spec"]["taints"] = [*the_node["spec"]["taints"], *taints]
+    return the_node
+
+
+# What `audit` calls, as (apiGroup, resource, verb): the README's ClusterRole for audit grants exactly these.
+AUDIT_RBAC = {
+    ("apps", "daemonsets", "list"), ("", "pods", "list"), ("", "nodes", "list"),
+    ("cilium.io", "ciliumendpoints", "list"),
+}

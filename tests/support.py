@@ -14,6 +14,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -228,3 +229,58 @@ def nested(depth: int, leaf: bytes = b'"x"') -> bytes:
 def with_value(review: dict[str, Any], placeholder: str, raw: bytes) -> bytes:
     """The review as JSON with the string `placeholder` replaced by raw JSON text."""
     return orjson.dumps(review).replace(orjson.dumps(placeholder), raw)
+
+
+class SilentServer:
+    """Accepts TCP connections on 127.0.0.1 and never answers: an API server that hangs. Counts connections."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._connections: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="silent-server", daemon=True)
+        self._thread.start()
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._connections.append(connection)
+
+    def __enter__(self) -> SilentServer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._listener.close()
+        for connection in self._connections:
+            connection.close()
+
+
+def unused_port() -> int:
+    """A port on 127.0.0.1 that nobody listens on (bound, then released): connecting is refused."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def kubeconfig_for(server: str, path: Path) -> Path:
+    """Write a kubeconfig (context `fake`) that points the kubernetes client at `server`."""
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": server}}],
+        "users": [{"name": "tester", "user": {"token": "fake-token"}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "tester"}}],
+    }), encoding="utf-8")
+    return path

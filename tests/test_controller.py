@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakekube import FakeKube, Request
+from tests.fakekube import FakeKube, Request, rbac_of
 from tests.objects import CILIUM_NAMESPACE, CONTROLLER_RBAC, GATE, agent_pod, endpoint, gate_status, gated_pod, node
 from webhook import kube
 from webhook.controller import ControllerOptions, GateController, GatePolicy, release_all
@@ -476,23 +476,6 @@ def test_probe_server_serves_metrics_health_and_readiness(fake_kube: FakeKube, s
 
 # Discovery, which the built-in system:discovery ClusterRole grants every authenticated user.
 DISCOVERY = {("nonResourceURL", "/apis/cilium.io/v2", "get")}
-
-
-def rbac_of(request: Request) -> tuple[str, str, str]:
-    """The (apiGroup, resource, verb) an API server authorizes a request as."""
-    parts = [p for p in request.path.split("/") if p]
-    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
-    if not rest:
-        return "nonResourceURL", request.path, "get"
-    if rest[0] == "namespaces" and len(rest) >= 3:
-        rest = rest[2:]
-    resource = "/".join([rest[0], *rest[2:3]])
-    named = len(rest) > 1
-    verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
-            "DELETE": "delete" if named else "deletecollection"}.get(request.method)
-    if verb is None:
-        verb = "get" if named else ("watch" if request.query.get("watch") == "true" else "list")
-    return group, resource, verb
 
 
 def test_api_calls_are_exactly_the_documented_rbac(fake_kube: FakeKube, start):

@@ -6,9 +6,9 @@ import pytest
 
 from tests.fakekube import validate_event_v1
 from tests.objects import GATE, agent_pod, gated_pod, node
+from webhook.cilium import AgentState, agent_state, endpoint_state
 from webhook.controller import (
     Action,
-    AgentState,
     Decision,
     Facts,
     GatePolicy,
@@ -16,10 +16,8 @@ from webhook.controller import (
     PodFacts,
     ReleaseReason,
     TokenBucket,
-    agent_state,
     condition_patch,
     decide,
-    endpoint_state,
     event_body,
     pod_facts,
     recycle_bucket,

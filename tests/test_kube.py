@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.fakekube import FakeKube
 from tests.objects import GATE, GATE_LABEL, endpoint, gate_status, gated_pod
+from tests.support import SilentServer, kubeconfig_for, load_fixture
 from webhook import kube
 
 
@@ -162,3 +164,68 @@ def test_replace_lease_conflicts_on_a_stale_resource_version(fake_kube: FakeKube
         kube.replace_lease(kube_client, "default", "l", dict(created, spec={"holderIdentity": "c"}))
     assert raised.value.status == 409
     assert kube.get_lease(kube_client, "default", "l")["spec"]["holderIdentity"] == "b"
+
+
+def test_list_all_timeout_bounds_a_server_that_never_answers_with_one_attempt(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with SilentServer() as server:
+        client = kube.connect(kubeconfig_for(server.url, tmp_path / "kubeconfig"), "fake", retries=0)
+        started = time.monotonic()
+        try:
+            with pytest.raises(kube.ApiError) as caught:
+                kube.list_all(client, kube.Target(kube.NODES), timeout=0.3)
+        finally:
+            client.close()
+        elapsed = time.monotonic() - started
+        assert caught.value.status == 0
+        assert elapsed < 2.0
+        assert server.connections == 1  # urllib3's default would have tried four times
+
+
+def test_has_resource_timeout_bounds_a_server_that_never_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with SilentServer() as server:
+        client = kube.connect(kubeconfig_for(server.url, tmp_path / "kubeconfig"), "fake", retries=0)
+        started = time.monotonic()
+        try:
+            with pytest.raises(kube.ApiError):
+                kube.has_resource(client, kube.CILIUM_ENDPOINTS, timeout=0.3)
+        finally:
+            client.close()
+        assert time.monotonic() - started < 2.0
+
+
+def test_list_all_lists_daemonsets_of_every_namespace(fake_kube: FakeKube, kube_client):
+    for namespace in ("kube-system", "monitoring"):
+        ds = load_fixture("daemonset_node_exporter.json")["request"]["object"]
+        fake_kube.create({**ds, "metadata": {**ds["metadata"], "namespace": namespace}})
+    items, _ = kube.list_all(kube_client, kube.Target(kube.DAEMONSETS))
+    assert sorted(d["metadata"]["namespace"] for d in items) == ["kube-system", "monitoring"]
+    assert fake_kube.calls("GET", "^/apis/apps/v1/daemonsets$")
+
+
+@pytest.mark.parametrize("content", [
+    pytest.param("{{{ not yaml", id="not-yaml"),
+    pytest.param("just a string", id="a-string"),
+    pytest.param("clusters: 5", id="wrong-types"),
+    pytest.param("", id="empty"),
+])
+def test_connect_reports_a_malformed_kubeconfig_in_one_line(tmp_path: Path, content: str):
+    path = tmp_path / "kubeconfig"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(kube.KubeConfigError) as caught:
+        kube.connect(path)
+    assert str(path) in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_default_kubeconfig_is_kubeconfig_variable_then_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("KUBECONFIG", "/a/config:/b/config")
+    assert kube.default_kubeconfig() == Path("/a/config:/b/config")
+    monkeypatch.delenv("KUBECONFIG")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert kube.default_kubeconfig() is None  # no ~/.kube/config: in-cluster
+    (tmp_path / ".kube").mkdir()
+    (tmp_path / ".kube" / "config").write_text("{}", encoding="utf-8")
+    assert kube.default_kubeconfig() == tmp_path / ".kube" / "config"

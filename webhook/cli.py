@@ -18,6 +18,7 @@ import yaml
 from webhook import certs
 from webhook.config import (
     DEFAULT_AGENT_SELECTOR,
+    DEFAULT_AUDIT_TIMEOUT,
     DEFAULT_CERTS_DIR,
     DEFAULT_CILIUM_NAMESPACE,
     DEFAULT_GRACE_PERIOD,
@@ -126,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     certs_cmd.set_defaults(run=_certs)
 
     _add_controller(commands)
+    _add_audit(commands)
     return parser
 
 
@@ -166,6 +168,30 @@ def _add_controller(commands: argparse._SubParsersAction[argparse.ArgumentParser
     ctl.add_argument("--release-all", action="store_true",
                      help="set every gated pod's condition True and exit (for uninstalling); needs no lease")
     ctl.set_defaults(run=_controller)
+
+
+def _add_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    audit = commands.add_parser(
+        "audit", help="evaluate every DaemonSet of a live cluster; count the pods Cilium does not manage",
+        description="Evaluates every DaemonSet in the cluster with the webhook's policy and counts the pods Cilium "
+                    "does not manage today; lists the nodes' NoExecute taints. Exit status: 0 clean, 1 a "
+                    "non-exempt DaemonSet has a blanket NoExecute toleration, 2 the cluster cannot be read "
+                    "(unreachable within --timeout, no permission, bad kubeconfig) or a bad configuration.")
+    audit.add_argument("--kubeconfig", type=Path, metavar="PATH",
+                       help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else the in-cluster "
+                            "service account)")
+    audit.add_argument("--context", metavar="NAME", help="kubeconfig context (default: its current context)")
+    audit.add_argument("--output", choices=["table", "json"], default="table")
+    audit.add_argument("--config", type=Path, metavar="FILE",
+                       help="the webhook's configuration file (YAML): exemptions, opt-out, gate, Cilium taint key")
+    audit.add_argument("--timeout", type=_positive, default=DEFAULT_AUDIT_TIMEOUT, metavar="SECONDS",
+                       help=f"how long each API request may take, connecting included; requests are not retried "
+                            f"(default {DEFAULT_AUDIT_TIMEOUT:g})")
+    audit.add_argument("--cilium-namespace", default=DEFAULT_CILIUM_NAMESPACE, metavar="NS",
+                       help=f"namespace of the Cilium agent pods (default {DEFAULT_CILIUM_NAMESPACE})")
+    audit.add_argument("--cilium-agent-selector", default=DEFAULT_AGENT_SELECTOR, metavar="SELECTOR",
+                       help=f"label selector of the Cilium agent pods (default {DEFAULT_AGENT_SELECTOR})")
+    audit.set_defaults(run=_audit)
 
 
 def _add_policy_flags(parser: argparse.ArgumentParser) -> None:
@@ -306,6 +332,33 @@ def _controller(args: argparse.Namespace) -> int:
         client.close()
 
 
+def _audit(args: argparse.Namespace) -> int:
+    # The kubernetes client loads here only: `serve` and `review` never import it.
+    from webhook import audit, kube
+
+    policy = build_settings(args.config).policy
+    try:
+        # No retries: urllib3 would repeat a request that timed out, past --timeout.
+        client = kube.connect(args.kubeconfig or kube.default_kubeconfig(), args.context,
+                              user_agent=f"{PROG}-audit", retries=0)
+    except kube.KubeConfigError as err:
+        raise ConfigError(str(err)) from None
+    options = audit.AuditOptions(timeout=args.timeout, cilium_namespace=args.cilium_namespace,
+                                 agent_selector=args.cilium_agent_selector)
+    try:
+        cluster, warning = audit.collect(client, options)
+        report = audit.build_report(cluster, policy)
+    except audit.AuditError as err:
+        print(f"{PROG} audit: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        client.close()
+    if warning:
+        print(f"{PROG} audit: warning: unmanaged pods are not counted (null): {warning}", file=sys.stderr)
+    sys.stdout.write(audit.render_json(report) if args.output == "json" else audit.render_table(report, policy))
+    return audit.exit_status(report)
+
+
 def _non_negative(text: str) -> float:
     try:
         value = float(text)
@@ -313,6 +366,13 @@ def _non_negative(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
     return value
 
 

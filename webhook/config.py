@@ -37,6 +37,8 @@ DEFAULT_METRICS_PORT = 9090
 DEFAULT_LEASE_NAME = "cilium-startup-guard-controller"
 DEFAULT_CILIUM_NAMESPACE = "kube-system"
 DEFAULT_AGENT_SELECTOR = "k8s-app=cilium"
+# `audit` (issue 5): how long each API request may take, connecting included.
+DEFAULT_AUDIT_TIMEOUT = 10.0
 # Gate controller leader election, client-go's usual timings (issue 3); the config file may change them.
 DEFAULT_LEASE_DURATION = 15
 DEFAULT_RENEW_DEADLINE = 10.0

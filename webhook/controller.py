@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from webhook import kube
+from webhook.cilium import AgentState, agent_state, endpoint_state
 from webhook.config import (
     DEFAULT_AGENT_SELECTOR,
     DEFAULT_CILIUM_NAMESPACE,
@@ -55,13 +56,6 @@ class ReleaseReason(StrEnum):
     NO_CILIUM_ENDPOINTS = "no-cilium-endpoints"
     HOST_NETWORK = "host-network"
     RELEASE_ALL = "release-all"
-
-
-class AgentState(StrEnum):
-    UNKNOWN = "unknown"  # the node is not (yet) known
-    NO_AGENT = "no-agent"  # no Cilium agent pod is scheduled there: Fargate, virtual nodes
-    NOT_READY = "not-ready"  # an agent is scheduled but not Ready, or the node still has the Cilium taint
-    READY = "ready"
 
 
 @dataclass(frozen=True)
@@ -195,39 +189,6 @@ def is_gate_true(pod: Mapping[str, Any], condition_type: str) -> bool:
     conditions = (pod.get("status") or {}).get("conditions") or []
     return any(isinstance(c, Mapping) and c.get("type") == condition_type and c.get("status") == "True"
                for c in conditions)
-
-
-def endpoint_state(endpoint: Mapping[str, Any] | None, pod_uid: str) -> str | None:
-    """The endpoint's state, or None when there is none for *this* pod: an endpoint owned by an earlier pod
-    of the same name is stale (Cilium names endpoints after pods and sets the pod as owner)."""
-    if endpoint is None:
-        return None
-    owners = (endpoint.get("metadata") or {}).get("ownerReferences") or []
-    pod_owners = [o for o in owners if isinstance(o, Mapping) and o.get("kind") == "Pod" and o.get("uid")]
-    if pod_owners and all(o.get("uid") != pod_uid for o in pod_owners):
-        return None
-    return str((endpoint.get("status") or {}).get("state") or "")
-
-
-def agent_state(node: Mapping[str, Any] | None, agent_pods: Iterable[Mapping[str, Any]], taint_key: str) -> AgentState:
-    """"No agent" means no agent pod scheduled on the node; "ready" needs a Ready agent pod and no taint."""
-    if node is None:
-        return AgentState.UNKNOWN
-    agents = list(agent_pods)
-    if not agents:
-        return AgentState.NO_AGENT
-    taints = (node.get("spec") or {}).get("taints") or []
-    if any(isinstance(t, Mapping) and t.get("key") == taint_key for t in taints):
-        return AgentState.NOT_READY
-    return AgentState.READY if any(_is_pod_ready(p) for p in agents) else AgentState.NOT_READY
-
-
-def _is_pod_ready(pod: Mapping[str, Any]) -> bool:
-    status = pod.get("status") or {}
-    if (pod.get("metadata") or {}).get("deletionTimestamp") is not None or status.get("phase") != "Running":
-        return False
-    return any(isinstance(c, Mapping) and c.get("type") == "Ready" and c.get("status") == "True"
-               for c in status.get("conditions") or [])
 
 
 def parse_time(value: Any) -> float | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import orjson
 import urllib3
+import yaml
 from kubernetes import client, config
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.watch.watch import iter_resp_lines
@@ -58,6 +60,7 @@ class Resource:
 
 PODS = Resource("", "v1", "pods", namespaced=True)
 NODES = Resource("", "v1", "nodes", namespaced=False)
+DAEMONSETS = Resource("apps", "v1", "daemonsets", namespaced=True)
 CILIUM_ENDPOINTS = Resource("cilium.io", "v2", "ciliumendpoints", namespaced=True)
 LEASES = Resource("coordination.k8s.io", "v1", "leases", namespaced=True)
 EVENTS = Resource("events.k8s.io", "v1", "events", namespaced=True)
@@ -98,9 +101,15 @@ class Kube:
         self.api_client.close()
 
 
-def connect(kubeconfig: Path | None = None, context: str | None = None, user_agent: str = USER_AGENT) -> Kube:
-    """A client from a kubeconfig file (and context), or the in-cluster service account when none is given."""
+def connect(kubeconfig: Path | None = None, context: str | None = None, user_agent: str = USER_AGENT,
+            retries: int | None = None) -> Kube:
+    """A client from a kubeconfig file (and context), or the in-cluster service account when none is given.
+
+    `retries`: how often urllib3 repeats a failed request; None keeps its default of 3, which repeats a GET that
+    timed out, so a command that promises a bound on waiting passes 0."""
     configuration = client.Configuration()
+    if retries is not None:
+        configuration.retries = retries
     try:
         if kubeconfig is not None:
             # persist_config=False: never write refreshed credentials back into the user's file.
@@ -111,15 +120,34 @@ def connect(kubeconfig: Path | None = None, context: str | None = None, user_age
             if context is not None:
                 raise KubeConfigError("--context needs --kubeconfig")
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except (ConfigException, OSError) as err:
+    # The client's loader assumes a well-formed file: a malformed one fails with assorted errors, not only
+    # ConfigException.
+    except (ConfigException, OSError, yaml.YAMLError, TypeError, ValueError, AttributeError, KeyError) as err:
         where = f"kubeconfig {kubeconfig}" if kubeconfig is not None else "in-cluster configuration"
         hint = "" if kubeconfig is not None else " (not running in a pod? pass --kubeconfig PATH)"
-        raise KubeConfigError(f"cannot use {where}: {err}{hint}") from None
+        raise KubeConfigError(f"cannot use {where}: {' '.join(str(err).split())}{hint}") from None
     # Four long-lived watches plus the worker's calls share this pool.
     configuration.connection_pool_maxsize = 16
     api_client = client.ApiClient(configuration)
     api_client.user_agent = user_agent
     return Kube(api_client)
+
+
+def default_kubeconfig() -> Path | None:
+    """Where kubectl looks: $KUBECONFIG (several files joined by ':' are merged by the client), else
+    ~/.kube/config when it exists. None: use the in-cluster configuration."""
+    if os.environ.get("KUBECONFIG"):
+        return Path(os.environ["KUBECONFIG"])
+    try:
+        home = Path("~/.kube/config").expanduser()
+    except RuntimeError:  # no home directory to expand ~ to
+        return None
+    return home if home.is_file() else None
+
+
+def server_url(kube: Kube) -> str:
+    """The API server's address, for messages."""
+    return str(kube.api_client.configuration.host)
 
 
 def in_cluster_namespace() -> str | None:
@@ -134,29 +162,33 @@ def in_cluster_namespace() -> str | None:
 # --- reading -------------------------------------------------------------------------------------------------
 
 
-def list_page(kube: Kube, target: Target, limit: int = LIST_PAGE_SIZE, continue_token: str | None = None) -> Page:
+def list_page(kube: Kube, target: Target, limit: int = LIST_PAGE_SIZE, continue_token: str | None = None,
+              timeout: float | None = None) -> Page:
     response = _call(_list_function(kube, target), limit=limit, _continue=continue_token,
-                     **_selectors(target), _request_timeout=(CONNECT_TIMEOUT, REQUEST_TIMEOUT))
+                     **_selectors(target), _request_timeout=_request_timeout(timeout))
     body = _json(response)
     metadata = body.get("metadata") or {}
     return Page(items=list(body.get("items") or []), resource_version=str(metadata.get("resourceVersion", "")),
                 continue_token=metadata.get("continue") or None)
 
 
-def list_all(kube: Kube, target: Target, page_size: int = LIST_PAGE_SIZE) -> tuple[list[dict[str, Any]], str]:
-    """Every item, page by page, and the list's resourceVersion to watch from."""
+def list_all(kube: Kube, target: Target, page_size: int = LIST_PAGE_SIZE,
+             timeout: float | None = None) -> tuple[list[dict[str, Any]], str]:
+    """Every item, page by page, and the list's resourceVersion to watch from. `timeout` bounds each page's
+    request (see _request_timeout)."""
     try:
-        return _list_pages(kube, target, page_size)
+        return _list_pages(kube, target, page_size, timeout)
     except Gone:
         # A continue token expired mid-way: start over once, like client-go's pager.
-        return _list_pages(kube, target, page_size)
+        return _list_pages(kube, target, page_size, timeout)
 
 
-def _list_pages(kube: Kube, target: Target, page_size: int) -> tuple[list[dict[str, Any]], str]:
+def _list_pages(kube: Kube, target: Target, page_size: int,
+                timeout: float | None) -> tuple[list[dict[str, Any]], str]:
     items: list[dict[str, Any]] = []
     token: str | None = None
     while True:
-        page = list_page(kube, target, page_size, token)
+        page = list_page(kube, target, page_size, token, timeout)
         items += page.items
         token = page.continue_token
         if token is None:
@@ -216,14 +248,14 @@ def get_cilium_endpoint(kube: Kube, namespace: str, name: str) -> dict[str, Any]
     return _get_or_none(kube.custom.get_namespaced_custom_object, r.group, r.version, namespace, r.plural, name)
 
 
-def has_resource(kube: Kube, resource: Resource) -> bool:
+def has_resource(kube: Kube, resource: Resource, timeout: float | None = None) -> bool:
     """Whether API discovery lists the resource (an absent group answers 404)."""
     try:
         if resource.group:
             response = _call(kube.custom.get_api_resources, resource.group, resource.version,
-                             _request_timeout=(CONNECT_TIMEOUT, REQUEST_TIMEOUT))
+                             _request_timeout=_request_timeout(timeout))
         else:
-            response = _call(kube.core.get_api_resources, _request_timeout=(CONNECT_TIMEOUT, REQUEST_TIMEOUT))
+            response = _call(kube.core.get_api_resources, _request_timeout=_request_timeout(timeout))
     except ApiError as err:
         if err.status == 404:
             return False
@@ -290,6 +322,12 @@ def _list_function(kube: Kube, target: Target) -> Any:
             return lambda **kw: kube.custom.list_namespaced_custom_object(r.group, r.version, ns, r.plural, **kw)
         return lambda **kw: kube.custom.list_cluster_custom_object(r.group, r.version, r.plural, **kw)
     raise ValueError(f"no list call for core resource {r.plural}")
+
+
+def _request_timeout(timeout: float | None) -> float | tuple[float, float]:
+    """The client's `_request_timeout`: by default separate connect and read timeouts; a single number is urllib3's
+    total, which bounds connecting and waiting for the answer together."""
+    return (CONNECT_TIMEOUT, REQUEST_TIMEOUT) if timeout is None else timeout
 
 
 def _selectors(target: Target) -> dict[str, str]:

@@ -7,7 +7,7 @@ DaemonSet; `--fix` applies the same JSON Patch the webhook would return. No Kube
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -106,9 +106,7 @@ def render_table(results: list[Result], config: PolicyConfig) -> str:
             rows.append((r.source, ref, "exempt", r.exempt_reason))
         else:
             rows.append((r.source, ref, "ok", "gated" if r.gated else ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3]
-             for row in rows]
+    lines = format_columns(rows)
     counts = _summary(results)
     lines.append(f"\n{counts['daemonsets']} DaemonSet(s) reviewed in mode {config.mode.value}: "
                  f"{counts['findings']} with a blanket NoExecute toleration, {counts['exempt']} exempt, "
@@ -119,6 +117,19 @@ def render_table(results: list[Result], config: PolicyConfig) -> str:
 def render_json(results: list[Result], config: PolicyConfig) -> str:
     report = {"mode": config.mode.value, "daemonsets": [r.as_json() for r in results],
               "summary": _summary(results)}
+    return dump_json(report)
+
+
+def format_columns(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows as columns two spaces apart, the first row a header; the last column is not padded (it may be long).
+    Shared with `audit`."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join([*(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)), row[-1]]).rstrip()
+            for row in rows]
+
+
+def dump_json(report: Any) -> str:
+    """A report as indented JSON with a final newline. Shared with `audit`."""
     return orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n"
 
 

@@ -1,0 +1,260 @@
+"""The audit's pure core: API objects as plain dicts and a PolicyConfig in, a report out. No I/O, no fakes."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from typing import Any
+
+import pytest
+
+from tests.objects import agent_pod, daemonset_pod, endpoint, node, with_taints
+from tests.support import load_fixture
+from webhook.audit import (
+    AuditError,
+    Cluster,
+    DaemonSetAudit,
+    Report,
+    TaintCount,
+    build_report,
+    exit_status,
+    is_unmanaged,
+    noexecute_taints,
+    render_json,
+    render_table,
+)
+from webhook.cilium import AgentState
+from webhook.policy import CILIUM_TAINT_KEY, SKIP_ANNOTATION, ExemptReason, PolicyConfig
+
+CONFIG = PolicyConfig()
+CILIUM_TAINT = {"key": CILIUM_TAINT_KEY, "value": "true", "effect": "NoExecute"}
+
+
+def stored(fixture: str, uid: str, **metadata: str) -> dict[str, Any]:
+    """A fixture's DaemonSet as the API server stores it: with a uid (and optionally another name/namespace)."""
+    ds = copy.deepcopy(load_fixture(fixture)["request"]["object"])
+    ds["metadata"].update(uid=uid, **metadata)
+    return ds
+
+
+def pod_on(node_name: str = "node-a", uid: str = "pod-1", **changes: Any) -> dict[str, Any]:
+    pod = daemonset_pod(stored("daemonset_ebs_csi_node.json", "ds-1"), "ebs-csi-node-x", node_name, **changes)
+    pod["metadata"]["uid"] = uid
+    return pod
+
+
+def own_endpoint(pod: dict[str, Any], state: str = "ready") -> dict[str, Any]:
+    return endpoint(pod, state=state)
+
+
+def stale_endpoint(pod: dict[str, Any]) -> dict[str, Any]:
+    cep = endpoint(pod)
+    cep["metadata"]["ownerReferences"][0]["uid"] = "an-earlier-pod"
+    return cep
+
+
+def ownerless_endpoint(pod: dict[str, Any]) -> dict[str, Any]:
+    cep = endpoint(pod)
+    del cep["metadata"]["ownerReferences"]
+    return cep
+
+
+# --- one pod: unmanaged or not ---
+
+
+@pytest.mark.parametrize("pod, make_endpoint, agent, expected", [
+    pytest.param(pod_on(), None, AgentState.READY, True, id="running-no-endpoint-agent-ready"),
+    pytest.param(pod_on(phase="Pending"), None, AgentState.READY, False, id="pending"),
+    pytest.param(pod_on(phase="Succeeded"), None, AgentState.READY, False, id="finished"),
+    pytest.param(pod_on(host_network=True), None, AgentState.READY, False, id="host-network"),
+    pytest.param(pod_on(terminating=True), None, AgentState.READY, False, id="terminating"),
+    pytest.param(pod_on(), own_endpoint, AgentState.READY, False, id="own-endpoint-ready"),
+    pytest.param(pod_on(), lambda p: own_endpoint(p, "waiting-for-identity"), AgentState.READY, False,
+                 id="own-endpoint-not-ready-yet-is-managed"),
+    pytest.param(pod_on(), stale_endpoint, AgentState.READY, True, id="endpoint-of-an-earlier-pod-is-stale"),
+    pytest.param(pod_on(), ownerless_endpoint, AgentState.READY, False, id="endpoint-without-owner-counts"),
+    pytest.param(pod_on(), None, AgentState.NOT_READY, False, id="agent-not-ready"),
+    pytest.param(pod_on(), None, AgentState.NO_AGENT, False, id="no-agent-on-node"),
+    pytest.param(pod_on(), None, AgentState.UNKNOWN, False, id="unknown-node"),
+])
+def test_is_unmanaged(pod, make_endpoint, agent, expected):
+    assert is_unmanaged(pod, make_endpoint(pod) if make_endpoint else None, agent) is expected
+
+
+# --- DaemonSets: the webhook's policy ---
+
+
+@pytest.mark.parametrize("fixture, finding, exempt_reason, blanket, gated", [
+    pytest.param("daemonset_ebs_csi_node.json", True, None, [{"operator": "Exists"}], False, id="ebs-csi-node"),
+    pytest.param("daemonset_istio_cni_node.json", True, None, [{"effect": "NoExecute", "operator": "Exists"}],
+                 False, id="istio-cni-node"),
+    pytest.param("daemonset_partially_gated.json", True, None, [{"operator": "Exists"}], True,
+                 id="finding-and-gated"),
+    pytest.param("daemonset_node_exporter.json", False, "hostNetwork", [{"operator": "Exists"}], False,
+                 id="host-network"),
+    pytest.param("daemonset_aws_node.json", False, "hostNetwork", [{"operator": "Exists"}], False,
+                 id="host-network-reported-before-exempted-label"),
+    pytest.param("daemonset_exempted_label.json", False, "exempted", [{"operator": "Exists"}], False,
+                 id="exempted"),
+    pytest.param("daemonset_tolerates_cilium_taint.json", False, "tolerates-cilium-taint",
+                 [{"operator": "Exists"}], False, id="tolerates-cilium-taint"),
+    pytest.param("daemonset_opt_out.json", False, "opt-out", [{"operator": "Exists", "effect": "NoExecute"}],
+                 False, id="opt-out"),
+    pytest.param("daemonset_no_blanket_toleration.json", False, None, [], False, id="clean"),
+    pytest.param("daemonset_already_mutated.json", False, None, [], True, id="stripped-and-gated"),
+])
+def test_each_daemonset_is_judged_as_the_webhook_would(fixture, finding, exempt_reason, blanket, gated):
+    report = build_report(Cluster([stored(fixture, "ds-1")], [], [], [], []), CONFIG)
+    [audit] = report.as_json()["daemonsets"]
+    assert (audit["finding"], audit["exempt_reason"], audit["blanket_tolerations"], audit["gated"]) == (
+        finding, exempt_reason, blanket, gated)
+
+
+def with_opt_out(ds: dict[str, Any]) -> dict[str, Any]:
+    ds["metadata"].setdefault("annotations", {})[SKIP_ANNOTATION] = "true"
+    return ds
+
+
+@pytest.mark.parametrize("ds, config, expected", [
+    pytest.param(with_opt_out(stored("daemonset_tolerates_cilium_taint.json", "u")), CONFIG,
+                 ExemptReason.TOLERATES_CILIUM_TAINT, id="tolerates-cilium-taint-before-opt-out"),
+    pytest.param(with_opt_out(stored("daemonset_exempted_label.json", "u")), CONFIG, ExemptReason.EXEMPTED,
+                 id="exempted-before-opt-out"),
+    pytest.param(stored("daemonset_opt_out.json", "u"), PolicyConfig(allow_opt_out=False), None,
+                 id="opt-out-not-allowed-is-a-finding"),
+])
+def test_first_exemption_in_the_documented_order_is_reported(ds, config, expected):
+    [audit] = build_report(Cluster([ds], [], [], [], []), config).daemonsets
+    assert audit.exempt_reason is expected
+    assert audit.finding is (expected is None)
+
+
+def test_daemonsets_are_sorted_by_namespace_and_name():
+    daemonsets = [stored("daemonset_node_exporter.json", "1"), stored("daemonset_ebs_csi_node.json", "2"),
+                  stored("daemonset_aws_node.json", "3"), stored("daemonset_istio_cni_node.json", "4")]
+    report = build_report(Cluster(daemonsets, [], [], [], []), CONFIG)
+    assert [(d.namespace, d.name) for d in report.daemonsets] == [
+        ("istio-system", "istio-cni-node"), ("kube-system", "aws-node"), ("kube-system", "ebs-csi-node"),
+        ("monitoring", "node-exporter")]
+
+
+def test_a_malformed_daemonset_is_an_error_naming_it():
+    ds = stored("daemonset_ebs_csi_node.json", "u")
+    ds["spec"]["template"]["spec"]["tolerations"] = "everything"
+    expected = "DaemonSet kube-system/ebs-csi-node: spec.template.spec.tolerations"
+    with pytest.raises(AuditError, match=re.escape(expected)):
+        build_report(Cluster([ds], [], [], [], []), CONFIG)
+
+
+# --- unmanaged pods, per DaemonSet ---
+
+
+def test_unmanaged_pods_are_counted_per_daemonset_by_owner_uid():
+    ebs, istio = stored("daemonset_ebs_csi_node.json", "ebs"), stored("daemonset_istio_cni_node.json", "istio")
+    pods = [daemonset_pod(ebs, "ebs-1"), daemonset_pod(ebs, "ebs-2"), daemonset_pod(istio, "istio-1"),
+            # Same namespace and labels as ebs-csi-node, but another owner: not one of its pods.
+            daemonset_pod(ebs, "lookalike", owner_uid="a-replicaset")]
+    for i, pod in enumerate(pods):
+        pod["metadata"]["uid"] = f"pod-{i}"
+    cluster = Cluster([ebs, istio], pods, [node("node-a")], [agent_pod("node-a")], [endpoint(pods[2])])
+    counts = {d.name: d.unmanaged_pods for d in build_report(cluster, CONFIG).daemonsets}
+    assert counts == {"ebs-csi-node": 2, "istio-cni-node": 0}
+
+
+def test_only_pods_on_nodes_with_a_ready_agent_and_no_cilium_taint_count():
+    ebs = stored("daemonset_ebs_csi_node.json", "ebs")
+    nodes = [node("ready"), node("tainted", tainted=True), node("agent-not-ready"), node("no-agent")]
+    agents = [agent_pod("ready"), agent_pod("tainted"), agent_pod("agent-not-ready", ready=False)]
+    pods = [daemonset_pod(ebs, f"ebs-{n}", n) for n in ("ready", "tainted", "agent-not-ready", "no-agent",
+                                                        "not-listed")]
+    [audit] = build_report(Cluster([ebs], pods, nodes, agents, []), CONFIG).daemonsets
+    assert audit.unmanaged_pods == 1
+
+
+def test_unmanaged_pods_are_null_everywhere_when_endpoints_could_not_be_listed():
+    ebs, exporter = stored("daemonset_ebs_csi_node.json", "ebs"), stored("daemonset_node_exporter.json", "ne")
+    cluster = Cluster([ebs, exporter], [daemonset_pod(ebs, "ebs-1")], [node("node-a")], [agent_pod("node-a")],
+                      None)
+    report = build_report(cluster, CONFIG)
+    assert [d["unmanaged_pods"] for d in report.as_json()["daemonsets"]] == [None, None]
+
+
+# --- node taints ---
+
+
+def test_noexecute_taints_are_distinct_with_node_counts_and_without_ciliums():
+    gpu = {"key": "dedicated", "value": "gpu", "effect": "NoExecute"}
+    nodes = [
+        with_taints(node("a", tainted=True), gpu),
+        with_taints(node("b"), gpu, {"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}),
+        with_taints(node("c"), {"key": "dedicated", "value": "infra", "effect": "NoExecute"},
+                    {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}),
+        with_taints(node("d"), {**CILIUM_TAINT, "value": "other"}),  # Cilium's taint is Cilium's by key alone
+    ]
+    assert noexecute_taints(nodes, CILIUM_TAINT_KEY) == (
+        TaintCount("dedicated", "gpu", "NoExecute", 2),
+        TaintCount("dedicated", "infra", "NoExecute", 1),
+        TaintCount("node.kubernetes.io/unreachable", None, "NoExecute", 1),
+    )
+
+
+def test_a_configured_cilium_taint_key_is_left_out_instead():
+    nodes = [with_taints(node("a", tainted=True), {"key": "example.com/cni-not-ready", "effect": "NoExecute"})]
+    assert noexecute_taints(nodes, "example.com/cni-not-ready") == (
+        TaintCount(CILIUM_TAINT_KEY, "true", "NoExecute", 1),)
+
+
+# --- the report's shape and output ---
+
+
+EXAMPLE = Report(
+    daemonsets=(
+        DaemonSetAudit("kube-system", "ebs-csi-node", True, ({"operator": "Exists"},), None, False, 3),
+        DaemonSetAudit("monitoring", "node-exporter", False, ({"operator": "Exists"},), ExemptReason.HOST_NETWORK,
+                       False, 0),
+        DaemonSetAudit("storage", "nvidia", False, (), None, True, 0),
+    ),
+    node_noexecute_taints=(TaintCount("dedicated", "gpu", "NoExecute", 2),
+                           TaintCount("node.kubernetes.io/unreachable", None, "NoExecute", 1)),
+)
+
+
+def test_json_is_exactly_the_issue_schema():
+    report = json.loads(render_json(EXAMPLE))
+    assert list(report) == ["daemonsets", "node_noexecute_taints"]
+    assert report["daemonsets"][0] == {
+        "namespace": "kube-system", "name": "ebs-csi-node", "finding": True,
+        "blanket_tolerations": [{"operator": "Exists"}], "exempt_reason": None, "gated": False, "unmanaged_pods": 3}
+    assert report["daemonsets"][1]["exempt_reason"] == "hostNetwork"
+    assert report["node_noexecute_taints"] == [
+        {"key": "dedicated", "value": "gpu", "effect": "NoExecute", "nodes": 2},
+        {"key": "node.kubernetes.io/unreachable", "value": None, "effect": "NoExecute", "nodes": 1}]
+
+
+def test_table_has_a_row_per_daemonset_then_the_taints_then_a_summary():
+    lines = render_table(EXAMPLE, CONFIG).splitlines()
+    assert lines[0].split() == ["DAEMONSET", "RESULT", "BLANKET", "TOLERATIONS", "GATED", "UNMANAGED", "PODS"]
+    assert lines[1].split() == ["kube-system/ebs-csi-node", "finding", "{operator:", "Exists}", "no", "3"]
+    assert lines[2].split() == ["monitoring/node-exporter", "exempt:", "hostNetwork", "{operator:", "Exists}", "no",
+                                "0"]
+    assert lines[3].split() == ["storage/nvidia", "ok", "-", "yes", "0"]
+    assert lines[5].startswith(f"NODE NOEXECUTE TAINT (besides {CILIUM_TAINT_KEY})")
+    assert lines[6].split() == ["dedicated=gpu:NoExecute", "2"]
+    assert lines[7].split() == ["node.kubernetes.io/unreachable:NoExecute", "1"]
+    assert lines[-1] == ("3 DaemonSet(s) audited: 1 with a blanket NoExecute toleration, 1 exempt; "
+                         "3 pod(s) not managed by Cilium")
+
+
+def test_table_says_unknown_rather_than_zero_when_endpoints_could_not_be_listed():
+    unknown = Report(tuple(DaemonSetAudit(d.namespace, d.name, d.finding, d.blanket_tolerations, d.exempt_reason,
+                                          d.gated, None) for d in EXAMPLE.daemonsets), ())
+    text = render_table(unknown, CONFIG)
+    assert text.splitlines()[1].split()[-1] == "n/a"
+    assert f"no NoExecute taints on nodes besides {CILIUM_TAINT_KEY}" in text
+    assert text.endswith("unmanaged pods unknown (CiliumEndpoints could not be listed)\n")
+
+
+def test_exit_status_is_1_with_a_finding_else_0():
+    clean = Report(EXAMPLE.daemonsets[1:], ())
+    assert (exit_status(EXAMPLE), exit_status(clean), exit_status(Report((), ()))) == (1, 0, 0)
