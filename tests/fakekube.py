@@ -13,7 +13,9 @@ cluster-scoped, each registered with `add_resource`. It serves:
 - patch: JSON patch, JSON merge patch and a strategic merge patch (lists merged by the usual merge keys), on
   the object or its status subresource; a patch may not change metadata.uid (422, as kube-apiserver)
 - pods/eviction with a PodDisruptionBudget switch (`block_evictions`) that answers 429 (+ Retry-After)
-- events.k8s.io/v1 Event validation as kube-apiserver does it for that API (422)
+- events.k8s.io/v1 Event validation as kube-apiserver does it for that API (422); Secret validation: base64
+  data, the keys a kubernetes.io/tls Secret requires, an immutable type (422)
+- a resourceVersion inside a patch is a precondition (409 when stale), as kube-apiserver makes it
 - a record of every request (`requests`, `calls()`) and fault injection (`fail()`)
 
 Resource versions come from one counter, as etcd revisions do. Not modelled: authentication and RBAC,
@@ -99,6 +101,7 @@ MERGE_KEYS = {
     "imagePullSecrets": "name",
     "ownerReferences": "uid",
     "hostAliases": "ip",
+    "webhooks": "name",  # admissionregistration.k8s.io/v1 webhook configurations
 }
 
 
@@ -371,6 +374,8 @@ class FakeKube:
             problems = validate_event_v1(body)
             if problems:
                 raise invalid(rt, body.get("metadata", {}).get("name", ""), problems)
+        if rt.plural == "secrets" and not rt.group:
+            _check_secret(rt, body)
         obj = copy.deepcopy(body)
         obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
         metadata = obj.setdefault("metadata", {})
@@ -651,6 +656,8 @@ class FakeKube:
                                      "version and try again")
         new = copy.deepcopy(body)
         new["apiVersion"], new["kind"] = rt.api_version, rt.kind
+        if rt.plural == "secrets" and not rt.group:
+            _check_secret(rt, new, old)
         for kept in ("uid", "creationTimestamp", "namespace", "name", "deletionTimestamp"):
             if kept in old["metadata"]:
                 new.setdefault("metadata", {})[kept] = old["metadata"][kept]
@@ -675,6 +682,14 @@ class FakeKube:
                                                         "accepted media types include: application/json-patch+json, "
                                                         "application/merge-patch+json, "
                                                         "application/strategic-merge-patch+json")
+        # kube-apiserver stores the patched object with the resourceVersion it carries, so a patch that sets one
+        # is conditional on it (GuaranteedUpdate's optimistic lock), like an update.
+        wanted = (patched.get("metadata") or {}).get("resourceVersion")
+        if wanted not in (None, "", old["metadata"]["resourceVersion"]):
+            raise conflict(rt, name, "the object has been modified; please apply your changes to the latest "
+                                     "version and try again")
+        if rt.plural == "secrets" and not rt.group:
+            _check_secret(rt, patched, old)
         for immutable in ("uid", "name", "namespace"):
             if patched.get("metadata", {}).get(immutable) != old["metadata"].get(immutable):
                 raise invalid(rt, name, [f"metadata.{immutable}: Invalid value: "
@@ -787,6 +802,27 @@ def validate_event_v1(event: dict[str, Any]) -> list[str]:
         if event.get(legacy):
             problems.append(f"{legacy}: Invalid value: needs to be unset")
     return problems
+
+
+def _check_secret(rt: ResourceType, secret: dict[str, Any], old: dict[str, Any] | None = None) -> None:
+    """What kube-apiserver checks of a Secret (pkg/apis/core/validation ValidateSecret, ValidateSecretUpdate)."""
+    name = (secret.get("metadata") or {}).get("name", "")
+    data = secret.get("data") or {}
+    for key, value in data.items():
+        try:
+            base64.b64decode(value, validate=True)
+        except (TypeError, ValueError):
+            # The body does not even decode into a Secret: 400, before validation.
+            raise ApiError(400, "BadRequest", f"Secret in version \"v1\" cannot be handled as a Secret: illegal "
+                                              f"base64 data in data[{key}]") from None
+    problems = []
+    kind = secret.get("type") or "Opaque"
+    if kind == "kubernetes.io/tls":
+        problems += [f"data[{key}]: Required value" for key in ("tls.crt", "tls.key") if key not in data]
+    if old is not None and kind != (old.get("type") or "Opaque"):
+        problems.append("type: Invalid value: field is immutable")
+    if problems:
+        raise invalid(rt, name, problems)
 
 
 # --- selectors and patches ---
