@@ -1,10 +1,13 @@
-"""Builders for the Kubernetes objects the controller tests store in the fake API server."""
+"""Builders for the Kubernetes objects the controller tests store in the fake API server, and the API calls
+(with the RBAC they need) of the controller and of `certs --in-cluster`."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+from tests.fakekube import Request
+from webhook.certs import CA_SECRET_SUFFIX, DEFAULT_NAMESPACE, DEFAULT_SECRET, DEFAULT_WEBHOOK_CONFIGURATION
 from webhook.policy import CILIUM_TAINT_KEY, DEFAULT_GATE_CONDITION, DEFAULT_GATE_LABEL
 
 GATE = DEFAULT_GATE_CONDITION
@@ -86,3 +89,39 @@ CONTROLLER_RBAC = {
     ("coordination.k8s.io", "leases", "get"), ("coordination.k8s.io", "leases", "create"),
     ("coordination.k8s.io", "leases", "update"),
 }
+
+# What `certs --in-cluster` may do, as (namespace or "" for cluster-wide, apiGroup, resource, verb, resourceName or
+# None), one line per grant, for the names of manifests/overlays/self-managed-job. tests/test_manifests.py checks
+# the overlay's RBAC against it, tests/test_certs_cluster.py the calls the command makes. `create` cannot be
+# limited by name: the authorizer sees no name before the object exists.
+CERTS_JOB_GRANTS = {
+    (DEFAULT_NAMESPACE, "", "secrets", "create", None),
+    *((DEFAULT_NAMESPACE, "", "secrets", verb, name) for verb in ("get", "update")
+      for name in (DEFAULT_SECRET, DEFAULT_SECRET + CA_SECRET_SUFFIX)),
+    *(("", "admissionregistration.k8s.io", resource, verb, DEFAULT_WEBHOOK_CONFIGURATION)
+      for resource in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations")
+      for verb in ("get", "patch")),
+}
+
+
+def authorization(request: Request) -> tuple[str, str, str, str, str | None]:
+    """The (namespace, apiGroup, resource, verb, resourceName) an API server authorizes a resource request as."""
+    parts = [p for p in request.path.split("/") if p]
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    namespace = ""
+    if rest[0] == "namespaces" and len(rest) >= 3:
+        namespace, rest = rest[1], rest[2:]
+    resource = "/".join([rest[0], *rest[2:3]])
+    name = rest[1] if len(rest) > 1 else None
+    verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
+            "DELETE": "delete" if name else "deletecollection"}.get(request.method)
+    if verb is None:
+        verb = "get" if name else ("watch" if request.query.get("watch") == "true" else "list")
+    return namespace, group, resource, verb, name
+
+
+def is_granted(call: tuple[str, str, str, str, str | None],
+               grants: set[tuple[str, str, str, str, str | None]]) -> bool:
+    """RBAC's rule: a grant without a resourceName covers every name, one with a name only that name."""
+    *scope, name = call
+    return any(tuple(g[:4]) == tuple(scope) and g[4] in (None, name) for g in grants)

@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from tests.manifest_render import KUBECTL, OVERLAYS, ROOT, build, normalized, prepare, render_kubectl, render_overlays
-from tests.objects import CONTROLLER_RBAC
+from tests.objects import CERTS_JOB_GRANTS, CONTROLLER_RBAC
 from webhook import certs
 from webhook.app import create_app
 from webhook.config import ConfigFile, Settings, parse_config
@@ -78,14 +78,6 @@ CONTROLLER_GRANTS = {
     ("", "events.k8s.io", "events", "create", None),
     (NAMESPACE, "coordination.k8s.io", "leases", "create", None),
     *((NAMESPACE, "coordination.k8s.io", "leases", verb, LEASE) for verb in ("get", "update")),
-}
-CERTS_JOB_GRANTS = {
-    (NAMESPACE, "", "secrets", "create", None),
-    *((NAMESPACE, "", "secrets", verb, name) for verb in ("get", "update", "patch")
-      for name in (TLS_SECRET, f"{TLS_SECRET}-ca")),
-    *(("", "admissionregistration.k8s.io", resource, verb, WEBHOOK_CONFIGURATION)
-      for resource in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations")
-      for verb in ("get", "patch")),
 }
 
 # Host ports the webhook must not take (README "Safe bootstrap"): kubelet, kube-proxy and the control plane,
