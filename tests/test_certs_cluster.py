@@ -357,6 +357,16 @@ def test_configuration_changed_under_the_patch_is_read_again(fake_kube, kube_cli
     assert set(ca_bundles(fake_kube).values()) == {secret(fake_kube, SECRET)["ca.crt"]}
 
 
+def test_a_secret_deleted_under_the_update_is_created_again(fake_kube, kube_client, installed):
+    old = certs.renew(certs.StoredCerts(), *SANS, now=NOW - certs.SERVING_VALIDITY + 20 * DAY)
+    install(fake_kube, installed, old)
+    meddle_once(fake_kube, "PUT", f"/secrets/{SECRET}$", lambda: fake_kube.delete("secrets", NS, SECRET))
+    cluster_certs.run(kube_client, options())
+    assert [r.method for r in fake_kube.calls(path=f"/secrets/{SECRET}$|/secrets$") if r.method in WRITES] == [
+        "PUT", "POST"]
+    assert issued_by(secret(fake_kube, SECRET)["tls.crt"], old.bundle.ca_cert_pem)
+
+
 def test_a_forced_ca_is_made_once_even_when_a_conflict_follows(fake_kube, kube_client, installed):
     old = certs.renew(certs.StoredCerts(), *SANS, now=NOW)
     install(fake_kube, installed, old)

@@ -165,7 +165,8 @@ def _read_secret(client: kube.Kube, namespace: str, name: str) -> dict[str, Any]
 def _write_secret(client: kube.Kube, namespace: str, name: str, current: Mapping[str, Any] | None,
                   data: dict[str, str]) -> None:
     """Create the Secret, or update the one read (its resourceVersion makes the update conditional), keeping
-    any keys and metadata that others put there."""
+    any keys and metadata that others put there. Raises _Conflict when the Secret was created, changed or
+    deleted since it was read."""
     fields = {"namespace": namespace, "secret": name}
     try:
         if current is None:
@@ -177,7 +178,7 @@ def _write_secret(client: kube.Kube, namespace: str, name: str, current: Mapping
             log.info("created Secret", extra={"fields": fields})
         else:
             body = {**current, "data": {**(current.get("data") or {}), **data}}
-            with _failing_as(f"cannot update Secret {namespace}/{name}", passing=(409,)):
+            with _failing_as(f"cannot update Secret {namespace}/{name}", passing=(404, 409)):
                 kube.replace_secret(client, namespace, name, body)
             log.info("updated Secret", extra={"fields": {**fields, "keys": sorted(data)}})
     except kube.ApiError:
