@@ -13,7 +13,9 @@ cluster-scoped, each registered with `add_resource`. It serves:
 - patch: JSON patch, JSON merge patch and a strategic merge patch (lists merged by the usual merge keys), on
   the object or its status subresource; a patch may not change metadata.uid (422, as kube-apiserver)
 - pods/eviction with a PodDisruptionBudget switch (`block_evictions`) that answers 429 (+ Retry-After)
-- events.k8s.io/v1 Event validation as kube-apiserver does it for that API (422)
+- events.k8s.io/v1 Event validation as kube-apiserver does it for that API (422); Secret validation: base64
+  data, the keys a kubernetes.io/tls Secret requires, an immutable type (422)
+- a resourceVersion inside a patch is a precondition (409 when stale), as kube-apiserver makes it
 - a record of every request (`requests`, `calls()`) and fault injection (`fail()`)
 - `rbac_of(request)`: the (apiGroup, resource, verb) that RBAC authorizes a recorded request as
 
@@ -100,6 +102,7 @@ MERGE_KEYS = {
     "imagePullSecrets": "name",
     "ownerReferences": "uid",
     "hostAliases": "ip",
+    "webhooks": "name",  # admissionregistration.k8s.io/v1 webhook configurations
 }
 
 
@@ -372,6 +375,8 @@ class FakeKube:
             problems = validate_event_v1(body)
             if problems:
                 raise invalid(rt, body.get("metadata", {}).get("name", ""), problems)
+        if rt.plural == "secrets" and not rt.group:
+            _check_secret(rt, body)
         obj = copy.deepcopy(body)
         obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
         metadata = obj.setdefault("metadata", {})
@@ -652,6 +657,8 @@ class FakeKube:
                                      "version and try again")
         new = copy.deepcopy(body)
         new["apiVersion"], new["kind"] = rt.api_version, rt.kind
+        if rt.plural == "secrets" and not rt.group:
+            _check_secret(rt, new, old)
         for kept in ("uid", "creationTimestamp", "namespace", "name", "deletionTimestamp"):
             if kept in old["metadata"]:
                 new.setdefault("metadata", {})[kept] = old["metadata"][kept]
@@ -676,6 +683,14 @@ class FakeKube:
                                                         "accepted media types include: application/json-patch+json, "
                                                         "application/merge-patch+json, "
                                                         "application/strategic-merge-patch+json")
+        # kube-apiserver stores the patched object with the resourceVersion it carries, so a patch that sets one
+        # is conditional on it (GuaranteedUpdate's optimistic lock), like an update.
+        wanted = (patched.get("metadata") or {}).get("resourceVersion")
+        if wanted not in (None, "", old["metadata"]["resourceVersion"]):
+            raise conflict(rt, name, "the object has been modified; please apply your changes to the latest "
+                                     "version and try again")
+        if rt.plural == "secrets" and not rt.group:
+            _check_secret(rt, patched, old)
         for immutable in ("uid", "name", "namespace"):
             if patched.get("metadata", {}).get(immutable) != old["metadata"].get(immutable):
                 raise invalid(rt, name, [f"metadata.{immutable}: Invalid value: "
@@ -790,24 +805,60 @@ def validate_event_v1(event: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _check_secret(rt: ResourceType, secret: dict[str, Any], old: dict[str, Any] | None = None) -> None:
+    """What kube-apiserver checks of a Secret (pkg/apis/core/validation ValidateSecret, ValidateSecretUpdate)."""
+    name = (secret.get("metadata") or {}).get("name", "")
+    data = secret.get("data") or {}
+    for key, value in data.items():
+        try:
+            base64.b64decode(value, validate=True)
+        except (TypeError, ValueError):
+            # The body does not even decode into a Secret: 400, before validation.
+            raise ApiError(400, "BadRequest", f"Secret in version \"v1\" cannot be handled as a Secret: illegal "
+                                              f"base64 data in data[{key}]") from None
+    problems = []
+    kind = secret.get("type") or "Opaque"
+    if kind == "kubernetes.io/tls":
+        problems += [f"data[{key}]: Required value" for key in ("tls.crt", "tls.key") if key not in data]
+    if old is not None and kind != (old.get("type") or "Opaque"):
+        problems.append("type: Invalid value: field is immutable")
+    if problems:
+        raise invalid(rt, name, problems)
+
+
 # --- authorization ---
+
+
+def authorization(request: Request) -> tuple[str, str, str, str, str | None]:
+    """The (namespace, apiGroup, resource, verb, resourceName) an API server authorizes a request as; a request
+    for no resource (discovery) comes back as ("", "nonResourceURL", path, "get", None)."""
+    parts = [p for p in request.path.split("/") if p]
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    if not rest:
+        return "", "nonResourceURL", request.path, "get", None
+    namespace = ""
+    if rest[0] == "namespaces" and len(rest) >= 3:
+        namespace, rest = rest[1], rest[2:]
+    resource = "/".join([rest[0], *rest[2:3]])
+    name = rest[1] if len(rest) > 1 else None
+    verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
+            "DELETE": "delete" if name else "deletecollection"}.get(request.method)
+    if verb is None:
+        verb = "get" if name else ("watch" if request.query.get("watch") == "true" else "list")
+    return namespace, group, resource, verb, name
 
 
 def rbac_of(request: Request) -> tuple[str, str, str]:
     """The (apiGroup, resource, verb) an API server authorizes a request as."""
-    parts = [p for p in request.path.split("/") if p]
-    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
-    if not rest:
-        return "nonResourceURL", request.path, "get"
-    if rest[0] == "namespaces" and len(rest) >= 3:
-        rest = rest[2:]
-    resource = "/".join([rest[0], *rest[2:3]])
-    named = len(rest) > 1
-    verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
-            "DELETE": "delete" if named else "deletecollection"}.get(request.method)
-    if verb is None:
-        verb = "get" if named else ("watch" if request.query.get("watch") == "true" else "list")
+    _, group, resource, verb, _ = authorization(request)
     return group, resource, verb
+
+
+def is_granted(call: tuple[str, str, str, str, str | None],
+               grants: set[tuple[str, str, str, str, str | None]]) -> bool:
+    """RBAC's rule: a grant without a resourceName covers every name, one with a name only that name."""
+    *scope, name = call
+    return any(tuple(g[:4]) == tuple(scope) and g[4] in (None, name) for g in grants)
 
 
 # --- selectors and patches ---

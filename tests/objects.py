@@ -1,10 +1,12 @@
-"""Builders for the Kubernetes objects the controller tests store in the fake API server."""
+"""Builders for the Kubernetes objects the controller tests store in the fake API server, and the API calls
+(with the RBAC they need) of the controller and of `certs --in-cluster`."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+from webhook.certs import CA_SECRET_SUFFIX, DEFAULT_NAMESPACE, DEFAULT_SECRET, DEFAULT_WEBHOOK_CONFIGURATION
 from webhook.policy import CILIUM_TAINT_KEY, DEFAULT_GATE_CONDITION, DEFAULT_GATE_LABEL
 
 GATE = DEFAULT_GATE_CONDITION
@@ -120,3 +122,18 @@ AUDIT_RBAC = {
     ("apps", "daemonsets", "list"), ("", "pods", "list"), ("", "nodes", "list"),
     ("cilium.io", "ciliumendpoints", "list"),
 }
+
+
+# What `certs --in-cluster` may do, as (namespace or "" for cluster-wide, apiGroup, resource, verb, resourceName or
+# None), one line per grant, for the names of manifests/overlays/self-managed-job. tests/test_manifests.py checks
+# the overlay's RBAC against it, tests/test_certs_cluster.py the calls the command makes. `create` cannot be
+# limited by name: the authorizer sees no name before the object exists.
+CERTS_JOB_GRANTS = {
+    (DEFAULT_NAMESPACE, "", "secrets", "create", None),
+    *((DEFAULT_NAMESPACE, "", "secrets", verb, name) for verb in ("get", "update")
+      for name in (DEFAULT_SECRET, DEFAULT_SECRET + CA_SECRET_SUFFIX)),
+    *(("", "admissionregistration.k8s.io", resource, verb, DEFAULT_WEBHOOK_CONFIGURATION)
+      for resource in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations")
+      for verb in ("get", "patch")),
+}
+

@@ -23,10 +23,10 @@ SANS = certs.default_sans()
 API_SERVER_NAME = f"{certs.DEFAULT_SERVICE}.{certs.DEFAULT_NAMESPACE}.svc"
 
 
-def stored(renewal: certs.Renewal) -> certs.StoredFiles:
+def stored(renewal: certs.Renewal) -> certs.StoredCerts:
     """What the directory holds after write_renewal(renewal)."""
     b = renewal.bundle
-    return certs.StoredFiles(ca_cert_pem=b.ca_cert_pem, ca_key_pem=b.ca_key_pem, cert_pem=b.cert_pem,
+    return certs.StoredCerts(ca_cert_pem=b.ca_cert_pem, ca_key_pem=b.ca_key_pem, cert_pem=b.cert_pem,
                              key_pem=b.key_pem, ca_bundle_pem=renewal.ca_bundle_pem)
 
 
@@ -59,21 +59,21 @@ def ca_count(bundle: bytes) -> int:
 
 
 def test_first_run_makes_a_ca_and_a_certificate_it_signed(tmp_path):
-    renewal = certs.renew(certs.StoredFiles(), *SANS, now=NOW)
+    renewal = certs.renew(certs.StoredCerts(), *SANS, now=NOW)
     assert renewal.ca_renewed and renewal.cert_renewed
     assert renewal.ca_bundle_pem == renewal.bundle.ca_cert_pem
     handshake(renewal.bundle.cert_pem, renewal.bundle.key_pem, renewal.ca_bundle_pem, tmp_path)
 
 
 def test_second_run_changes_nothing_while_certificates_are_good():
-    first = certs.renew(certs.StoredFiles(), *SANS, now=NOW)
+    first = certs.renew(certs.StoredCerts(), *SANS, now=NOW)
     again = certs.renew(stored(first), *SANS, now=NOW + 200 * DAY)
     assert not again.changed
     assert again.bundle == first.bundle and again.ca_bundle_pem == first.ca_bundle_pem
 
 
 def test_serving_certificate_near_expiry_is_renewed_under_the_same_ca(tmp_path):
-    first = certs.renew(certs.StoredFiles(), *SANS, now=NOW - certs.SERVING_VALIDITY + 20 * DAY)
+    first = certs.renew(certs.StoredCerts(), *SANS, now=NOW - certs.SERVING_VALIDITY + 20 * DAY)
     renewed = certs.renew(stored(first), *SANS, now=NOW)
     assert renewed.cert_renewed and not renewed.ca_renewed
     assert renewed.bundle.cert_pem != first.bundle.cert_pem
@@ -86,7 +86,7 @@ def test_serving_certificate_near_expiry_is_renewed_under_the_same_ca(tmp_path):
 
 def test_ca_near_expiry_is_replaced_and_published_beside_the_old_one(tmp_path):
     # A CA with 10 days left, and a serving certificate it signed 100 days ago (so valid until the CA ends).
-    first = certs.renew(certs.StoredFiles(), *SANS, now=NOW - certs.CA_VALIDITY + 10 * DAY)
+    first = certs.renew(certs.StoredCerts(), *SANS, now=NOW - certs.CA_VALIDITY + 10 * DAY)
     current = certs.renew(stored(first), *SANS, now=NOW - 100 * DAY)
     assert not current.ca_renewed and current.cert_renewed
     rotated = certs.renew(stored(current), *SANS, now=NOW)
@@ -100,7 +100,7 @@ def test_ca_near_expiry_is_replaced_and_published_beside_the_old_one(tmp_path):
 
 
 def test_expired_ca_leaves_the_bundle():
-    first = certs.renew(certs.StoredFiles(), *SANS, now=NOW)
+    first = certs.renew(certs.StoredCerts(), *SANS, now=NOW)
     rotated = certs.renew(stored(first), *SANS, now=NOW, force=True)
     assert ca_count(rotated.ca_bundle_pem) == 2
     after_old_ca = NOW + certs.CA_VALIDITY + DAY
@@ -110,7 +110,7 @@ def test_expired_ca_leaves_the_bundle():
 
 
 def test_force_replaces_the_ca_but_keeps_the_old_one_trusted(tmp_path):
-    first = certs.renew(certs.StoredFiles(), *SANS, now=NOW)
+    first = certs.renew(certs.StoredCerts(), *SANS, now=NOW)
     forced = certs.renew(stored(first), *SANS, now=NOW, force=True)
     assert forced.ca_renewed and forced.cert_renewed
     handshake(first.bundle.cert_pem, first.bundle.key_pem, forced.ca_bundle_pem, tmp_path)
@@ -118,7 +118,7 @@ def test_force_replaces_the_ca_but_keeps_the_old_one_trusted(tmp_path):
 
 
 def test_changed_service_name_reissues_the_certificate_only():
-    first = certs.renew(certs.StoredFiles(), *SANS, now=NOW)
+    first = certs.renew(certs.StoredCerts(), *SANS, now=NOW)
     other = certs.default_sans("other-webhook", "other-namespace")
     renewed = certs.renew(stored(first), *other, now=NOW)
     assert renewed.cert_renewed and not renewed.ca_renewed
@@ -128,9 +128,9 @@ def test_changed_service_name_reissues_the_certificate_only():
 
 
 def test_certificate_from_another_ca_is_reissued():
-    first = certs.renew(certs.StoredFiles(), *SANS, now=NOW)
-    foreign = certs.renew(certs.StoredFiles(), *SANS, now=NOW)
-    mixed = certs.StoredFiles(ca_cert_pem=first.bundle.ca_cert_pem, ca_key_pem=first.bundle.ca_key_pem,
+    first = certs.renew(certs.StoredCerts(), *SANS, now=NOW)
+    foreign = certs.renew(certs.StoredCerts(), *SANS, now=NOW)
+    mixed = certs.StoredCerts(ca_cert_pem=first.bundle.ca_cert_pem, ca_key_pem=first.bundle.ca_key_pem,
                               cert_pem=foreign.bundle.cert_pem, key_pem=foreign.bundle.key_pem,
                               ca_bundle_pem=first.ca_bundle_pem)
     renewed = certs.renew(mixed, *SANS, now=NOW)
@@ -138,27 +138,56 @@ def test_certificate_from_another_ca_is_reissued():
 
 
 def test_certificate_with_the_wrong_key_is_reissued():
-    first = certs.renew(certs.StoredFiles(), *SANS, now=NOW)
-    other_key = certs.renew(certs.StoredFiles(), *SANS, now=NOW).bundle.key_pem
-    broken = certs.StoredFiles(**{**stored(first).__dict__, "key_pem": other_key})
+    first = certs.renew(certs.StoredCerts(), *SANS, now=NOW)
+    other_key = certs.renew(certs.StoredCerts(), *SANS, now=NOW).bundle.key_pem
+    broken = certs.StoredCerts(**{**stored(first).__dict__, "key_pem": other_key})
     assert certs.renew(broken, *SANS, now=NOW).cert_renewed
 
 
 def test_unreadable_ca_key_makes_a_new_ca_and_keeps_trusting_the_old_one(tmp_path):
-    first = certs.renew(certs.StoredFiles(), *SANS, now=NOW)
-    broken = certs.StoredFiles(**{**stored(first).__dict__, "ca_key_pem": b"not a key"})
+    first = certs.renew(certs.StoredCerts(), *SANS, now=NOW)
+    broken = certs.StoredCerts(**{**stored(first).__dict__, "ca_key_pem": b"not a key"})
     renewed = certs.renew(broken, *SANS, now=NOW)
     assert renewed.ca_renewed and renewed.notes
     handshake(first.bundle.cert_pem, first.bundle.key_pem, renewed.ca_bundle_pem, tmp_path)
 
 
 def test_ca_bundle_lists_each_ca_once_current_first():
-    a = certs.renew(certs.StoredFiles(), *SANS, now=NOW)
+    a = certs.renew(certs.StoredCerts(), *SANS, now=NOW)
     b = certs.renew(stored(a), *SANS, now=NOW, force=True)
     c = certs.renew(stored(b), *SANS, now=NOW, force=True)
     bundle = x509.load_pem_x509_certificates(c.ca_bundle_pem)
     subjects = [x.public_bytes(serialization.Encoding.PEM) for x in bundle]
     assert subjects == [c.bundle.ca_cert_pem, b.bundle.ca_cert_pem, a.bundle.ca_cert_pem]
+
+
+# --- the same decision over the two Secrets of `certs --in-cluster` ---------------------------------------
+
+def test_secrets_hold_what_a_directory_holds_so_a_rerun_changes_nothing():
+    first = certs.renew(certs.StoredCerts(), *SANS, now=NOW)
+    data = certs.secret_data(first)
+    assert certs.stored_from_secrets(data.serving, data.ca) == stored(first)
+    assert not certs.renew(certs.stored_from_secrets(data.serving, data.ca), *SANS, now=NOW + 200 * DAY).changed
+
+
+def test_serving_secret_holds_the_ca_bundle_and_never_the_ca_key():
+    first = certs.renew(certs.StoredCerts(), *SANS, now=NOW)
+    rotated = certs.renew(stored(first), *SANS, now=NOW, force=True)
+    data = certs.secret_data(rotated)
+    assert set(data.serving) == {"tls.crt", "tls.key", "ca.crt"}
+    assert set(data.ca) == {"tls.crt", "tls.key"}
+    assert base64.b64decode(data.serving["ca.crt"]) == rotated.ca_bundle_pem
+    for value in data.serving.values():
+        assert base64.b64decode(value) not in (rotated.bundle.ca_key_pem, first.bundle.ca_key_pem)
+
+
+def test_missing_or_garbled_secret_keys_count_as_absent():
+    first = certs.renew(certs.StoredCerts(), *SANS, now=NOW)
+    data = certs.secret_data(first)
+    garbled = {**data.serving, "tls.key": "not base64!"}
+    stored_now = certs.stored_from_secrets(garbled, None)
+    assert stored_now.key_pem is None and stored_now.ca_cert_pem is None and stored_now.ca_key_pem is None
+    assert certs.stored_from_secrets(None, None) == certs.StoredCerts()
 
 
 # --- the command and its kustomize Component ---------------------------------------------------------------

@@ -148,3 +148,41 @@ def test_every_request_is_recorded_with_its_query(fake_kube: FakeKube):
     call(fake_kube, "GET", "/api/v1/pods?labelSelector=a%3D1&limit=5")
     [request] = fake_kube.calls("GET", "^/api/v1/pods$")
     assert request.query == {"labelSelector": "a=1", "limit": "5"}
+
+
+def test_a_patch_that_carries_a_stale_resource_version_answers_409(fake_kube: FakeKube):
+    stored = fake_kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "ns"}})
+    path = "/api/v1/namespaces/ns/configmaps/c"
+    current = {"metadata": {"resourceVersion": stored["metadata"]["resourceVersion"]}, "data": {"a": "1"}}
+    status, patched = call(fake_kube, "PATCH", path, current, "application/merge-patch+json")
+    assert status == 200 and patched["data"] == {"a": "1"}
+    stale = {"metadata": {"resourceVersion": stored["metadata"]["resourceVersion"]}, "data": {"a": "2"}}
+    assert call(fake_kube, "PATCH", path, stale, "application/strategic-merge-patch+json")[0] == 409
+    assert fake_kube.get("configmaps", "ns", "c")["data"] == {"a": "1"}
+
+
+def test_strategic_merge_patch_merges_webhooks_by_name(fake_kube: FakeKube):
+    hooks = [{"name": "a.example.io", "clientConfig": {"service": {"name": "s", "namespace": "ns"}}},
+             {"name": "b.example.io", "clientConfig": {"url": "https://b.example.io"}}]
+    fake_kube.create({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+                      "metadata": {"name": "v"}, "webhooks": hooks})
+    patch = {"webhooks": [{"name": "b.example.io", "clientConfig": {"caBundle": "Q0E="}}]}
+    path = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/v"
+    status, patched = call(fake_kube, "PATCH", path, patch, "application/strategic-merge-patch+json")
+    assert status == 200
+    assert patched["webhooks"] == [hooks[0], {**hooks[1], "clientConfig": {"url": "https://b.example.io",
+                                                                          "caBundle": "Q0E="}}]
+
+
+@pytest.mark.parametrize("secret, old_type, status", [
+    pytest.param({"type": "kubernetes.io/tls", "data": {"tls.crt": "QQ=="}}, None, 422, id="tls-without-key"),
+    pytest.param({"data": {"x": "not base64!"}}, None, 400, id="bad-base64"),
+    pytest.param({"type": "Opaque", "data": {}}, "kubernetes.io/tls", 422, id="type-is-immutable"),
+])
+def test_secrets_are_validated_as_kube_apiserver_does(fake_kube: FakeKube, secret, old_type, status):
+    body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "ns"}, **secret}
+    if old_type is None:
+        assert call(fake_kube, "POST", "/api/v1/namespaces/ns/secrets", body)[0] == status
+        return
+    fake_kube.create({**body, "type": old_type, "data": {"tls.crt": "QQ==", "tls.key": "QQ=="}})
+    assert call(fake_kube, "PUT", "/api/v1/namespaces/ns/secrets/s", body)[0] == status

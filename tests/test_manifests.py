@@ -17,8 +17,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from tests.manifest_render import KUBECTL, OVERLAYS, ROOT, build, normalized, prepare, render_kubectl, render_overlays
-from tests.objects import CONTROLLER_RBAC
-from webhook import certs
+from tests.objects import CERTS_JOB_GRANTS, CONTROLLER_RBAC
+from webhook import certs, cli
 from webhook.app import create_app
 from webhook.config import ConfigFile, Settings, parse_config
 from webhook.policy import CILIUM_TAINT_KEY, PolicyConfig, is_blanket_noexecute
@@ -78,14 +78,6 @@ CONTROLLER_GRANTS = {
     ("", "events.k8s.io", "events", "create", None),
     (NAMESPACE, "coordination.k8s.io", "leases", "create", None),
     *((NAMESPACE, "coordination.k8s.io", "leases", verb, LEASE) for verb in ("get", "update")),
-}
-CERTS_JOB_GRANTS = {
-    (NAMESPACE, "", "secrets", "create", None),
-    *((NAMESPACE, "", "secrets", verb, name) for verb in ("get", "update", "patch")
-      for name in (TLS_SECRET, f"{TLS_SECRET}-ca")),
-    *(("", "admissionregistration.k8s.io", resource, verb, WEBHOOK_CONFIGURATION)
-      for resource in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations")
-      for verb in ("get", "patch")),
 }
 
 # Host ports the webhook must not take (README "Safe bootstrap"): kubelet, kube-proxy and the control plane,
@@ -451,6 +443,19 @@ def test_certs_job_uses_the_in_cluster_interface(rendered, kind):
     assert args["--webhook-configuration"] == WEBHOOK_CONFIGURATION
     assert 0 < int(args["--renew-before"] or "") < certs.SERVING_VALIDITY.days
     assert pod["serviceAccountName"] == CERTS_JOB
+
+
+@pytest.mark.parametrize("kind", ["Job", "CronJob"])
+def test_cli_parses_the_certs_job_args_into_an_in_cluster_run(rendered, kind):
+    (pod,) = [p for n, p in pod_specs(rendered["self-managed-job"]) if n == f"{kind}/{CERTS_JOB}"]
+    (job,) = pod["containers"]
+    args = cli._parser().parse_args(job["args"])
+    assert args.run is cli._certs
+    assert args.in_cluster and not args.force and not args.kustomize
+    assert args.kubeconfig is None and args.context is None  # in the pod: its ServiceAccount
+    assert args.namespace == "$(POD_NAMESPACE)"  # the kubelet expands it from the downward API
+    assert (args.service, args.secret, args.webhook_configuration) == (WEBHOOK, TLS_SECRET, WEBHOOK_CONFIGURATION)
+    assert args.renew_before == int(flags(job["args"][1:])["--renew-before"] or "")
 
 
 # --- RBAC ------------------------------------------------------------------------------------------------------

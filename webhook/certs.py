@@ -2,7 +2,9 @@
 
 Building returns PEM bytes; writing files is separate. Key material is never logged.
 Renewal (`renew`) reuses a CA that is still good, so the caBundle kube-apiserver trusts stays valid; a CA
-that must change is published beside its predecessor until that one expires.
+that must change is published beside its predecessor until that one expires. `renew` is the one decision for
+both stores: a directory (`read_stored`, `write_renewal`) and the two Secrets of `certs --in-cluster`
+(`stored_from_secrets`, `secret_data`; the API calls are in cluster_certs.py).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import base64
 import datetime
 import ipaddress
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +43,15 @@ KEY_FILE = "tls.key"
 CA_BUNDLE_FILE = "ca-bundle.crt"
 KUSTOMIZATION_FILE = "kustomization.yaml"
 CA_BUNDLE_PATCH_FILE = "ca-bundle-patch.yaml"
+
+# The same material as Secrets, both of type kubernetes.io/tls (which requires tls.crt and tls.key). The serving
+# Secret is what the webhook mounts, and its ca.crt is the CA bundle, not just the current CA. The CA Secret,
+# <secret>-ca, holds the CA's certificate and key the way cert-manager keeps a CA; its key never goes anywhere else.
+TLS_SECRET_TYPE = "kubernetes.io/tls"
+SECRET_CERT_KEY = "tls.crt"
+SECRET_KEY_KEY = "tls.key"
+SECRET_CA_BUNDLE_KEY = "ca.crt"
+CA_SECRET_SUFFIX = "-ca"
 
 
 @dataclass(frozen=True)
@@ -142,8 +153,8 @@ def ensure_dev_certs(directory: Path) -> bool:
 
 
 @dataclass(frozen=True)
-class StoredFiles:
-    """What a certificate directory holds; None for a file that is absent."""
+class StoredCerts:
+    """What a certificate store holds, a directory or the two Secrets; None for a part that is absent."""
 
     ca_cert_pem: bytes | None = None
     ca_key_pem: bytes | None = None
@@ -154,7 +165,7 @@ class StoredFiles:
 
 @dataclass(frozen=True)
 class Renewal:
-    """The outcome of `renew`: the files to hold, and why anything changed."""
+    """The outcome of `renew`: what the store is to hold, and why anything changed."""
 
     bundle: CertificateBundle
     ca_bundle_pem: bytes
@@ -169,16 +180,43 @@ class Renewal:
         return self.ca_renewed or self.cert_renewed or self.bundle_changed
 
 
-def read_stored(directory: Path) -> StoredFiles:
+def read_stored(directory: Path) -> StoredCerts:
     def read(name: str) -> bytes | None:
         path = directory / name
         return path.read_bytes() if path.exists() else None
 
-    return StoredFiles(ca_cert_pem=read(CA_CERT_FILE), ca_key_pem=read(CA_KEY_FILE), cert_pem=read(CERT_FILE),
+    return StoredCerts(ca_cert_pem=read(CA_CERT_FILE), ca_key_pem=read(CA_KEY_FILE), cert_pem=read(CERT_FILE),
                        key_pem=read(KEY_FILE), ca_bundle_pem=read(CA_BUNDLE_FILE))
 
 
-def renew(stored: StoredFiles, dns_names: list[str], ip_addresses: list[str],
+def stored_from_secrets(serving: Mapping[str, str] | None, ca: Mapping[str, str] | None) -> StoredCerts:
+    """What the serving Secret and the CA Secret hold, from their `data` (base64 values as the API returns
+    them; None for a Secret that does not exist). A key that is missing or not base64 counts as absent, so
+    `renew` replaces what it would have held."""
+    serving, ca = serving or {}, ca or {}
+    return StoredCerts(ca_cert_pem=_decoded(ca, SECRET_CERT_KEY), ca_key_pem=_decoded(ca, SECRET_KEY_KEY),
+                       cert_pem=_decoded(serving, SECRET_CERT_KEY), key_pem=_decoded(serving, SECRET_KEY_KEY),
+                       ca_bundle_pem=_decoded(serving, SECRET_CA_BUNDLE_KEY))
+
+
+@dataclass(frozen=True)
+class SecretData:
+    """The `data` of the two Secrets after a renewal, base64 as the API takes it."""
+
+    serving: dict[str, str]
+    ca: dict[str, str]
+
+
+def secret_data(renewal: Renewal) -> SecretData:
+    b = renewal.bundle
+    return SecretData(
+        serving={SECRET_CERT_KEY: _encoded(b.cert_pem), SECRET_KEY_KEY: _encoded(b.key_pem),
+                 SECRET_CA_BUNDLE_KEY: _encoded(renewal.ca_bundle_pem)},
+        ca={SECRET_CERT_KEY: _encoded(b.ca_cert_pem), SECRET_KEY_KEY: _encoded(b.ca_key_pem)},
+    )
+
+
+def renew(stored: StoredCerts, dns_names: list[str], ip_addresses: list[str],
           renew_before: datetime.timedelta = DEFAULT_RENEW_BEFORE, now: datetime.datetime | None = None,
           force: bool = False) -> Renewal:
     """Keep what is still good, replace what is not, and never drop a CA that a live certificate needs.
@@ -264,8 +302,8 @@ def kustomize_component(ca_bundle_pem: bytes, secret: str = DEFAULT_SECRET, name
         "secretGenerator": [{
             "name": secret,
             "namespace": namespace,
-            "type": "kubernetes.io/tls",
-            "files": [CERT_FILE, KEY_FILE, f"ca.crt={CA_BUNDLE_FILE}"],
+            "type": TLS_SECRET_TYPE,
+            "files": [CERT_FILE, KEY_FILE, f"{SECRET_CA_BUNDLE_KEY}={CA_BUNDLE_FILE}"],
             "options": {"disableNameSuffixHash": True},
         }],
         "patches": [
@@ -282,7 +320,7 @@ def kustomize_component(ca_bundle_pem: bytes, secret: str = DEFAULT_SECRET, name
     }
 
 
-def _usable_ca(stored: StoredFiles, notes: list[str]) -> tuple[x509.Certificate, bytes, bytes] | None:
+def _usable_ca(stored: StoredCerts, notes: list[str]) -> tuple[x509.Certificate, bytes, bytes] | None:
     """The stored CA (certificate, its PEM, key PEM) if it can sign; otherwise None, with the reason in `notes`."""
     if stored.ca_cert_pem is None or stored.ca_key_pem is None:
         return None
@@ -302,7 +340,7 @@ def _usable_ca(stored: StoredFiles, notes: list[str]) -> tuple[x509.Certificate,
     return cert, stored.ca_cert_pem, stored.ca_key_pem
 
 
-def _good_serving_cert(stored: StoredFiles, ca_cert: x509.Certificate, dns_names: list[str],
+def _good_serving_cert(stored: StoredCerts, ca_cert: x509.Certificate, dns_names: list[str],
                        ip_addresses: list[str], valid_until: datetime.datetime) -> tuple[bytes, bytes] | None:
     """The stored (certificate PEM, key PEM) if it can stay; None when it must be replaced."""
     if stored.cert_pem is None or stored.key_pem is None:
@@ -329,6 +367,17 @@ def _load_all(pem: bytes | None) -> list[x509.Certificate]:
         return x509.load_pem_x509_certificates(pem)
     except ValueError:
         return []
+
+
+def _decoded(data: Mapping[str, str], key: str) -> bytes | None:
+    try:
+        return base64.b64decode(data[key], validate=True) or None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _encoded(pem: bytes) -> str:
+    return base64.b64encode(pem).decode("ascii")
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -108,8 +108,12 @@ def _parser() -> argparse.ArgumentParser:
         "certs", help="make or renew a CA and a serving certificate for the webhook",
         description="Makes a CA and a serving certificate in --out-dir, or renews them: a CA that is still good "
                     "is kept, so the caBundle in the webhook configurations stays valid. Run it again before "
-                    "expiry; it changes nothing while the certificates have more than --renew-before days left.")
-    certs_cmd.add_argument("--out-dir", type=Path, default=DEFAULT_CERTS_DIR)
+                    "expiry; it changes nothing while the certificates have more than --renew-before days left. "
+                    "With --in-cluster the same happens to the Secrets --secret and <secret>-ca through the "
+                    "Kubernetes API, and caBundle is set in both webhook configurations. Exit status: 0 done, "
+                    "1 an API call failed, 2 bad usage or configuration.")
+    certs_cmd.add_argument("--out-dir", type=Path, default=None,
+                           help=f"where the certificate files live (default {DEFAULT_CERTS_DIR})")
     certs_cmd.add_argument("--service", default=certs.DEFAULT_SERVICE, help="the webhook Service's name")
     certs_cmd.add_argument("--namespace", default=certs.DEFAULT_NAMESPACE, help="the webhook's namespace")
     certs_cmd.add_argument("--renew-before", type=int, default=certs.DEFAULT_RENEW_BEFORE.days, metavar="DAYS",
@@ -121,9 +125,17 @@ def _parser() -> argparse.ArgumentParser:
                            help="also write a kustomize Component (kustomization.yaml) in --out-dir that makes "
                                 "the Secret and sets caBundle in both webhook configurations")
     certs_cmd.add_argument("--secret", default=certs.DEFAULT_SECRET,
-                           help="the Secret the webhook mounts (default %(default)s)")
+                           help="the Secret the webhook mounts (default %(default)s); with --in-cluster the CA "
+                                "is kept in <secret>-ca")
     certs_cmd.add_argument("--webhook-configuration", default=certs.DEFAULT_WEBHOOK_CONFIGURATION,
                            help="name of both webhook configurations (default %(default)s)")
+    cluster = certs_cmd.add_argument_group("in a cluster", "what the self-managed-job overlay's Job runs")
+    cluster.add_argument("--in-cluster", action="store_true",
+                         help="keep the certificates in the Secrets, not in files, and set caBundle in every "
+                              "webhook of both webhook configurations through the API")
+    cluster.add_argument("--kubeconfig", type=Path, metavar="PATH",
+                         help="kubeconfig file (default: the in-cluster service account)")
+    cluster.add_argument("--context", metavar="NAME", help="kubeconfig context (default: its current context)")
     certs_cmd.set_defaults(run=_certs)
 
     _add_controller(commands)
@@ -251,10 +263,16 @@ def _review(args: argparse.Namespace) -> int:
 
 
 def _certs(args: argparse.Namespace) -> int:
-    out: Path = args.out_dir
     # A renewal window as long as the certificate itself would renew it on every run.
     if not 0 <= args.renew_before < certs.SERVING_VALIDITY.days:
         raise ConfigError(f"--renew-before must be from 0 to {certs.SERVING_VALIDITY.days - 1} days")
+    if args.in_cluster:
+        if args.out_dir is not None or args.kustomize:
+            raise ConfigError("--in-cluster keeps the certificates in Secrets: it takes no --out-dir or --kustomize")
+        return _certs_in_cluster(args)
+    if args.kubeconfig is not None or args.context is not None:
+        raise ConfigError("--kubeconfig and --context go with --in-cluster")
+    out: Path = args.out_dir or DEFAULT_CERTS_DIR
     dns_names, ips = certs.default_sans(args.service, args.namespace)
     try:
         renewal = certs.renew(certs.read_stored(out), dns_names, ips,
@@ -282,6 +300,30 @@ def _certs(args: argparse.Namespace) -> int:
     print(f"caBundle: {out}/{certs.CA_BUNDLE_FILE} ({trusted} CA{'s' if trusted > 1 else ''})", file=sys.stderr)
     if args.kustomize:
         print(f"wrote {out}/{certs.KUSTOMIZATION_FILE}; apply the overlay that includes it", file=sys.stderr)
+    return 0
+
+
+def _certs_in_cluster(args: argparse.Namespace) -> int:
+    from webhook import cluster_certs, kube  # the kubernetes client loads for --in-cluster only
+
+    configure_logging("info")
+    # Its retry warnings would only repeat the one error line that a failed call ends with.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    try:
+        client = kube.connect(args.kubeconfig, args.context, user_agent=f"{PROG}-certs")
+    except kube.KubeConfigError as err:
+        raise ConfigError(str(err)) from None
+    options = cluster_certs.Options(
+        namespace=args.namespace, service=args.service, secret=args.secret,
+        webhook_configuration=args.webhook_configuration, renew_before=datetime.timedelta(days=args.renew_before),
+        force=args.force, wait=cluster_certs.CONFIGURATION_WAIT)
+    try:
+        cluster_certs.run(client, options)
+    except cluster_certs.CertsError as err:
+        print(f"{PROG} certs: error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
     return 0
 
 

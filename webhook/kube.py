@@ -120,12 +120,14 @@ def connect(kubeconfig: Path | None = None, context: str | None = None, user_age
             if context is not None:
                 raise KubeConfigError("--context needs --kubeconfig")
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    # The client's loader assumes a well-formed file: a malformed one fails with assorted errors, not only
-    # ConfigException.
-    except (ConfigException, OSError, yaml.YAMLError, TypeError, ValueError, AttributeError, KeyError) as err:
+    # A file that is not YAML, or YAML of the wrong shape, fails deep in the loader with assorted errors.
+    except (ConfigException, OSError, ValueError, TypeError, AttributeError, KeyError, yaml.YAMLError) as err:
         where = f"kubeconfig {kubeconfig}" if kubeconfig is not None else "in-cluster configuration"
         hint = "" if kubeconfig is not None else " (not running in a pod? pass --kubeconfig PATH)"
-        raise KubeConfigError(f"cannot use {where}: {' '.join(str(err).split())}{hint}") from None
+        reason = " ".join(str(err).split())  # one line: YAML errors span several
+        if not isinstance(err, (ConfigException, OSError)):
+            reason = f"not a kubeconfig file ({reason})"
+        raise KubeConfigError(f"cannot use {where}: {reason}{hint}") from None
     # Four long-lived watches plus the worker's calls share this pool.
     configuration.connection_pool_maxsize = 16
     api_client = client.ApiClient(configuration)
@@ -306,6 +308,56 @@ def replace_lease(kube: Kube, namespace: str, name: str, lease: Mapping[str, Any
     r = LEASES
     return _json(_call(kube.custom.replace_namespaced_custom_object, r.group, r.version, namespace, r.plural,
                        name, dict(lease), _request_timeout=(CONNECT_TIMEOUT, timeout)))
+
+
+# --- certificates: the Secrets and webhook configurations of `certs --in-cluster` ------------------------------
+
+MUTATING_WEBHOOK_CONFIGURATIONS = Resource("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations",
+                                           namespaced=False)
+VALIDATING_WEBHOOK_CONFIGURATIONS = Resource("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations",
+                                             namespaced=False)
+# The ObjectMeta fields a client sets; the server keeps the rest on an update (managedFields included).
+_CLIENT_METADATA = ("name", "namespace", "uid", "resourceVersion", "labels", "annotations", "ownerReferences",
+                    "finalizers")
+
+
+def get_secret(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    return _get_or_none(kube.core.read_namespaced_secret, name, namespace)
+
+
+def create_secret(kube: Kube, namespace: str, secret: Mapping[str, Any]) -> dict[str, Any]:
+    """POST; 409 AlreadyExists when another writer created it first."""
+    return _json(_call(kube.core.create_namespaced_secret, namespace, _secret_body(secret),
+                       _request_timeout=(CONNECT_TIMEOUT, REQUEST_TIMEOUT)))
+
+
+def replace_secret(kube: Kube, namespace: str, name: str, secret: Mapping[str, Any]) -> dict[str, Any]:
+    """PUT with the Secret's metadata.resourceVersion: 409 when someone else wrote it first."""
+    return _json(_call(kube.core.replace_namespaced_secret, name, namespace, _secret_body(secret),
+                       _request_timeout=(CONNECT_TIMEOUT, REQUEST_TIMEOUT)))
+
+
+def get_webhook_configuration(kube: Kube, resource: Resource, name: str) -> dict[str, Any] | None:
+    r = resource
+    return _get_or_none(kube.custom.get_cluster_custom_object, r.group, r.version, r.plural, name)
+
+
+def patch_webhook_configuration(kube: Kube, resource: Resource, name: str,
+                                patch: Mapping[str, Any]) -> dict[str, Any]:
+    """A strategic merge patch: `webhooks` merge by name (their patchMergeKey). A metadata.resourceVersion in
+    the patch makes it conditional: 409 when the configuration changed since it was read."""
+    r = resource
+    return _json(_call(kube.custom.patch_cluster_custom_object, r.group, r.version, r.plural, name, dict(patch),
+                       _content_type=STRATEGIC_MERGE_PATCH, _request_timeout=(CONNECT_TIMEOUT, REQUEST_TIMEOUT)))
+
+
+def _secret_body(secret: Mapping[str, Any]) -> dict[str, Any]:
+    # CoreV1Api checks a body against its V1Secret model: a field the model does not know fails the call, and
+    # times are re-spelled. So send only what a client sets, never the server's fields read back from a GET.
+    body = {key: secret[key] for key in ("apiVersion", "kind", "type", "immutable", "data") if key in secret}
+    metadata = secret.get("metadata") or {}
+    body["metadata"] = {key: metadata[key] for key in _CLIENT_METADATA if key in metadata}
+    return body
 
 
 # --- plumbing ------------------------------------------------------------------------------------------------
