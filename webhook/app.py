@@ -12,11 +12,11 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from webhook import admission
 from webhook.admission import BadReview, Endpoint, Outcome
-from webhook.bodylimit import BodyLimit
+from webhook.bodylimit import BodyLimit, BodyReader
 from webhook.config import Settings
 from webhook.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from webhook.metrics import ErrorReason, Metrics
@@ -39,14 +39,15 @@ class Runtime:
 
 
 class WebhookApp(FastAPI):
-    """FastAPI, except that a POST to a review path goes straight to its route, within the body limit.
+    """FastAPI, except that a POST to a review path goes straight to its route.
 
     FastAPI's middleware stack and router cost about 25 us per request: more than the policy itself. A
-    review needs none of them, as handle_review() answers every error itself. The router lists the review
-    routes as well, so other methods on their paths get FastAPI's 405, and app.routes shows them.
+    review needs none of them: its route reads the body within the limits and handle_review() answers every
+    error itself. The router lists the review routes as well, so other methods on their paths get FastAPI's
+    405, and app.routes shows them.
     """
 
-    def __init__(self, reviews: dict[str, ASGIApp], **kwargs: Any) -> None:
+    def __init__(self, reviews: dict[str, ReviewRoute], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.reviews = reviews
 
@@ -61,13 +62,12 @@ class WebhookApp(FastAPI):
 
 def create_app(settings: Settings) -> WebhookApp:
     runtime = Runtime(settings, Metrics())
-    max_bytes, timeout = settings.server.max_body_bytes, settings.server.body_timeout
-    routes = {f"/{endpoint.value}": ReviewRoute(endpoint, runtime) for endpoint in Endpoint}
-    app = WebhookApp({path: BodyLimit(route, max_bytes, timeout, runtime.metrics.count_refusal)
-                      for path, route in routes.items()},
-                     title="cilium-startup-guard", docs_url=None, redoc_url=None, openapi_url=None)
+    limits = settings.server
+    reader = BodyReader(limits.max_body_bytes, limits.body_timeout, runtime.metrics.count_refusal)
+    routes = {f"/{endpoint.value}": ReviewRoute(endpoint, runtime, reader) for endpoint in Endpoint}
+    app = WebhookApp(routes, title="cilium-startup-guard", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.runtime = runtime
-    app.add_middleware(BodyLimit, max_bytes=max_bytes, timeout=timeout, on_refusal=runtime.metrics.count_refusal)
+    app.add_middleware(BodyLimit, reader=reader)
     for path, route in routes.items():
         app.router.routes.append(Route(path, route, methods=["POST"]))
 
@@ -95,25 +95,21 @@ def create_app(settings: Settings) -> WebhookApp:
 
 
 class ReviewRoute:
-    """POST /mutate or /validate: a plain ASGI app in FastAPI's router, which still routes and answers 404/405.
+    """POST /mutate or /validate as a plain ASGI app: raw bytes in, raw bytes out.
 
-    A review reads raw bytes and answers raw bytes, so it skips FastAPI's request handling (dependency
-    solving, Request and Response objects, an exit stack per request), which cost more than the review itself.
+    FastAPI's request handling (dependency solving, Request and Response objects, an exit stack per request)
+    would cost more than the review itself.
     """
 
-    def __init__(self, endpoint: Endpoint, runtime: Runtime) -> None:
+    def __init__(self, endpoint: Endpoint, runtime: Runtime, reader: BodyReader) -> None:
         self.endpoint = endpoint
         self.runtime = runtime
+        self.reader = reader
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = b""
-        while True:  # BodyLimit has read the body within limits and hands it on as one message
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
+        body = await self.reader.read(scope, receive, send)
+        if body is None:
+            return  # refused (413, 408) or the client left
         content_type = next((value.decode("latin-1") for name, value in scope["headers"]
                              if name == b"content-type"), "")
         status, answer = handle_review(content_type, body, self.endpoint, self.runtime)
