@@ -24,6 +24,7 @@ from webhook.metrics import ErrorReason, Metrics
 log = logging.getLogger(__name__)
 
 JSON_MEDIA_TYPE = "application/json"
+_JSON_CONTENT_TYPE = (b"content-type", JSON_MEDIA_TYPE.encode())
 
 
 class Runtime:
@@ -114,7 +115,7 @@ class ReviewRoute:
                              if name == b"content-type"), "")
         status, answer = handle_review(content_type, body, self.endpoint, self.runtime)
         await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", JSON_MEDIA_TYPE.encode()), (b"content-length", str(len(answer)).encode())]})
+            _JSON_CONTENT_TYPE, (b"content-length", str(len(answer)).encode())]})
         await send({"type": "http.response.body", "body": answer})
 
 
