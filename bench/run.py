@@ -1,16 +1,16 @@
 """Benchmark: `cilium-startup-guard serve` (strip mode) against its floor, over HTTPS keep-alive.
 
-    .venv/bin/python bench/run.py [--quick] [--duration S] [--repeat N] [--generator auto|wrk|python]
-                                  [--output FILE]
+    .venv/bin/python bench/run.py [--quick] [--duration S] [--warmup S] [--connections 1,16,64]
+                                  [--cold-starts N] [--repeat N] [--generator auto|wrk|python] [--output FILE]
 
-Starts each server on 127.0.0.1 (a free port, TLS with a throwaway CA) pinned to one core, and loads it from
-another core with the EBS CSI node DaemonSet review (tests/fixtures/daemonset_ebs_csi_node.json, a fresh uid on
-every request) at 1, 16 and 64 keep-alive connections, with `wrk` when it is installed and bench/loadgen.py
-otherwise. The floor (bench/floor.py) is a bare ASGI app on the same uvicorn that parses the body and answers
-"allowed". Before anything is counted, each server's answers are checked: the uid is echoed and, for the
-webhook, the patch decodes and applies (jsonpatch) and gives the expected tolerations, readiness gate, label and
-annotation, and a second pass yields no patch. During the load every answer is checked again (status, uid,
-patch present). Any failed check stops the run with exit status 1.
+Starts each server on 127.0.0.1 (a free port, TLS with a throwaway CA) pinned to one core (sched_setaffinity, as
+taskset does), and loads it from another core with the EBS CSI node DaemonSet review
+(tests/fixtures/daemonset_ebs_csi_node.json, a fresh uid on every request) at 1, 16 and 64 keep-alive connections,
+with `wrk` when it is installed and bench/loadgen.py otherwise. The floor (bench/floor.py) is a bare ASGI app on
+the same uvicorn that parses the body and answers "allowed". Before anything is counted, each server's answers are
+checked: the uid is echoed and, for the webhook, the patch decodes and applies (jsonpatch) and gives the expected
+tolerations, readiness gate, label and annotation, and a second pass yields no patch. During the load every answer
+is checked again (status, uid, patch present). Any failed check stops the run with exit status 1.
 
 Per server and connection count: requests/s, p50 and p99 latency, server CPU time per request (utime+stime from
 /proc/PID/stat over the step, divided by the requests completed), and how busy the server core was; per
@@ -113,7 +113,8 @@ def _generator_version(generator: str) -> str:
     if generator != "wrk":
         return "bench/loadgen.py (Python, asyncio)"
     out = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
-    return (out.stdout or out.stderr).splitlines()[0].strip() if (out.stdout or out.stderr) else "wrk"
+    first_line = ((out.stdout or out.stderr).splitlines() or ["wrk"])[0]
+    return first_line.split(" Copyright")[0].strip()  # e.g. "wrk debian/4.1.0-3+b2 [epoll]"
 
 
 def free_port() -> int:
