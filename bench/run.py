@@ -570,10 +570,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, Path | None]:
     connections = [int(c) for c in args.connections.split(",")]
     if len(set(connections)) != len(connections) or min(connections) < 1:
         parser.error("--connections: positive counts, each once")
+    duration = args.duration if args.duration is not None else (1.0 if args.quick else 5.0)
+    warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 2.0)
+    if generator == "wrk":  # wrk runs for whole seconds
+        duration = max(1.0, float(round(duration)))
+        warmup = max(1.0, float(round(warmup))) if warmup > 0 else 0.0
     options = Options(
-        connections=connections,
-        duration=args.duration if args.duration is not None else (1.0 if args.quick else 5.0),
-        warmup=args.warmup if args.warmup is not None else (0.5 if args.quick else 2.0),
+        connections=connections, duration=duration, warmup=warmup,
         cold_starts=max(1, args.cold_starts if args.cold_starts is not None else (1 if args.quick else 3)),
         repeat=max(1, args.repeat), generator=generator, pinning=Pinning.choose())
     return options, args.output
