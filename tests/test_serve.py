@@ -44,6 +44,17 @@ def test_serve_logs_one_json_line_per_admission(tmp_path: Path) -> None:
         "operation": "CREATE", "mode": "warn", "outcome": "warned", "duration_ms": 0}
 
 
+def test_serve_logs_no_access_line_beside_the_decision(tmp_path: Path) -> None:
+    review = load_fixture("daemonset_ebs_csi_node.json")
+    with ServerProcess(tmp_path, dev_certs=True) as server, httpx.Client(verify=server.context()) as client:
+        for _ in range(3):
+            client.post(f"{server.base_url}/mutate", json=review)
+        client.get(f"{server.base_url}/healthz")
+    lines = server.log_lines()
+    assert [e["logger"] for e in lines if e["logger"] == "uvicorn.access"] == []
+    assert sum(e["message"] == "admission decision" for e in lines) == 3
+
+
 def test_serve_reuses_existing_certificates(tmp_path: Path) -> None:
     with ServerProcess(tmp_path / "first", certs_dir=tmp_path / "certs", dev_certs=True):
         first = (tmp_path / "certs" / "tls.crt").read_bytes()

@@ -38,8 +38,14 @@ def server(tmp_path):
     process.stop()
 
 
-def _send_while_reading(server: ServerProcess, head: bytes, chunks) -> int:
-    """Send `head` and then `chunks` from a thread while the answer is read; returns the status."""
+def _send_while_reading(server: ServerProcess, head: bytes, chunks) -> int | None:
+    """Send `head` and then `chunks` from a thread while the answer is read; returns the status.
+
+    None when the answer could not be read: the server closes right after its 413 with the rest of the body
+    unread, and the TCP reset that this sends may overtake the answer (uvicorn has no lingering close); now
+    and then the read also stalls until the socket's timeout. tests/test_server_limits.py checks the 413
+    itself, with no body racing it; this test is about memory.
+    """
     conn = server.connect()
 
     def send() -> None:
@@ -52,6 +58,8 @@ def _send_while_reading(server: ServerProcess, head: bytes, chunks) -> int:
     sender.start()
     try:
         status, _, _ = read_response(conn)
+    except OSError:  # ConnectionError, TimeoutError, ssl.SSLError
+        return None
     finally:
         sender.join(timeout=30)
         conn.close()
@@ -68,14 +76,14 @@ def test_16_mib_body_does_not_grow_the_process_by_its_size(server, capsys):
     rss_start = _status_kib(pid, "VmRSS")
     head = (b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n" % BODY)
-    assert _send_while_reading(server, head, [b" " * MIB] * 16) == 413
+    assert _send_while_reading(server, head, [b" " * MIB] * 16) in (413, None)
     peak_declared = _status_kib(pid, "VmHWM")
     rss_declared = _status_kib(pid, "VmRSS")
 
     chunked_head = (b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                     b"Transfer-Encoding: chunked\r\n\r\n")
     chunk = b"%x\r\n%s\r\n" % (MIB, b" " * MIB)
-    assert _send_while_reading(server, chunked_head, [chunk] * 16 + [b"0\r\n\r\n"]) == 413
+    assert _send_while_reading(server, chunked_head, [chunk] * 16 + [b"0\r\n\r\n"]) in (413, None)
     peak_chunked = _status_kib(pid, "VmHWM")
     rss_chunked = _status_kib(pid, "VmRSS")
     _report(capsys, f"RSS before {rss_start / 1024:.1f} MiB; 16 MiB body with Content-Length: RSS "

@@ -6,6 +6,7 @@ Bytes in, plain dicts out. No FastAPI and no Kubernetes client; decisions come f
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -181,7 +182,9 @@ def encode_patch(edits: Iterable[Edit]) -> str:
     return base64.b64encode(orjson.dumps(patch_operations(edits))).decode("ascii")
 
 
-def json_pointer(path: Iterable[str | int]) -> str:
+@functools.lru_cache(maxsize=1024)
+def json_pointer(path: tuple[str | int, ...]) -> str:
+    # Cached: the policy edits the same few paths over and over (keys from the configuration, list indices).
     # RFC 6901: "~" first, so that the "~1" made from "/" is not escaped again.
     return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in path)
 
@@ -201,7 +204,8 @@ def _clean_warnings(warnings: Iterable[str]) -> list[str]:
 
 def _printable(text: str, limit: int) -> str:
     # Object content reaches messages before the API server has validated it: no control characters.
-    text = "".join(c if c.isprintable() else " " for c in text)
+    if not text.isprintable():  # one C call for the usual case; the loop below only for the rare one
+        text = "".join(c if c.isprintable() else " " for c in text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

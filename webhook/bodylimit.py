@@ -1,4 +1,5 @@
-"""Pure ASGI middleware that reads a request body within a size and a time limit, then hands it on whole.
+"""Reads a request body within a size and a time limit: BodyReader for a route that wants the bytes, and
+BodyLimit, pure ASGI middleware that hands the body on whole to the app it wraps.
 
 413 before anything is read when Content-Length is over the limit, and as soon as the count of a chunked
 body passes it; 408 when the body does not arrive in time. Pure ASGI rather than BaseHTTPMiddleware: no
@@ -16,22 +17,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from webhook.metrics import Refusal
 
 
-class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float,
-                 on_refusal: Callable[[Refusal], None] = lambda _: None) -> None:
-        self.app = app
+class BodyReader:
+    """Reads a whole request body within the limits, or answers 413 or 408 and closes."""
+
+    def __init__(self, max_bytes: int, timeout: float, on_refusal: Callable[[Refusal], None] = lambda _: None) -> None:
         self.max_bytes = max_bytes
         self.timeout = timeout
         self.on_refusal = on_refusal
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def read(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """The body; None when it was refused (the refusal is sent) or the client left (nobody to answer)."""
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
             await self._refuse(send, Refusal.BODY_TOO_LARGE, 413, self._too_large())
-            return
+            return None
         chunks: list[bytes] = []
         size = 0
         try:
@@ -39,21 +38,20 @@ class BodyLimit:
                 while True:
                     message = await receive()
                     if message["type"] == "http.disconnect":
-                        return  # the client left: nobody to answer
+                        return None
                     chunk: bytes = message.get("body", b"")
                     size += len(chunk)
                     if size > self.max_bytes:
                         await self._refuse(send, Refusal.BODY_TOO_LARGE, 413, self._too_large())
-                        return
+                        return None
                     if chunk:
                         chunks.append(chunk)
                     if not message.get("more_body", False):
                         break
         except TimeoutError:
-            await self._refuse(send, Refusal.BODY_TIMEOUT, 408,
-                               f"request body not received within {self.timeout:g} s")
-            return
-        await self.app(scope, _replay(b"".join(chunks), receive), send)
+            await self._refuse(send, Refusal.BODY_TIMEOUT, 408, f"request body not received within {self.timeout:g} s")
+            return None
+        return b"".join(chunks)  # one chunk, the usual case, is returned as it is: no copy
 
     def _too_large(self) -> str:
         return f"request body is larger than {self.max_bytes} bytes"
@@ -66,6 +64,22 @@ class BodyLimit:
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimit:
+    """Middleware: the app gets the body, read by a BodyReader, as one message."""
+
+    def __init__(self, app: ASGIApp, reader: BodyReader) -> None:
+        self.app = app
+        self.reader = reader
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body = await self.reader.read(scope, receive, send)
+        if body is not None:
+            await self.app(scope, _replay(body, receive), send)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -89,6 +89,9 @@ class Metrics:
         self._config_reloads = {ok: config_reloads.labels("success" if ok else "failure") for ok in (True, False)}
         self._cert_reloads = {ok: cert_reloads.labels("success" if ok else "failure") for ok in (True, False)}
         self._namespaces: set[str] = set()
+        # Bound on first use, per namespace label (at most MAX_NAMESPACES + 1 of them).
+        self._seen_by: dict[tuple[Endpoint, str], Counter] = {}
+        self._stripped_by: dict[str, Counter] = {}
 
     def observe_review(self, endpoint: Endpoint, outcome: Outcome, seconds: float) -> None:
         self._requests[endpoint, outcome].inc()
@@ -100,9 +103,15 @@ class Metrics:
     def count_blanket(self, endpoint: Endpoint, namespace: str, seen: int, stripped: int) -> None:
         label = self._namespace_label(namespace)
         if seen:
-            self._seen.labels(endpoint.value, label).inc(seen)
+            seen_here = self._seen_by.get((endpoint, label))
+            if seen_here is None:
+                seen_here = self._seen_by[endpoint, label] = self._seen.labels(endpoint.value, label)
+            seen_here.inc(seen)
         if stripped:
-            self._stripped.labels(label).inc(stripped)
+            stripped_here = self._stripped_by.get(label)
+            if stripped_here is None:
+                stripped_here = self._stripped_by[label] = self._stripped.labels(label)
+            stripped_here.inc(stripped)
 
     def count_refusal(self, reason: Refusal) -> None:
         self._refused[reason].inc()

@@ -23,6 +23,9 @@ NARROWED_TOLERATIONS: tuple[Mapping[str, str], ...] = (
     {"operator": "Exists", "effect": "PreferNoSchedule"},
 )
 
+# json.dumps() with separators builds an encoder on every call; this one is built once.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
 POD_SPEC_PATH = ("spec", "template", "spec")
 TOLERATIONS_PATH = ("spec", "template", "spec", "tolerations")
 READINESS_GATES_PATH = ("spec", "template", "spec", "readinessGates")
@@ -64,7 +67,10 @@ class Exemption:
             return False
         if self.name is not None and self.name != ref.name:
             return False
-        return all(ds_labels.get(k) == v or template_labels.get(k) == v for k, v in self.labels)
+        for key, value in self.labels:  # a loop, not all(<generator>): this runs for every exemption and review
+            if ds_labels.get(key) != value and template_labels.get(key) != value:
+                return False
+        return True
 
 
 DEFAULT_EXEMPTIONS: tuple[Exemption, ...] = tuple(
@@ -216,7 +222,7 @@ def mutate(obj: Mapping[str, Any], config: PolicyConfig, namespace: str = "") ->
         warnings.append(_strip_warning(found, config))
         stripped = len(found.blanket)
     # Without a pod spec there is nothing to gate, and a patch below it could not apply.
-    if config.readiness_gate and isinstance(_lookup(obj, POD_SPEC_PATH), Mapping):
+    if config.readiness_gate and isinstance(_lookup(obj, POD_SPEC_PATH), dict):
         edits += _gate_edits(obj, found, config)
     return Decision(warnings=tuple(warnings), edits=tuple(edits), blanket_seen=len(found.blanket),
                     blanket_stripped=stripped)
@@ -246,7 +252,7 @@ def _strip_edits(obj: Mapping[str, Any], found: Assessment, config: PolicyConfig
             seen.append(extra)
             edits.append(Edit("add", (*TOLERATIONS_PATH, "-"), dict(extra)))
 
-    removed = json.dumps([t for _, t in found.blanket], separators=(",", ":"))
+    removed = _COMPACT_JSON.encode([t for _, t in found.blanket])
     edits.append(_set_map_entry(obj, ("metadata", "annotations"), STRIPPED_ANNOTATION, removed))
     return edits
 
@@ -278,7 +284,7 @@ def _set_map_entry(obj: Mapping[str, Any], map_path: tuple[str, ...], key: str, 
 def _lookup(obj: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     node: Any = obj
     for key in path:
-        if not isinstance(node, Mapping):
+        if not isinstance(node, dict):  # as _child: JSON objects below the top are dicts (and dict is fast)
             return None
         node = node.get(key)
     return node

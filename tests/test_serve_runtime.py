@@ -1,0 +1,55 @@
+"""What the `serve` process runs on: uvloop and the httptools-based protocol, and no Kubernetes client.
+
+The admission path does no Kubernetes I/O (STYLE.md); loading the client would only cost start-up time and
+memory in every webhook replica.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import uvloop
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from tests.support import ServerProcess, load_fixture, make_certs
+from webhook.certs import CERT_FILE, KEY_FILE
+from webhook.config import build_settings
+from webhook.protocol import GuardedHttpToolsProtocol
+from webhook.server import build_server
+
+
+def test_importing_the_server_and_the_app_loads_no_kubernetes_client() -> None:
+    # A fresh interpreter: this one may have imported kubernetes for other tests.
+    code = ("import sys, webhook.server, webhook.app; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'kubernetes'))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+
+
+def test_serve_process_loads_no_kubernetes_client(tmp_path: Path, monkeypatch) -> None:
+    # Python reports every import on stderr, which is the server's log file.
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")
+    with ServerProcess(tmp_path, "--mode", "strip") as server, httpx.Client(verify=server.context()) as client:
+        assert client.post(f"{server.base_url}/mutate", json=load_fixture("daemonset_ebs_csi_node.json")).is_success
+        assert client.get(f"{server.base_url}/metrics").is_success
+    imports = [line.rsplit("|", 1)[1].strip() for line in server.log_text().splitlines()
+               if line.startswith("import time:")]
+    assert "webhook.server" in imports  # the report is there
+    assert [name for name in imports if name.split(".")[0] == "kubernetes"] == []
+
+
+def test_serve_runs_on_uvloop_with_the_guarded_httptools_protocol(tmp_path: Path) -> None:
+    make_certs(tmp_path)
+    server = build_server(build_settings(port=0), tmp_path / CERT_FILE, tmp_path / KEY_FILE)
+    assert issubclass(server.config.http_protocol_class, GuardedHttpToolsProtocol)
+    assert issubclass(server.config.http_protocol_class, HttpToolsProtocol)
+    loop_factory = server.config.get_loop_factory()
+    assert loop_factory is not None
+    loop = loop_factory()  # what uvicorn.Server.run() runs the server on
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
