@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from webhook import certs, kube
+from webhook.informer import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def ca_bundle_patch(configuration: Mapping[str, Any], ca_bundle: str) -> dict[st
 
 def _wait_for(client: kube.Kube, kind: str, resource: kube.Resource, name: str, deadline: float,
               wait: float) -> dict[str, Any]:
-    backoff = FIRST_BACKOFF
+    backoff = Backoff(FIRST_BACKOFF, MAX_BACKOFF)
     while True:
         with _failing_as(f"cannot read {kind} {name}"):
             configuration = kube.get_webhook_configuration(client, resource, name)
@@ -150,11 +151,10 @@ def _wait_for(client: kube.Kube, kind: str, resource: kube.Resource, name: str, 
         if left <= 0:
             raise CertsError(f"{kind} {name} does not exist (waited {wait:g}s); apply the manifests that define "
                              f"it, or pass the right --webhook-configuration")
-        pause = min(backoff, left)
+        pause = min(backoff.next(), left)
         log.info("waiting for the webhook configuration", extra={"fields": {
             "kind": kind, "configuration": name, "retry_in": round(pause, 3)}})
         time.sleep(pause)
-        backoff = min(backoff * 2, MAX_BACKOFF)
 
 
 def _read_secret(client: kube.Kube, namespace: str, name: str) -> dict[str, Any] | None:
