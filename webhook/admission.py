@@ -129,8 +129,7 @@ def decide(review: Review, config: PolicyConfig, endpoint: Endpoint) -> Decision
             return policy.mutate(review.obj, config, review.namespace)
         return policy.validate(review.obj, config, review.namespace)
     except policy.MalformedObject as err:
-        ref = f"{review.namespace}/{review.name}" if review.namespace else review.name
-        raise BadReview(f"DaemonSet {ref}: {err}", review.uid) from None
+        raise BadReview(f"DaemonSet {policy.ObjectRef(review.namespace, review.name)}: {err}", review.uid) from None
 
 
 def outcome_of(decision: Decision, endpoint: Endpoint) -> Outcome:

@@ -168,8 +168,7 @@ def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def _ref(obj: Mapping[str, Any]) -> str:
-    namespace, name = _key(obj)
-    return f"{namespace}/{name}" if namespace else name
+    return str(policy.ObjectRef(*_key(obj)))
 
 
 # --- output --------------------------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ def fix_documents(documents: list[Document], config: PolicyConfig) -> list[Any]:
 def render_table(results: list[Result], config: PolicyConfig) -> str:
     rows = [("SOURCE", "DAEMONSET", "RESULT", "DETAIL")]
     for r in results:
-        ref = f"{r.namespace}/{r.name}" if r.namespace else r.name
+        ref = str(policy.ObjectRef(r.namespace, r.name))
         if r.error:
             rows.append((r.source, ref, "error", r.error))
         elif r.finding:
