@@ -309,10 +309,7 @@ def _certs_in_cluster(args: argparse.Namespace) -> int:
     configure_logging("info")
     # Its retry warnings would only repeat the one error line that a failed call ends with.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
-    try:
-        client = kube.connect(args.kubeconfig, args.context, user_agent=f"{PROG}-certs")
-    except kube.KubeConfigError as err:
-        raise ConfigError(str(err)) from None
+    client = kube.connect(args.kubeconfig, args.context, user_agent=f"{PROG}-certs")
     options = cluster_certs.Options(
         namespace=args.namespace, service=args.service, secret=args.secret,
         webhook_configuration=args.webhook_configuration, renew_before=datetime.timedelta(days=args.renew_before),
@@ -337,10 +334,7 @@ def _controller(args: argparse.Namespace) -> int:
     file = load_config(args.config) if args.config is not None else ConfigFile()
     policy = file.to_policy()
     identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
-    try:
-        client = kube.connect(args.kubeconfig, args.context, user_agent=f"{PROG}-controller/{identity}")
-    except kube.KubeConfigError as err:
-        raise ConfigError(str(err)) from None
+    client = kube.connect(args.kubeconfig, args.context, user_agent=f"{PROG}-controller/{identity}")
     lease = None
     if not (args.dry_run or args.release_all):  # dry-run replicas take no part in the election
         timings = file.controller
@@ -379,12 +373,9 @@ def _audit(args: argparse.Namespace) -> int:
     from webhook import audit, kube
 
     policy = build_settings(args.config).policy
-    try:
-        # No retries: urllib3 would repeat a request that timed out, past --timeout.
-        client = kube.connect(args.kubeconfig or kube.default_kubeconfig(), args.context,
-                              user_agent=f"{PROG}-audit", retries=0)
-    except kube.KubeConfigError as err:
-        raise ConfigError(str(err)) from None
+    # No retries: urllib3 would repeat a request that timed out, past --timeout.
+    client = kube.connect(args.kubeconfig or kube.default_kubeconfig(), args.context,
+                          user_agent=f"{PROG}-audit", retries=0)
     options = audit.AuditOptions(timeout=args.timeout, cilium_namespace=args.cilium_namespace,
                                  agent_selector=args.cilium_agent_selector)
     try:

@@ -23,6 +23,8 @@ from kubernetes import client, config
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.watch.watch import iter_resp_lines
 
+from webhook.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 USER_AGENT = "cilium-startup-guard"
@@ -46,8 +48,9 @@ class Gone(ApiError):
     """410: the resourceVersion (or list continue token) is too old; list again."""
 
 
-class KubeConfigError(Exception):
-    """No usable client configuration; the message is one line for the person who ran the command."""
+class KubeConfigError(ConfigError):
+    """No usable client configuration; the message is one line for the person who ran the command. A
+    ConfigError, so that the command line answers it like any other bad setting: one line, exit status 2."""
 
 
 @dataclass(frozen=True)
