@@ -10,7 +10,8 @@ import pytest
 
 from webhook.cli import main
 from webhook.config import ConfigError, build_settings, parse_config
-from webhook.policy import DEFAULT_EXEMPTIONS, Exemption, Mode
+from webhook.enums import Mode
+from webhook.policy import DEFAULT_EXEMPTIONS, Exemption
 
 
 def write(tmp_path: Path, text: str) -> Path:

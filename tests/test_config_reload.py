@@ -13,7 +13,7 @@ import orjson
 from tests.support import AppClient, ServerProcess, daemonset_review
 from webhook.app import create_app
 from webhook.config import build_settings
-from webhook.policy import Mode
+from webhook.enums import Mode
 from webhook.reload import ConfigReloader, FileWatcher, fingerprint
 
 CONFIG = "policy.yaml"

@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 
 from tests.support import AppClient, daemonset_review
 from webhook import admission
-from webhook.admission import BadReview, Endpoint
+from webhook.admission import BadReview
 from webhook.app import create_app
 from webhook.config import build_settings
-from webhook.policy import Mode, PolicyConfig
+from webhook.enums import Endpoint, Mode
+from webhook.policy import PolicyConfig
 
 json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False) | st.text(
     max_size=12)

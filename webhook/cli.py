@@ -33,8 +33,8 @@ from webhook.config import (
     build_settings,
     load_config,
 )
+from webhook.enums import Mode
 from webhook.logs import configure_logging
-from webhook.policy import Mode
 
 PROG = "cilium-startup-guard"
 EXIT_USAGE = 2

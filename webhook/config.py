@@ -14,12 +14,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 
+from webhook.enums import Mode
 from webhook.policy import (
     CILIUM_TAINT_KEY,
     DEFAULT_GATE_CONDITION,
     DEFAULT_GATE_LABEL,
     Exemption,
-    Mode,
     PolicyConfig,
     is_blanket_noexecute,
 )

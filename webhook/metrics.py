@@ -7,7 +7,6 @@ request costs a lock and an addition, not a label lookup.
 from __future__ import annotations
 
 import re
-from enum import StrEnum
 
 from prometheus_client import (
     CollectorRegistry,
@@ -20,7 +19,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from webhook.admission import Endpoint, Outcome
+from webhook.enums import Endpoint, ErrorReason, Outcome, Refusal
 
 PREFIX = "cilium_startup_guard"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -31,21 +30,6 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 MAX_NAMESPACES = 2000
 OTHER_NAMESPACE = "other"
 _NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-
-
-class Refusal(StrEnum):
-    """Why a request was refused before the app reviewed it."""
-
-    BODY_TOO_LARGE = "body_too_large"
-    BODY_TIMEOUT = "body_timeout"
-    HEADER_TOO_LARGE = "header_too_large"
-    HEADER_TIMEOUT = "header_timeout"
-
-
-class ErrorReason(StrEnum):
-    BAD_REQUEST = "bad_request"  # 400, or an AdmissionReview refused with status 400
-    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # 415
-    INTERNAL = "internal"  # an exception in the webhook: answered per failureMode
 
 
 class Metrics:

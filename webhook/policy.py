@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
+from webhook.enums import Mode
+
 CILIUM_TAINT_KEY = "node.cilium.io/agent-not-ready"
 SKIP_ANNOTATION = "startupguard.io/skip"
 STRIPPED_ANNOTATION = "startupguard.io/stripped-tolerations"
@@ -30,12 +32,6 @@ POD_SPEC_PATH = ("spec", "template", "spec")
 TOLERATIONS_PATH = ("spec", "template", "spec", "tolerations")
 READINESS_GATES_PATH = ("spec", "template", "spec", "readinessGates")
 TEMPLATE_METADATA_PATH = ("spec", "template", "metadata")
-
-
-class Mode(StrEnum):
-    WARN = "warn"
-    STRIP = "strip"
-    DENY = "deny"
 
 
 class ExemptReason(StrEnum):
