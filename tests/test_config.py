@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from webhook.cli import main
-from webhook.config import ConfigError, build_settings, parse_config
+from webhook.config import build_settings, parse_config
 from webhook.enums import Mode
+from webhook.errors import ConfigError
 from webhook.policy import DEFAULT_EXEMPTIONS, Exemption
 
 

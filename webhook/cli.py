@@ -27,13 +27,13 @@ from webhook.config import (
     DEFAULT_PORT,
     DEFAULT_RECYCLE_RATE,
     DEFAULT_RELEASE_AFTER,
-    ConfigError,
     ConfigFile,
     ServerSettings,
     build_settings,
     load_config,
 )
 from webhook.enums import Mode
+from webhook.errors import ConfigError
 from webhook.logs import configure_logging
 
 PROG = "cilium-startup-guard"

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 
 from webhook.enums import Mode
+from webhook.errors import ConfigError, describe_yaml_error
 from webhook.policy import (
     CILIUM_TAINT_KEY,
     DEFAULT_GATE_CONDITION,
@@ -48,10 +49,6 @@ DEFAULT_RETRY_PERIOD = 2.0
 _NAME = r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]"
 _PREFIX = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
 _QUALIFIED_NAME = re.compile(rf"({_PREFIX}/)?{_NAME}")
-
-
-class ConfigError(Exception):
-    """A configuration that cannot be used; the message is one line meant for the person who wrote it."""
 
 
 @dataclass(frozen=True)
@@ -223,9 +220,7 @@ def parse_config(text: str, source: str) -> ConfigFile:
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where is not None else ""
-        raise ConfigError(f"config file {source}: not valid YAML{line}: {getattr(err, 'problem', err)}") from None
+        raise ConfigError(f"config file {source}: {describe_yaml_error(err)}") from None
     if document is None:
         document = {}
     if not isinstance(document, dict):

@@ -23,7 +23,7 @@ from kubernetes import client, config
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.watch.watch import iter_resp_lines
 
-from webhook.config import ConfigError
+from webhook.errors import ConfigError, describe_yaml_error
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +127,12 @@ def connect(kubeconfig: Path | None = None, context: str | None = None, user_age
     except (ConfigException, OSError, ValueError, TypeError, AttributeError, KeyError, yaml.YAMLError) as err:
         where = f"kubeconfig {kubeconfig}" if kubeconfig is not None else "in-cluster configuration"
         hint = "" if kubeconfig is not None else " (not running in a pod? pass --kubeconfig PATH)"
-        reason = " ".join(str(err).split())  # one line: YAML errors span several
-        if not isinstance(err, (ConfigException, OSError)):
-            reason = f"not a kubeconfig file ({reason})"
+        if isinstance(err, yaml.YAMLError):
+            reason = describe_yaml_error(err)
+        elif isinstance(err, (ConfigException, OSError)):
+            reason = " ".join(str(err).split())
+        else:
+            reason = f"not a kubeconfig file ({' '.join(str(err).split())})"
         raise KubeConfigError(f"cannot use {where}: {reason}{hint}") from None
     # Four long-lived watches plus the worker's calls share this pool.
     configuration.connection_pool_maxsize = 16

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from webhook.config import ConfigError, Settings, reload_settings
+from webhook.config import Settings, reload_settings
+from webhook.errors import ConfigError
 from webhook.metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ import orjson
 import yaml
 
 from webhook import admission, policy
+from webhook.errors import describe_yaml_error
 from webhook.policy import PolicyConfig
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -63,9 +64,7 @@ def load_documents(paths: list[str], stdin: TextIO) -> list[Document]:
         try:
             parsed = [d for d in yaml.safe_load_all(text) if d is not None]
         except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            line = f" line {mark.line + 1}" if mark is not None else ""
-            raise ReviewInputError(f"{name}:{line} not valid YAML or JSON: {getattr(err, 'problem', err)}") from None
+            raise ReviewInputError(f"{name}: {describe_yaml_error(err, 'YAML or JSON')}") from None
         for index, content in enumerate(parsed, start=1):
             source = name if len(parsed) == 1 else f"{name}#{index}"
             documents += _documents_in(source, content)
