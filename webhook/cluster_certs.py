@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from webhook import certs, kube
-from webhook.informer import Backoff
+from webhook.backoff import Backoff
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from webhook import kube
+from webhook.backoff import Backoff
 from webhook.cilium import AgentState, agent_state, endpoint_state
 from webhook.config import (
     DEFAULT_AGENT_SELECTOR,
@@ -26,7 +27,7 @@ from webhook.config import (
     DEFAULT_RELEASE_AFTER,
 )
 from webhook.controller_metrics import ControllerMetrics
-from webhook.informer import Backoff, Informer, Key, WorkQueue
+from webhook.informer import Informer, Key, WorkQueue
 from webhook.kube import ApiError, Kube, Target
 from webhook.lease import LeaderElector, LeaseConfig, micro_time
 from webhook.policy import CILIUM_TAINT_KEY, DEFAULT_GATE_CONDITION, DEFAULT_GATE_LABEL

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
+from webhook.backoff import Backoff
 from webhook.kube import ApiError, Gone, WatchEvent
 
 log = logging.getLogger(__name__)
@@ -36,22 +37,6 @@ def object_key(obj: Mapping[str, Any]) -> Key:
 
 def resource_version(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("resourceVersion") or "")
-
-
-class Backoff:
-    """Exponential delays with jitter, so that replicas and informers do not retry in step."""
-
-    def __init__(self, initial: float, maximum: float) -> None:
-        self.initial, self.maximum = initial, maximum
-        self._next = initial
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self.maximum, self._next * 2)
-        return delay * random.uniform(0.8, 1.2)
-
-    def reset(self) -> None:
-        self._next = self.initial
 
 
 class Informer:
