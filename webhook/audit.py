@@ -20,7 +20,7 @@ from webhook.cilium import AgentState, agent_state, endpoint_state, is_cilium_ta
 from webhook.config import DEFAULT_AGENT_SELECTOR, DEFAULT_AUDIT_TIMEOUT, DEFAULT_CILIUM_NAMESPACE
 from webhook.kube import ApiError, Kube, Target
 from webhook.policy import ExemptReason, PolicyConfig
-from webhook.review import dump_json, format_columns
+from webhook.report import dump_json, format_columns
 
 NOEXECUTE = "NoExecute"
 # Only Running pods can be unmanaged; the server-side filter keeps finished Job pods out of the transfer.

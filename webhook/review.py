@@ -7,18 +7,18 @@ DaemonSet; `--fix` applies the same JSON Patch the webhook would return. No Kube
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import jsonpatch
-import orjson
 import yaml
 
 from webhook import admission, policy
 from webhook.errors import describe_yaml_error
 from webhook.policy import PolicyConfig
+from webhook.report import dump_json, format_columns
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -117,19 +117,6 @@ def render_json(results: list[Result], config: PolicyConfig) -> str:
     report = {"mode": config.mode.value, "daemonsets": [r.as_json() for r in results],
               "summary": _summary(results)}
     return dump_json(report)
-
-
-def format_columns(rows: Sequence[Sequence[str]]) -> list[str]:
-    """Rows as columns two spaces apart, the first row a header; the last column is not padded (it may be long).
-    Shared with `audit`."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return ["  ".join([*(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)), row[-1]]).rstrip()
-            for row in rows]
-
-
-def dump_json(report: Any) -> str:
-    """A report as indented JSON with a final newline. Shared with `audit`."""
-    return orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n"
 
 
 def exit_status(results: list[Result]) -> int:
