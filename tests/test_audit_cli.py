@@ -242,7 +242,7 @@ def test_an_api_server_error_exits_2(fake_kube, kubeconfig_path, capsys):
     fake_kube.fail("GET", "^/api/v1/nodes$", 500, times=None)
     status, _, err = audit(capsys, kubeconfig_path)
     assert status == 2
-    assert "listing nodes failed with 500" in one_line(err)
+    assert "cannot list nodes (500): " in one_line(err)
 
 
 def test_unreachable_cluster_exits_2_at_once(tmp_path, capsys, monkeypatch):

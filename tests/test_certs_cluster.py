@@ -389,7 +389,8 @@ def test_forbidden_exits_1_with_one_line(fake_kube, kubeconfig_path, installed, 
     fake_kube.fail(method, path, 403, times=None)
     assert main(kubeconfig_path) == 1
     line = one_line(capsys.readouterr().err)
-    assert line.startswith("cilium-startup-guard certs: error: cannot ") and "forbidden" in line
+    assert line.startswith("cilium-startup-guard certs: error: no permission to ") and "(403)" in line
+    assert "manifests/overlays/self-managed-job" in line
 
 
 def test_unreachable_api_server_exits_1_with_one_line(tmp_path, capsys, monkeypatch):
@@ -401,7 +402,7 @@ def test_unreachable_api_server_exits_1_with_one_line(tmp_path, capsys, monkeypa
               "contexts": [{"name": "fake", "context": {"cluster": "c", "user": "u"}}]}
     (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
     assert main(tmp_path / "kubeconfig") == 1
-    assert "no answer from the API server" in one_line(capsys.readouterr().err)
+    assert "cannot reach the Kubernetes API server http://127.0.0.1:1: " in one_line(capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("content", [

@@ -14,6 +14,28 @@ from tests.support import SilentServer, kubeconfig_for, load_fixture
 from webhook import kube
 
 
+@pytest.mark.parametrize("status, message, expected", [
+    pytest.param(0, "Max retries exceeded: Connection refused",
+                 "cannot reach the Kubernetes API server https://k:6443: Max retries exceeded: Connection refused",
+                 id="unreachable"),
+    pytest.param(0, "Read timed out. (read timeout=2)", "no answer from the Kubernetes API server https://k:6443 "
+                 "within 2 s", id="timed-out"),
+    pytest.param(401, "Unauthorized", "the Kubernetes API server https://k:6443 does not accept the credentials "
+                 "(401): Unauthorized", id="unauthorized"),
+    pytest.param(403, 'nodes is forbidden: User "x"\ncannot list', 'no permission to list nodes (403): nodes is '
+                 'forbidden: User "x" cannot list (see the ClusterRole)', id="forbidden-on-one-line"),
+    pytest.param(500, "etcd is down", "cannot list nodes (500): etcd is down", id="other"),
+])
+def test_an_api_error_is_described_on_one_line(status: int, message: str, expected: str):
+    err = kube.ApiError(status, message)
+    assert err.describe("list nodes", server="https://k:6443", timeout=2, rbac="see the ClusterRole") == expected
+
+
+def test_a_timeout_without_a_known_bound_keeps_the_clients_words():
+    err = kube.ApiError(0, "Read timed out.")
+    assert err.describe("read Secret a/b") == "no answer from the Kubernetes API server: Read timed out."
+
+
 def test_connect_uses_the_kubeconfig_context(kubeconfig_path: Path, fake_kube: FakeKube):
     client = kube.connect(kubeconfig_path, "fake")
     try:

@@ -25,6 +25,7 @@ from webhook.report import dump_json, format_columns
 NOEXECUTE = "NoExecute"
 # Only Running pods can be unmanaged; the server-side filter keeps finished Job pods out of the transfer.
 RUNNING_PODS = "status.phase=Running"
+AUDIT_RBAC = "the audit ClusterRole in docs/review-and-audit.md grants it"
 
 _T = TypeVar("_T")
 
@@ -261,24 +262,10 @@ def _call(client: Kube, options: AuditOptions, what: str, call: Callable[[], _T]
     try:
         return call()
     except ApiError as err:
-        raise AuditError(_describe(client, options, err, what), err.status) from None
+        raise AuditError(err.describe(f"list {what}", server=kube.server_url(client), timeout=options.timeout,
+                                      rbac=AUDIT_RBAC), err.status) from None
     except orjson.JSONDecodeError:  # a 200 answer that is not JSON
         raise AuditError(f"listing {what}: the answer from {kube.server_url(client)} is not JSON; is it a "
                          f"Kubernetes API server?") from None
 
 
-def _describe(client: Kube, options: AuditOptions, err: ApiError, what: str) -> str:
-    server, message = kube.server_url(client), _one_line(err.message)
-    if err.status == 0:
-        if "timed out" in message.lower():
-            return f"no answer from the Kubernetes API server {server} within {options.timeout:g} s (--timeout)"
-        return f"cannot reach the Kubernetes API server {server}: {message}"
-    if err.status == 401:
-        return f"the Kubernetes API server {server} does not accept the credentials (401): {message}"
-    if err.status == 403:
-        return f"no permission to list {what} (the README's ClusterRole for audit grants it): {message}"
-    return f"listing {what} failed with {err.status}: {message}"
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

@@ -43,6 +43,23 @@ class ApiError(Exception):
         self.message = message
         self.retry_after = retry_after
 
+    def describe(self, action: str, *, server: str = "", timeout: float | None = None, rbac: str = "") -> str:
+        """The one line a person reads: why `action` (say "list nodes") failed, whatever the server sent.
+
+        `server` names the API server, `timeout` the bound the caller set on the request, and `rbac` says where
+        the permissions are granted, for a 403."""
+        message = " ".join(self.message.split())
+        api = f"the Kubernetes API server {server}" if server else "the Kubernetes API server"
+        if self.status == 0:
+            if "timed out" in message.lower():
+                return f"no answer from {api}" + (f" within {timeout:g} s" if timeout else f": {message}")
+            return f"cannot reach {api}: {message}"
+        if self.status == 401:
+            return f"{api} does not accept the credentials (401): {message}"
+        if self.status == 403:
+            return f"no permission to {action} (403): {message}" + (f" ({rbac})" if rbac else "")
+        return f"cannot {action} ({self.status}): {message}"
+
 
 class Gone(ApiError):
     """410: the resourceVersion (or list continue token) is too old; list again."""
