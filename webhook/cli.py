@@ -326,9 +326,12 @@ def _certs_in_cluster(args: argparse.Namespace) -> int:
 
 def _controller(args: argparse.Namespace) -> int:
     # The kubernetes client loads here only: `serve` and `review` never import it.
-    from webhook import controller, kube
-    from webhook.controller_metrics import ControllerMetrics, ProbeServer
-    from webhook.lease import LeaseConfig
+    from webhook import kube
+    from webhook.controller.lease import LeaseConfig
+    from webhook.controller.loop import ControllerOptions, GateController
+    from webhook.controller.metrics import ControllerMetrics, ProbeServer
+    from webhook.controller.release import release_all
+    from webhook.controller.rules import Timings
 
     configure_logging("info")
     file = load_config(args.config) if args.config is not None else ConfigFile()
@@ -341,17 +344,17 @@ def _controller(args: argparse.Namespace) -> int:
         lease = LeaseConfig(namespace=args.lease_namespace or kube.in_cluster_namespace() or "default",
                             name=args.lease_name, identity=identity, lease_duration=timings.lease_duration,
                             renew_deadline=timings.renew_deadline, retry_period=timings.retry_period)
-    options = controller.ControllerOptions(
+    options = ControllerOptions(
         gate_condition=policy.gate_condition_type, gate_label=policy.gate_label,
         cilium_taint_key=policy.cilium_taint_key,
-        policy=controller.GatePolicy(grace_period=args.grace_period, release_after=args.release_after),
+        timings=Timings(grace_period=args.grace_period, release_after=args.release_after),
         recycle_rate=args.recycle_rate, cilium_namespace=args.cilium_namespace,
         agent_selector=args.cilium_agent_selector, dry_run=args.dry_run, lease=lease, identity=identity)
     try:
         if args.release_all:
-            return controller.release_all(client, options)
+            return release_all(client, options)
         metrics = ControllerMetrics(dry_run=args.dry_run)
-        gate = controller.GateController(client, options, metrics)
+        gate = GateController(client, options, metrics)
         try:
             probes = ProbeServer(metrics, "0.0.0.0", args.metrics_port, healthy=gate.is_healthy,
                                  ready=gate.is_ready).start()

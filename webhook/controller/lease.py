@@ -12,11 +12,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from webhook import kube
 from webhook.config import DEFAULT_LEASE_DURATION, DEFAULT_RENEW_DEADLINE, DEFAULT_RETRY_PERIOD
+from webhook.controller.rules import micro_time
 from webhook.kube import ApiError, Kube
 
 log = logging.getLogger(__name__)
@@ -79,11 +79,6 @@ def released(record: LeaseRecord, now_wall: float) -> dict[str, Any]:
     stamp = micro_time(now_wall)
     return {"holderIdentity": "", "leaseDurationSeconds": 1, "acquireTime": stamp, "renewTime": stamp,
             "leaseTransitions": record.transitions}
-
-
-def micro_time(epoch: float) -> str:
-    """metav1.MicroTime: always six fractional digits and a Z, which is all the API server parses."""
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaderElector:
