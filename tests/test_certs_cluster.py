@@ -24,6 +24,7 @@ from tests.fakekube import FakeKube, Request, authorization, is_granted
 from tests.manifest_render import ROOT, render
 from tests.objects import CERTS_JOB_GRANTS
 from webhook import certs, cli, cluster_certs
+from webhook.cli import certs as certs_verb
 from webhook.logs import JsonFormatter
 
 NS = certs.DEFAULT_NAMESPACE
@@ -41,7 +42,7 @@ WRITES = ("POST", "PUT", "PATCH", "DELETE")
 @pytest.fixture(autouse=True)
 def quiet_logging(monkeypatch: pytest.MonkeyPatch) -> None:
     # main() would otherwise point the root logger at this test's captured stderr for the rest of the run.
-    monkeypatch.setattr(cli, "configure_logging", lambda level="info": None)
+    monkeypatch.setattr(certs_verb, "configure_logging", lambda level="info": None)
 
 
 @pytest.fixture(scope="module")

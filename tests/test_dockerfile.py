@@ -121,6 +121,6 @@ def test_build_copies_what_the_package_build_reads():
 
 def test_key_material_and_local_state_stay_out_of_the_build_context():
     for path in ("certs/ca.key", "certs/tls.key", "manifests/overlays/self-managed/certs/ca.key", ".venv/bin/python",
-                 ".git/config", "tests/test_dockerfile.py", "webhook/__pycache__/cli.cpython-311.pyc"):
+                 ".git/config", "tests/test_dockerfile.py", "webhook/cli/__pycache__/common.cpython-311.pyc"):
         assert dockerignored(path), path
-    assert not dockerignored("webhook/cli.py")
+    assert not dockerignored("webhook/cli/common.py")

@@ -20,6 +20,7 @@ from tests.manifest_render import KUBECTL, OVERLAYS, ROOT, build, normalized, pr
 from tests.objects import CERTS_JOB_GRANTS, CONTROLLER_RBAC
 from webhook import certs, cli
 from webhook.app import create_app
+from webhook.cli import certs as certs_verb
 from webhook.config import ConfigFile, Settings, parse_config
 from webhook.policy import CILIUM_TAINT_KEY, PolicyConfig, is_blanket_noexecute
 
@@ -449,8 +450,8 @@ def test_certs_job_uses_the_in_cluster_interface(rendered, kind):
 def test_cli_parses_the_certs_job_args_into_an_in_cluster_run(rendered, kind):
     (pod,) = [p for n, p in pod_specs(rendered["self-managed-job"]) if n == f"{kind}/{CERTS_JOB}"]
     (job,) = pod["containers"]
-    args = cli._parser().parse_args(job["args"])
-    assert args.run is cli._certs
+    args = cli.build_parser().parse_args(job["args"])
+    assert args.run is certs_verb.run
     assert args.in_cluster and not args.force and not args.kustomize
     assert args.kubeconfig is None and args.context is None  # in the pod: its ServiceAccount
     assert args.namespace == "$(POD_NAMESPACE)"  # the kubelet expands it from the downward API

@@ -114,7 +114,7 @@ def test_table_is_the_readme_example_and_a_finding_exits_1(fake_kube, kubeconfig
     assert out == readme_block("UNMANAGED PODS")
 
 
-def test_json_is_the_issue_schema_for_every_daemonset(fake_kube, kubeconfig_path, capsys):
+def test_json_has_the_documented_schema_for_every_daemonset(fake_kube, kubeconfig_path, capsys):
     example_cluster(fake_kube)
     status, out, _ = audit(capsys, kubeconfig_path, "--output", "json")
     report = json.loads(out)
@@ -345,8 +345,8 @@ def test_kubeconfig_defaults_to_the_kubeconfig_variable(fake_kube, kubeconfig_pa
     assert fake_kube.calls("GET", "^/apis/apps/v1/daemonsets$")
 
 
-def test_audit_takes_the_issue_flags_and_the_controllers_agent_flags():
-    [commands] = [a for a in cli._parser()._actions if a.dest == "command"]
+def test_audit_takes_its_documented_flags_and_the_controllers_agent_flags():
+    [commands] = [a for a in cli.build_parser()._actions if a.dest == "command"]
     flags = {s for a in commands.choices["audit"]._actions for s in a.option_strings} - {"-h", "--help"}
     assert flags == {"--kubeconfig", "--context", "--output", "--config", "--timeout", "--cilium-namespace",
                      "--cilium-agent-selector"}
@@ -373,7 +373,7 @@ def test_readme_documents_the_json_schema(fake_kube, kubeconfig_path, capsys):
 
 
 def test_the_kubernetes_client_is_not_imported_until_audit_runs():
-    script = ("import sys, webhook.cli\nwebhook.cli._parser()\n"
+    script = ("import sys, webhook.cli\nwebhook.cli.build_parser()\n"
               "print('LOADED' if 'kubernetes' in sys.modules else 'CLEAN')\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.stdout.strip() == "CLEAN", result.stderr

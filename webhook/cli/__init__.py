@@ -1,0 +1,39 @@
+"""Command line: `cilium-startup-guard` and `python -m webhook`. Assembles one parser from the verbs (one module
+each) and answers a ConfigError with one line and exit status 2.
+
+Importing this package loads no verb's heavy dependencies: uvicorn, FastAPI and the kubernetes client load when
+the verb that needs them runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from webhook.cli import audit, certs, controller, review, serve
+from webhook.cli.common import EXIT_USAGE, PROG
+from webhook.errors import ConfigError
+
+__all__ = ["EXIT_USAGE", "PROG", "build_parser", "main"]
+
+VERBS = (serve, review, certs, controller, audit)  # in the order `--help` lists them
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        status: int = args.run(args)
+    except ConfigError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=(
+        "Keeps DaemonSet pods from starting before Cilium manages their network."))
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for verb in VERBS:
+        verb.add_parser(commands)
+    return parser
