@@ -36,6 +36,7 @@ def test_controller_takes_exactly_its_documented_flags():
     assert flags == FLAGS
 
 
+@pytest.mark.slow
 def test_serve_and_review_never_import_the_kubernetes_client(tmp_path: Path):
     manifest = tmp_path / "ds.yaml"
     manifest.write_text("apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: x, namespace: y}\n"
@@ -47,6 +48,7 @@ def test_serve_and_review_never_import_the_kubernetes_client(tmp_path: Path):
     assert result.stdout.strip().endswith("CLEAN"), result.stderr
 
 
+@pytest.mark.slow
 def test_release_all_from_the_command_line(fake_kube: FakeKube, kubeconfig_path: Path):
     fake_kube.create(gated_pod("a"))
     fake_kube.create(gated_pod("b", phase="Pending", node=""))
@@ -61,6 +63,7 @@ def test_controller_outside_a_cluster_without_kubeconfig_exits_2(monkeypatch, ca
     assert "--kubeconfig" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_controller_refuses_lease_timings_out_of_order(tmp_path: Path, kubeconfig_path: Path, capsys):
     config = tmp_path / "config.yaml"
     config.write_text("controller:\n  leaseDurationSeconds: 15\n  renewDeadlineSeconds: 20\n", encoding="utf-8")
@@ -79,6 +82,7 @@ def test_controller_rejects_bad_flag_values(flag, value, capsys):
     assert exited.value.code == 2
 
 
+@pytest.mark.slow
 def test_controller_process_sets_gates_and_releases_its_lease_on_sigterm(fake_kube: FakeKube,
                                                                          kubeconfig_path: Path):
     fake_kube.create(node("node-a"))

@@ -154,7 +154,7 @@ def test_endpoint_appearing_sets_the_condition_within_a_second(fake_kube: FakeKu
                "max_ms": round(latencies[-1] * 1000, 1)}
     record_property("endpoint_to_condition", summary)
     print(f"\nendpoint created -> gate condition True, {len(latencies)} pods: {summary}")
-    assert latencies[-1] < 1.0  # the issue asks for "within a second or two"; no poll interval is involved
+    assert latencies[-1] < 1.0  # "within a second or two" is the promise; no poll interval is involved
     wait_until(lambda: replica.metric("cilium_startup_guard_gate_conditions_set_total", dry_run="false") == 10)
 
 

@@ -10,6 +10,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 HADOLINT = Path(sys.executable).with_name("hadolint")
 
@@ -58,6 +60,7 @@ def dockerignored(path: str) -> bool:
     return excluded
 
 
+@pytest.mark.slow
 def test_hadolint_finds_nothing():
     done = subprocess.run([str(HADOLINT), "--no-color", str(ROOT / "Dockerfile")],
                           capture_output=True, text=True, timeout=60, check=False)
