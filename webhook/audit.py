@@ -1,9 +1,5 @@
-"""`audit`: every DaemonSet of a live cluster under the webhook's policy, how many of its pods Cilium does not
-manage today, and the NoExecute taints the nodes carry.
-
-Issue 5 item 1 is the contract; the README documents the table and the JSON. `build_report` is pure: API objects
-as plain dicts in, a Report out. `collect` gathers those lists through webhook.kube (the one module that imports
-the kubernetes client), every list paginated.
+"""`audit`: every DaemonSet of a live cluster under the webhook's policy, its pods Cilium does not manage, and
+the nodes' NoExecute taints. `build_report` is pure; `collect` lists through webhook.kube, never the client itself.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""`cilium-startup-guard certs --in-cluster`: the CA and serving certificate kept in two Secrets, and caBundle
-in both webhook configurations, through kube.py.
-
-The renewal rules are `certs.renew`'s, the same as for a directory: this module reads the Secrets, writes back
-what the renewal changed and publishes the CA bundle. It imports kube, so the kubernetes client: load it lazily.
-Key material is never logged.
+"""`certs --in-cluster`: the CA and serving certificate kept in two Secrets, and caBundle in both webhook
+configurations, through webhook.kube (so it loads the kubernetes client: import it lazily). Never logs keys.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""Settings: built-in defaults < the --config YAML file < command-line flags.
-
-The file is untrusted input and is checked with pydantic; everything past this module gets frozen
-dataclasses. Nothing here runs at import time.
+"""Settings: built-in defaults < the --config YAML file (checked with pydantic) < command-line flags.
+Reads files only when asked, nothing at import; imports no FastAPI, no uvicorn, no kubernetes client.
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ from webhook.policy import (
 DEFAULT_CERTS_DIR = Path("certs")
 DEFAULT_PORT = 8443
 MIB = 1024 * 1024
-# Gate controller flags (issue 3).
+# Gate controller flags.
 DEFAULT_GRACE_PERIOD = 60.0
 DEFAULT_RECYCLE_RATE = 5.0  # evictions per minute, cluster-wide
 # Ten minutes, Kubernetes' default progressDeadlineSeconds: past it a rollout counts as stuck anyway, and a Cilium
@@ -38,9 +36,9 @@ DEFAULT_METRICS_PORT = 9090
 DEFAULT_LEASE_NAME = "cilium-startup-guard-controller"
 DEFAULT_CILIUM_NAMESPACE = "kube-system"
 DEFAULT_AGENT_SELECTOR = "k8s-app=cilium"
-# `audit` (issue 5): how long each API request may take, connecting included.
+# `audit`: how long each API request may take, connecting included.
 DEFAULT_AUDIT_TIMEOUT = 10.0
-# Gate controller leader election, client-go's usual timings (issue 3); the config file may change them.
+# Gate controller leader election, client-go's usual timings; the config file may change them.
 DEFAULT_LEASE_DURATION = 15
 DEFAULT_RENEW_DEADLINE = 10.0
 DEFAULT_RETRY_PERIOD = 2.0

@@ -1,7 +1,5 @@
 """The shared vocabulary: policy modes, review endpoints and outcomes, error and refusal reasons.
-
-A leaf: stdlib only, so byte-level modules (bodylimit, protocol) and metrics name these without importing the
-policy or the envelope.
+A leaf, stdlib only: bodylimit, protocol and metrics name these without importing the policy or the envelope.
 """
 
 from __future__ import annotations

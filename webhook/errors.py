@@ -1,6 +1,5 @@
-"""Errors meant for the person at the command line: ConfigError and the one formatter of YAML errors.
-
-A leaf: stdlib only at run time, so that config, review and kube share it without importing one another.
+"""Errors for the person at the command line: ConfigError (one line, exit 2) and the one YAML-error formatter.
+A leaf, stdlib only at run time, so config, review and kube share it without importing one another.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
 """The Kubernetes adapter: the only module that imports the `kubernetes` client. Thin calls, no decisions.
-
-Objects go in and come out as the API's JSON (plain dicts): responses are read raw (`_preload_content=False`)
-and bodies of group resources go through CustomObjectsApi, which passes dicts through untouched. A round trip
-through the client's models would drop fields we do not own and re-spell MicroTime values (it writes
-`isoformat()`, which the API server rejects when the microseconds are zero).
+Imports nothing of the project but errors.py; ApiError.describe() is the one API-error formatter.
 """
 
 from __future__ import annotations
@@ -27,6 +23,10 @@ from webhook.errors import ConfigError, describe_yaml_error
 
 log = logging.getLogger(__name__)
 
+# Objects go in and come out as the API's JSON (plain dicts): responses are read raw (`_preload_content=False`)
+# and bodies of group resources go through CustomObjectsApi, which passes dicts through untouched. A round trip
+# through the client's models would drop fields we do not own and re-spell MicroTime values (it writes
+# `isoformat()`, which the API server rejects when the microseconds are zero).
 USER_AGENT = "cilium-startup-guard"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 CONNECT_TIMEOUT = 10.0

@@ -1,7 +1,5 @@
-"""Prometheus metrics of one app, in a registry the app owns (tests create several apps side by side).
-
-prometheus-client only: no FastAPI here. The admission path calls pre-bound children, so that counting a
-request costs a lock and an addition, not a label lookup.
+"""Prometheus metrics of the webhook, in a registry each app owns (tests create several apps side by side).
+prometheus-client and enums only: no FastAPI, no policy.
 """
 
 from __future__ import annotations
@@ -32,6 +30,8 @@ OTHER_NAMESPACE = "other"
 _NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
+# The admission path calls pre-bound children, so that counting a request costs a lock and an addition, not a
+# label lookup.
 class Metrics:
     def __init__(self) -> None:
         # No *_created series: they double the exposition and say nothing here (process-wide setting).

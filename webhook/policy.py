@@ -1,6 +1,5 @@
-"""The admission policy: a DaemonSet (plain dict) and a PolicyConfig in, a Decision out.
-
-DESIGN.md "Policy semantics" is the contract. Stdlib imports only: no HTTP, no Kubernetes client, no I/O.
+"""The admission policy: a DaemonSet (plain dict) and a PolicyConfig in, a Decision out; docs/policy.md is the contract.
+Stdlib and enums.py only: no HTTP, no Kubernetes client, no I/O.
 """
 
 from __future__ import annotations

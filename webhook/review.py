@@ -1,7 +1,5 @@
 """`review`: the webhook's policy run offline on manifests or recorded AdmissionReviews, as CI would.
-
-Reads files (multi-document YAML such as `helm template` output, JSON, AdmissionReviews); reports per
-DaemonSet; `--fix` applies the same JSON Patch the webhook would return. No Kubernetes API is called.
+Calls no Kubernetes API and imports no HTTP server; `--fix` applies the JSON Patch the webhook would return.
 """
 
 from __future__ import annotations

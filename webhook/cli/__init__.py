@@ -1,8 +1,5 @@
-"""Command line: `cilium-startup-guard` and `python -m webhook`. Assembles one parser from the verbs (one module
-each) and answers a ConfigError with one line and exit status 2.
-
-Importing this package loads no verb's heavy dependencies: uvicorn, FastAPI and the kubernetes client load when
-the verb that needs them runs.
+"""Command line: `cilium-startup-guard` and `python -m webhook`; one parser from the verbs, a ConfigError as one line.
+Imports no verb's heavy dependencies: uvicorn, FastAPI and the kubernetes client load when a verb runs.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""`audit`: the policy over every DaemonSet of a live cluster, and the pods Cilium does not manage. The
-kubernetes client loads when it runs, never at import."""
+"""`audit`: its flags and run(). The kubernetes client loads when it runs, never at import.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""`certs`: make or renew the CA and serving certificate, in a directory or (--in-cluster) in Secrets. Loads the
-kubernetes client only for --in-cluster."""
+"""`certs`: its flags and run(), in a directory or (--in-cluster) in Secrets. The kubernetes client loads for
+--in-cluster only.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""What every verb of the command line shares: the program name and exit codes, the cluster flags (one
-definition, one help text), the --config and --mode flags, and argument types.
-
-Imports no verb, and never the kubernetes client: `serve` and `review` must not load it.
+"""What the verbs share: program name, exit codes, the cluster flags (one definition, one help text), argument types.
+Imports no verb, and never the kubernetes client at import: `serve` and `review` must not load it.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""`controller`: the gate controller, or `--release-all` for uninstalling. The kubernetes client loads when it
-runs, never at import."""
+"""`controller`: its flags and run(), the gate controller or `--release-all`. The kubernetes client loads when it
+runs, never at import.
+"""
 
 from __future__ import annotations
 

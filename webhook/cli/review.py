@@ -1,4 +1,5 @@
-"""`review`: the policy run offline on manifests or AdmissionReviews. Calls no Kubernetes API."""
+"""`review`: its flags and run(), the policy offline on manifests or AdmissionReviews. No Kubernetes client.
+"""
 
 from __future__ import annotations
 

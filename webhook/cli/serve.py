@@ -1,5 +1,6 @@
-"""`serve`: the admission webhook over HTTPS. Loads uvicorn and FastAPI only when it runs; never the kubernetes
-client."""
+"""`serve`: its flags and run(), the admission webhook over HTTPS. uvicorn and FastAPI load when it runs; never the
+kubernetes client.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""What the gate controller remembers between reconciles: per pod, per node, and per work-queue key.
-
-Thread-safe bookkeeping behind one lock, for the informer threads and the worker. No API calls and no
-decisions: loop.py asks and records; rules.py decides.
+"""What the gate controller's loop remembers between reconciles, per pod, per node and per work-queue key.
+Thread-safe, behind one lock; no API calls and no decisions (rules.py decides).
 """
 
 from __future__ import annotations

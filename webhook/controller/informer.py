@@ -1,9 +1,5 @@
-"""List-then-watch caches of API objects, for the gate controller. No decisions; Kubernetes calls come in as
-callables, so this module needs only kube's error and event types.
-
-List, then watch from the list's resourceVersion; list again on 410 Gone and every `relist_period`; reconnect
-with backoff on any other error; a resource that is not served (404) is reported, cached as empty, and looked
-for again.
+"""List-then-watch caches of API objects for the gate controller; no decisions.
+Kubernetes calls come in as callables: it imports only kube's error and event types, never the client.
 """
 
 from __future__ import annotations
@@ -38,6 +34,9 @@ def resource_version(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("resourceVersion") or "")
 
 
+# List, then watch from the list's resourceVersion; list again on 410 Gone and every `relist_period`; reconnect
+# with backoff on any other error; a resource that is not served (404) is reported, cached as empty, and looked
+# for again.
 class Informer:
     def __init__(
         self,

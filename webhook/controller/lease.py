@@ -1,8 +1,5 @@
 """Leader election on a coordination.k8s.io/v1 Lease, after client-go's leaderelection package.
-
-Pure parts (`LeaseRecord`, `is_held_by_other`, `claim`, `released`) take clock readings as arguments. Expiry is
-measured on this replica's monotonic clock from the moment it *saw* the record change, never from the
-renewTime written by another machine, so clock skew between nodes cannot hand out two leases.
+API calls through webhook.kube only; imports nothing else of the controller but rules' time spelling.
 """
 
 from __future__ import annotations
@@ -20,6 +17,11 @@ from webhook.controller.rules import micro_time
 from webhook.kube import ApiError, Kube
 
 log = logging.getLogger(__name__)
+
+
+# Pure parts (`LeaseRecord`, `is_held_by_other`, `claim`, `released`) take clock readings as arguments. Expiry
+# is measured on this replica's monotonic clock from the moment it *saw* the record change, never from the
+# renewTime written by another machine, so clock skew between nodes cannot hand out two leases.
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,5 @@
 """The gate controller's loop: informers feed a work queue; a worker plans with rules.py and acts through kube.py.
-
-Every Kubernetes call goes through webhook.kube; what to do is rules.py's to say, and what the loop remembers
-between reconciles lives in bookkeeping.py. Imports no HTTP server and no admission code.
+Imports no HTTP server and no admission code; remembers what it must between reconciles in bookkeeping.py.
 """
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
 """The gate controller's work queue: keys of pods to reconcile, each at most once in line, some after a delay.
-
 Stdlib only: no Kubernetes, no decisions.
 """
 
