@@ -97,7 +97,7 @@ class GateController:
         self._elector = None if o.lease is None else LeaderElector(
             client, o.lease, self._started_leading, self._stopped_leading)
         self._queue = WorkQueue()
-        self._bucket = recycle_bucket(o.recycle_rate, clock())
+        self._bucket = recycle_bucket(o.recycle_rate, clock())  # the worker's alone: not thread-safe
         self.books = Bookkeeping()
         self._done = threading.Event()
         self._stopping = threading.Event()

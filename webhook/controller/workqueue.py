@@ -13,7 +13,10 @@ Key = tuple[str, str]  # (namespace, name); namespace is "" for cluster-scoped o
 
 
 class WorkQueue:
-    """Keys waiting to be reconciled: each at most once in line; delayed keys wait in a heap until due."""
+    """Keys waiting to be reconciled: each at most once in line; delayed keys wait in a heap until due.
+
+    Made for one worker: a key handed out is no longer in line, so a second worker could take it again while
+    the first still works on it. More workers need client-go's "processing" set and a done(key) call."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
