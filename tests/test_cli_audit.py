@@ -256,6 +256,7 @@ def test_an_api_server_error_exits_2(fake_kube, kubeconfig_path, capsys):
     assert "cannot list nodes (500): " in one_line(err)
 
 
+@pytest.mark.slow  # the client against a closed port
 def test_unreachable_cluster_exits_2_at_once(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     kubeconfig = kubeconfig_for(f"http://127.0.0.1:{unused_port()}", tmp_path / "kubeconfig")
