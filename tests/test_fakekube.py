@@ -334,7 +334,7 @@ def test_restart_cuts_connections_keeps_objects_and_forgets_watch_history(fake_k
         connection.request("GET", "/api/v1/nodes")  # the keep-alive connection was cut
         connection.getresponse()
     assert {p["metadata"]["name"] for p in call(fake_kube, "GET", "/api/v1/pods")[1]["items"]} == {"p", "q"}
-    status, headers, body = raw(fake_kube, "GET", f"/api/v1/pods?watch=true&resourceVersion={version}"
-                                                  "&timeoutSeconds=1")
+    _, _, body = raw(fake_kube, "GET", f"/api/v1/pods?watch=true&resourceVersion={version}"
+                       "&timeoutSeconds=1")
     event = json.loads(body.splitlines()[0])
     assert (event["type"], event["object"]["code"]) == ("ERROR", 410)
