@@ -130,6 +130,13 @@ class Request:
     at: float = field(default_factory=time.monotonic, compare=False)  # when it arrived (monotonic clock)
 
 
+@dataclass(frozen=True)
+class Answer:
+    request: Request
+    status: int
+    at: float  # monotonic clock; for a watch, when its stream began
+
+
 @dataclass
 class Fault:
     method: str
@@ -202,6 +209,7 @@ class FakeKube:
         self._history_rvs: list[int] = []  # the changes' resourceVersions, for bisecting
         self._cond = threading.Condition(threading.RLock())
         self.requests: list[Request] = []
+        self.answers: list[Answer] = []  # each request's status, and when it was answered
         self._faults: list[Fault] = []
         self._evictions_blocked: list[_EvictionBlock] = []
         self._drop_generation = 0
@@ -308,11 +316,15 @@ class FakeKube:
 
     # --- direct access for tests (no HTTP, no request record) ---
 
-    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Store an object (apiVersion and kind say where); returns a copy with uid and resourceVersion."""
+    def create(self, obj: dict[str, Any], *, share: bool = False) -> dict[str, Any]:
+        """Store an object (apiVersion and kind say where); returns a copy with uid and resourceVersion.
+
+        `share`: store it without a deep copy (its metadata is copied), for benchmarks that store thousands of
+        objects sharing their unchanging parts; the caller must not change the object afterwards."""
         rt = self._type_of(obj)
         with self._cond:
-            return copy.deepcopy(self._create(rt, obj.get("metadata", {}).get("namespace", ""), obj))
+            stored = self._create(rt, obj.get("metadata", {}).get("namespace", ""), obj, share=share)
+            return stored if share else copy.deepcopy(stored)
 
     def get(self, name: str, namespace: str, object_name: str) -> dict[str, Any] | None:
         rt = self.resource(name)
@@ -443,16 +455,16 @@ class FakeKube:
         self._rv += 1
         return str(self._rv)
 
-    def _create(self, rt: ResourceType, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _create(self, rt: ResourceType, namespace: str, body: dict[str, Any], *, share: bool = False) -> dict[str, Any]:
         if rt.group == "events.k8s.io":
             problems = validate_event_v1(body)
             if problems:
                 raise invalid(rt, body.get("metadata", {}).get("name", ""), problems)
         if rt.plural == "secrets" and not rt.group:
             _check_secret(rt, body)
-        obj = copy.deepcopy(body)
+        obj = {**body, "metadata": dict(body.get("metadata") or {})} if share else copy.deepcopy(body)
         obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
-        metadata = obj.setdefault("metadata", {})
+        metadata = obj["metadata"] if share else obj.setdefault("metadata", {})
         if rt.namespaced:
             if not namespace:
                 raise ApiError(400, "BadRequest", "the namespace of the object is required")
@@ -518,13 +530,19 @@ class FakeKube:
         with self._cond:
             self.requests.append(request)
             fault = self._fault_for(request)
+        answer = self._answer(request, fault)
+        with self._cond:
+            self.answers.append(Answer(request, answer[0], time.monotonic()))
+        return answer
+
+    def _answer(self, request: Request, fault: Fault | None) -> tuple[int, Any, dict[str, str]]:
         if fault is not None:
             extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after else {}
             if fault.status == 429:
                 return 429, b"Too many requests, please try again later.\n", extra
             return fault.status, ApiError(fault.status, "InternalError" if fault.status >= 500 else "Injected",
-                                          f"injected fault for {method} {parts.path}").status(), extra
-        if self.write_latency > 0 and method in WRITES:
+                                          f"injected fault for {request.method} {request.path}").status(), extra
+        if self.write_latency > 0 and request.method in WRITES:
             time.sleep(self.write_latency)
         try:
             return self._route(request)
