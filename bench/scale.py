@@ -178,7 +178,7 @@ class Patches:
 
     def __init__(self, fake: FakeKube) -> None:
         self.fake = fake
-        self._seen = 0
+        self._seen = len(fake.answers)  # from now on: the floor's writes are not the controller's
         self.done: dict[str, float] = {}
 
     def update(self) -> dict[str, float]:
@@ -461,6 +461,7 @@ def main() -> int:
                         help="one more argument for the controller (repeatable)")
     parser.add_argument("--output", type=Path, help="write the results as JSON here too")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the controller and the fake are stopped
     args.only = [s for s in args.only.split(",") if s]
     unknown = set(args.only) - set(SCENARIOS)
     if unknown:
