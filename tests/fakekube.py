@@ -252,14 +252,20 @@ class FakeKube:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self.drop_watches()
         self._close_listener()
+        self._cut_connections()
 
     def restart(self, down_for: float = 0.0) -> None:
         """Restart the API server: every connection is cut, nothing listens for `down_for` seconds, and the new
         process's watch cache starts at the current resourceVersion, so a watch from an older one gets 410 Gone
         (kube-apiserver keeps no watch history across a restart). The stored objects survive, as in etcd."""
         self._close_listener()
+        self._cut_connections()
+        self.compact()
+        time.sleep(down_for)
+        self.start()
+
+    def _cut_connections(self) -> None:
         with self._cond:
             sockets = list(self._sockets)
             self._drop_generation += 1
@@ -267,9 +273,6 @@ class FakeKube:
         for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-        self.compact()
-        time.sleep(down_for)
-        self.start()
 
     def _close_listener(self) -> None:
         if self._server is not None:

@@ -269,3 +269,62 @@ def test_default_kubeconfig_is_kubeconfig_variable_then_home(tmp_path: Path, mon
     (tmp_path / ".kube").mkdir()
     (tmp_path / ".kube" / "config").write_text("{}", encoding="utf-8")
     assert kube.default_kubeconfig() == tmp_path / ".kube" / "config"
+
+
+# --- lists from the watch cache, and the answer hook ---
+
+
+@pytest.mark.slow
+def test_list_at_resource_version_zero_is_one_request_without_a_limit(fake_kube: FakeKube, kube_client):
+    for i in range(3):
+        fake_kube.create(gated_pod(f"p{i}"))
+    items, version = kube.list_all(kube_client, kube.Target(kube.PODS), page_size=2, resource_version="0")
+    assert len(items) == 3 and int(version) > 0
+    [request] = fake_kube.calls("GET", "^/api/v1/pods$")
+    assert request.query.get("resourceVersion") == "0" and "limit" not in request.query
+    assert fake_kube.cached_lists == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("refusal", [410, 504])
+def test_a_refused_cached_list_falls_back_to_pages_at_the_current_version(fake_kube: FakeKube, kube_client,
+                                                                          refusal):
+    for i in range(3):
+        fake_kube.create(gated_pod(f"p{i}"))
+    fake_kube.refuse_cached_lists(refusal)
+    items, _ = kube.list_all(kube_client, kube.Target(kube.PODS), page_size=2, resource_version="0")
+    assert len(items) == 3
+    queries = [r.query for r in fake_kube.calls("GET", "^/api/v1/pods$")]
+    assert queries[0].get("resourceVersion") == "0"
+    assert [q.get("limit") for q in queries[1:]] == ["2", "2"] and not any("resourceVersion" in q
+                                                                           for q in queries[1:])
+
+
+@pytest.mark.slow
+def test_a_cached_list_refused_while_the_cache_initializes_is_raised_with_its_retry_after(fake_kube: FakeKube,
+                                                                                        kubeconfig_path: Path):
+    fake_kube.refuse_cached_lists(429)
+    client = kube.connect(kubeconfig_path, "fake", retries=0)  # urllib3 would otherwise retry a 429 itself
+    try:
+        with pytest.raises(kube.ApiError) as raised:
+            kube.list_all(client, kube.Target(kube.PODS), resource_version="0")
+    finally:
+        client.close()
+    assert (raised.value.status, raised.value.retry_after) == (429, 1.0)
+    assert len(fake_kube.calls("GET", "^/api/v1/pods$")) == 1
+
+
+@pytest.mark.slow
+def test_the_answer_hook_sees_answers_errors_included_and_unreachable_servers(fake_kube: FakeKube,
+                                                                            kubeconfig_path: Path):
+    seen: list[bool] = []
+    client = kube.connect(kubeconfig_path, "fake", retries=0, on_answer=lambda answered, error: seen.append(answered))
+    try:
+        kube.get_pod(client, "default", "absent")  # 404: an answer
+        fake_kube.stop()
+        with pytest.raises(kube.ApiError) as raised:
+            kube.get_pod(client, "default", "absent")
+        assert raised.value.status == 0
+    finally:
+        client.close()
+    assert seen == [True, False]

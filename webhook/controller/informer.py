@@ -17,7 +17,9 @@ from webhook.kube import ApiError, Gone, WatchEvent
 
 log = logging.getLogger(__name__)
 
-OnChange = Callable[[Key, "dict[str, Any] | None", "dict[str, Any] | None"], None]
+OnChange = Callable[[Key, Any, Any], None]  # key, old and new cached value (None: absent)
+Transform = Callable[[dict[str, Any]], Any]
+Indexer = Callable[[Any], str]  # a cached value -> its index value ("" when it has none)
 
 
 class Stream(Protocol):
@@ -37,11 +39,17 @@ def resource_version(obj: Mapping[str, Any]) -> str:
 # List, then watch from the list's resourceVersion; list again on 410 Gone and every `relist_period`; reconnect
 # with backoff on any other error; a resource that is not served (404) is reported, cached as empty, and looked
 # for again.
+#
+# `transform` turns each object into what the cache keeps, as it arrives (client-go's SetTransform,
+# https://github.com/kubernetes/kubernetes/blob/e8387da7d8546b64aca566ebb1727aaa02a61eca/staging/src/k8s.io/client-go/tools/cache/shared_informer.go);
+# a change that leaves the kept value equal calls nobody back. `indexers` name functions of a kept value (say, its
+# node) whose keys `by_index` answers without a scan. With `list_at_version`, `list_objects` takes the
+# resourceVersion to list at: "0" first (any version, from the API server's watch cache), then the last one seen.
 class Informer:
     def __init__(
         self,
         name: str,
-        list_objects: Callable[[], tuple[list[dict[str, Any]], str]],
+        list_objects: Callable[..., tuple[list[dict[str, Any]], str]],
         watch_objects: Callable[[str, int], Stream],
         on_change: OnChange,
         *,
@@ -51,9 +59,16 @@ class Informer:
         watch_timeout: int = 300,
         absent_recheck: float = 30.0,
         backoff: Backoff | None = None,
+        transform: Transform | None = None,
+        indexers: Mapping[str, Indexer] | None = None,
+        list_at_version: bool = False,
     ) -> None:
         self.name = name
         self._list = list_objects
+        self._transform: Transform = transform or (lambda obj: obj)
+        self._indexers = dict(indexers or {})
+        self._indices: dict[str, dict[str, set[Key]]] = {name: {} for name in self._indexers}
+        self._list_at_version = list_at_version
         self._watch = watch_objects
         self._on_change = on_change
         self._optional = optional
@@ -62,7 +77,7 @@ class Informer:
         self._watch_timeout = watch_timeout
         self._absent_recheck = absent_recheck
         self._backoff = backoff or Backoff(0.5, 30.0)
-        self._cache: dict[Key, dict[str, Any]] = {}
+        self._cache: dict[Key, Any] = {}
         self._lock = threading.Lock()
         self._stream: Stream | None = None
         self._available: bool | None = None
@@ -71,13 +86,22 @@ class Informer:
 
     # --- the cache, for other threads ---
 
-    def get(self, key: Key) -> dict[str, Any] | None:
+    def get(self, key: Key) -> Any:
         with self._lock:
             return self._cache.get(key)
 
     def cached_keys(self) -> list[Key]:
         with self._lock:
             return list(self._cache)
+
+    def by_index(self, index: str, value: str) -> list[Key]:
+        """The keys whose cached value the indexer `index` maps to `value`."""
+        with self._lock:
+            return list(self._indices[index].get(value, ()))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._cache)
 
     @property
     def available(self) -> bool:
@@ -93,10 +117,11 @@ class Informer:
             listing = version is None or time.monotonic() - listed_at >= self._relist_period
             try:
                 if listing:
-                    items, version = self._list()
+                    items, version = self._list(version or "0") if self._list_at_version else self._list()
                     listed_at = time.monotonic()
                     self.lists += 1
                     self._replace(items)
+                    del items  # the parsed objects: only their summaries stay
                     self._set_available(True)
                     self.synced.set()
                     self._backoff.reset()
@@ -154,25 +179,47 @@ class Informer:
         if event.type == "BOOKMARK":
             return resource_version(obj)
         key = object_key(obj)
+        new = None if event.type == "DELETED" else self._transform(obj)
         with self._lock:
             old = self._cache.get(key)
-            if event.type == "DELETED":
+            if new is None:
                 self._cache.pop(key, None)
             else:
-                self._cache[key] = obj
-        self._on_change(key, old, None if event.type == "DELETED" else obj)
+                self._cache[key] = new
+            self._reindex(key, old, new)
+        if old != new:  # equal kept values: nothing the controller reads has changed
+            self._on_change(key, old, new)
         return resource_version(obj)
 
     def _replace(self, items: Iterable[dict[str, Any]]) -> None:
-        fresh = {object_key(obj): obj for obj in items}
+        fresh = {object_key(obj): self._transform(obj) for obj in items}
         with self._lock:
             old, self._cache = self._cache, fresh
+            self._indices = {name: {} for name in self._indexers}
+            for key, value in fresh.items():
+                self._reindex(key, None, value)
         for key in old.keys() - fresh.keys():
             self._on_change(key, old[key], None)
-        for key, obj in fresh.items():
+        for key, value in fresh.items():
             before = old.get(key)
-            if before is None or resource_version(before) != resource_version(obj):
-                self._on_change(key, before, obj)
+            if before is None or before != value:
+                self._on_change(key, before, value)
+
+    def _reindex(self, key: Key, old: Any, new: Any) -> None:
+        """Move `key` in each index from its old value's entry to its new value's (the lock is held)."""
+        for name, indexer in self._indexers.items():
+            index = self._indices[name]
+            before, after = (indexer(old) if old is not None else ""), (indexer(new) if new is not None else "")
+            if before == after:
+                continue
+            if before:
+                keys = index.get(before)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del index[before]
+            if after:
+                index.setdefault(after, set()).add(key)
 
     def _set_available(self, available: bool) -> None:
         if self._available is available:

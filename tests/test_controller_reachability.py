@@ -1,0 +1,53 @@
+"""One log line when the API server stops answering, one when it answers again."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from webhook.controller.reachability import Reachability
+
+
+class Clock:
+    now = 10.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    caplog.set_level(logging.INFO, logger="webhook.controller.reachability")
+    return caplog.records
+
+
+def test_an_outage_is_logged_once_however_many_calls_fail(lines):
+    reachability = Reachability("https://k:6443")
+    for _ in range(50):
+        reachability.observe(False, "Connection refused")
+    assert [r.getMessage() for r in lines] == ["cannot reach the API server at https://k:6443; retrying"]
+    assert lines[0].levelno == logging.ERROR and reachability.is_down
+
+
+def test_recovery_is_logged_once_with_how_long_it_was_down(lines):
+    clock = Clock()
+    reachability = Reachability("https://k:6443", clock=clock)
+    reachability.observe(False, "Connection refused")
+    reachability.observe(False, "Connection refused")
+    clock.now += 4.0
+    reachability.observe(True)
+    reachability.observe(True)
+    assert [r.getMessage() for r in lines][1:] == ["the API server at https://k:6443 answers again"]
+    assert (lines[1].down_seconds, lines[1].failed_calls) == (4.0, 2)
+    assert not reachability.is_down
+
+
+def test_answers_while_reachable_log_nothing_and_each_outage_counts(lines):
+    reachability = Reachability("https://k:6443")
+    reachability.observe(True)
+    assert not lines
+    for _ in range(2):
+        reachability.observe(False, "timed out")
+        reachability.observe(True)
+    assert reachability.outages == 2 and len(lines) == 4
