@@ -16,10 +16,24 @@ class Clock:
         return self.now
 
 
+class Lines:
+    def __init__(self, caplog: pytest.LogCaptureFixture) -> None:
+        self._caplog = caplog
+
+    def __iter__(self):
+        return iter(self._caplog.records)
+
+    def __getitem__(self, index: int) -> logging.LogRecord:
+        return self._caplog.records[index]
+
+    def __len__(self) -> int:
+        return len(self._caplog.records)
+
+
 @pytest.fixture
-def lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+def lines(caplog: pytest.LogCaptureFixture) -> Lines:
     caplog.set_level(logging.INFO, logger="webhook.controller.reachability")
-    return caplog.records
+    return Lines(caplog)  # read when asserted: caplog starts a new list of records for the test's call
 
 
 def test_an_outage_is_logged_once_however_many_calls_fail(lines):
