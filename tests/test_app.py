@@ -70,8 +70,9 @@ def test_mutate_returns_a_patch_for_the_ebs_csi_node(strip: Settings) -> None:
     assert answer["response"]["uid"] == review["request"]["uid"]
     assert answer["response"]["patchType"] == "JSONPatch"
     ops = json.loads(base64.b64decode(answer["response"]["patch"]))
-    assert {"op": "replace", "path": "/spec/template/spec/tolerations/0",
-            "value": {"operator": "Exists", "effect": "NoSchedule"}} in ops
+    assert {"op": "replace", "path": "/spec/template/spec/tolerations",
+            "value": [{"operator": "Exists", "effect": "NoSchedule"},
+                      {"operator": "Exists", "effect": "PreferNoSchedule"}]} in ops
 
 
 def test_validate_denies_in_deny_mode() -> None:

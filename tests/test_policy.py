@@ -158,9 +158,9 @@ def test_warn_mode_validate_warns_once_per_blanket_toleration() -> None:
     decision = validate(daemonset([MATCH_ALL, CRITICAL, NOEXECUTE_ALL]), PolicyConfig())
     assert decision.allowed
     assert decision.warnings == (
-        f"DaemonSet kube-system/node-agent: toleration {{operator: Exists}} also tolerates {CILIUM_TAINT_KEY}; "
+        f"DaemonSet kube-system/node-agent: {{operator: Exists}} also tolerates {CILIUM_TAINT_KEY}; "
         "give it a key",
-        f"DaemonSet kube-system/node-agent: toleration {{operator: Exists, effect: NoExecute}} also tolerates "
+        f"DaemonSet kube-system/node-agent: {{operator: Exists, effect: NoExecute}} also tolerates "
         f"{CILIUM_TAINT_KEY}; give it a key",
     )
 

@@ -242,20 +242,20 @@ def assess(obj: Mapping[str, Any], config: PolicyConfig, namespace: str = "", ki
         reason: ExemptReason | None = ExemptReason.HOST_NETWORK
     elif any(e.matches(exempt_ref, labels, template_labels) for e in config.exemptions):
         reason = ExemptReason.EXEMPTED
-    elif any(type(t) is dict and t.get("key") == config.cilium_taint_key for t in tolerations):
+    elif any(t.get("key") == config.cilium_taint_key for t in tolerations):
         reason = ExemptReason.TOLERATES_CILIUM_TAINT
     elif config.allow_opt_out and annotations.get(SKIP_ANNOTATION) == "true":
         reason = ExemptReason.OPT_OUT
     else:
         reason = None
 
-    blanket = tuple((i, t) for i, t in enumerate(tolerations)
-                    if type(t) is dict and t.get("operator") == "Exists" and not t.get("key")
-                    and t.get("effect") in _BLANKET_EFFECTS)
+    # One list comprehension, no call per item: this is the only pass over a long toleration list.
+    blanket = [(i, t) for i, t in enumerate(tolerations)
+               if t.get("operator") == "Exists" and not t.get("key") and t.get("effect") in _BLANKET_EFFECTS]
     return Assessment(
         ref=ref,
         exempt_reason=reason,
-        blanket=blanket,
+        blanket=tuple(blanket),
         gated=any(g.get("conditionType") == config.gate_condition_type for g in gates),
         terminating=metadata.get("deletionTimestamp") is not None,
         tolerations=tuple(tolerations),
@@ -466,8 +466,8 @@ def fix_line(found: Assessment) -> str | None:
 
 def finding_warnings(found: Assessment, config: PolicyConfig) -> tuple[str, ...]:
     """One warning per blanket toleration up to MAX_LISTED_TOLERATIONS, a count of the rest, the known fix."""
-    warnings = [f"{found.subject}: toleration {describe_toleration(t)} also tolerates {config.cilium_taint_key}; "
-                f"give it a key" for _, t in found.blanket[:MAX_LISTED_TOLERATIONS]]
+    warnings = [f"{found.subject}: {describe_toleration(t)} also tolerates {config.cilium_taint_key}; give it a key"
+                for _, t in found.blanket[:MAX_LISTED_TOLERATIONS]]
     more = len(found.blanket) - MAX_LISTED_TOLERATIONS
     if more > 0:
         warnings.append(f"{found.subject}: {more} more blanket NoExecute tolerations not listed")
