@@ -151,7 +151,7 @@ def test_kinds_from_the_config_file_add_one_array_per_kind(capsys: pytest.Captur
 def test_the_table_names_the_chart_values_that_fix_a_finding(capsys: pytest.CaptureFixture[str]) -> None:
     _, out, _ = run(capsys, str(CHARTS / "istio-cni.yaml"))
     assert "DaemonSet istio-system/istio-cni-node" in out
-    assert "cni chart values: drop {operator: Exists, effect: NoExecute} from tolerations" in out
+    assert "istio/cni chart values: drop {operator: Exists, effect: NoExecute} from tolerations" in out
 
 
 def test_fix_strips_every_enabled_kind(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

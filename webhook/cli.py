@@ -379,7 +379,7 @@ def _audit(args: argparse.Namespace) -> int:
     options = audit.AuditOptions(timeout=args.timeout, cilium_namespace=args.cilium_namespace,
                                  agent_selector=args.cilium_agent_selector)
     try:
-        cluster, warning = audit.collect(client, options)
+        cluster, warning = audit.collect(client, options, policy.kinds)
         report = audit.build_report(cluster, policy)
     except audit.AuditError as err:
         print(f"{PROG} audit: error: {err}", file=sys.stderr)
