@@ -35,7 +35,7 @@ def test_readme_serve_command_installs_and_serves() -> None:
 
 
 def test_documented_ebs_csi_patch_is_what_strip_mode_returns() -> None:
-    documented = json.loads(next(b for b in code_blocks("json") if "tolerations/0" in b))
+    documented = json.loads(next(b for b in code_blocks("json") if '"/spec/template/spec/tolerations"' in b))
     review = parse_review((FIXTURES / "daemonset_ebs_csi_node.json").read_bytes())
     response = build_response(review.uid, decide(review, PolicyConfig(mode=Mode.STRIP), Endpoint.MUTATE),
                               Endpoint.MUTATE)["response"]
