@@ -94,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     review = commands.add_parser("review", help="run the policy offline on manifests or AdmissionReviews",
-                                 description="Exit status: 0 clean, 1 a non-exempt DaemonSet has a blanket "
+                                 description="Reviews the objects of the configured kinds (DaemonSets by default). "
+                                             "Exit status: 0 clean, 1 a non-exempt one has a blanket "
                                              "NoExecute toleration, 2 unreadable input or configuration.")
     review.add_argument("paths", nargs="+", metavar="FILE|DIR|-",
                         help="YAML or JSON files (multi-document), directories of them, or - for stdin")
@@ -185,9 +186,10 @@ def _add_controller(commands: argparse._SubParsersAction[argparse.ArgumentParser
 def _add_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     audit = commands.add_parser(
         "audit", help="evaluate every DaemonSet of a live cluster; count the pods Cilium does not manage",
-        description="Evaluates every DaemonSet in the cluster with the webhook's policy and counts the pods Cilium "
-                    "does not manage today; lists the nodes' NoExecute taints. Exit status: 0 clean, 1 a "
-                    "non-exempt DaemonSet has a blanket NoExecute toleration, 2 the cluster cannot be read "
+        description="Evaluates every DaemonSet (and object of the other configured kinds) in the cluster with the "
+                    "webhook's policy and counts the pods Cilium does not manage today; lists the nodes' NoExecute "
+                    "taints. Exit status: 0 clean, 1 a non-exempt one has a blanket NoExecute toleration, 2 the "
+                    "cluster cannot be read "
                     "(unreachable within --timeout, no permission, bad kubeconfig) or a bad configuration.")
     audit.add_argument("--kubeconfig", type=Path, metavar="PATH",
                        help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else the in-cluster "
