@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.support import daemonset_review
 from webhook import admission
-from webhook.admission import Endpoint
+from webhook.enums import Endpoint
 from webhook.policy import Mode, PolicyConfig
 
 

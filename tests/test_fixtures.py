@@ -17,13 +17,13 @@ import pytest
 import yaml
 
 from tests.support import FIXTURES
-from webhook.admission import Endpoint, build_response, decide, parse_review
+from webhook.admission import build_response, decide, parse_review
+from webhook.enums import Endpoint, Mode
 from webhook.policy import (
     DEFAULT_GATE_LABEL,
     PATHS,
     STRIPPED_ANNOTATION,
     InjectAt,
-    Mode,
     PolicyConfig,
     assess,
     is_reviewed,

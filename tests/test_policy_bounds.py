@@ -16,12 +16,12 @@ from tests.support import daemonset_review
 from webhook.admission import (
     MAX_WARNING_LENGTH,
     MAX_WARNINGS,
-    Endpoint,
     build_response,
     decide,
     parse_review,
     patch_operations,
 )
+from webhook.enums import Endpoint
 from webhook.policy import (
     MAX_ITEMIZED_TOLERATIONS,
     MAX_LISTED_TOLERATIONS,

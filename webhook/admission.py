@@ -9,12 +9,12 @@ import base64
 import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import orjson
 
 from webhook import policy, workloads
+from webhook.enums import Endpoint, Outcome
 from webhook.policy import Decision, Edit, PolicyConfig
 from webhook.workloads import Kind
 
@@ -30,19 +30,6 @@ MAX_UID_LENGTH = 256
 MAX_WARNING_LENGTH = 256
 MAX_WARNINGS = 8
 MAX_MESSAGE_LENGTH = 1024
-
-
-class Endpoint(StrEnum):
-    MUTATE = "mutate"
-    VALIDATE = "validate"
-
-
-class Outcome(StrEnum):
-    ALLOWED = "allowed"
-    WARNED = "warned"
-    PATCHED = "patched"
-    DENIED = "denied"
-    ERROR = "error"
 
 
 class BadReview(ValueError):

@@ -1,6 +1,5 @@
-"""The admission policy: a workload (plain dict) and a PolicyConfig in, a Decision out.
-
-docs/policy.md is the contract. Stdlib imports only: no HTTP, no Kubernetes client, no I/O.
+"""The admission policy: a workload (plain dict) and a PolicyConfig in, a Decision out; docs/policy.md is the contract.
+Stdlib and the leaf modules enums.py, workloads.py and catalog.py only: no HTTP, no Kubernetes client, no I/O.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from typing import Any, Literal
 
 from webhook import catalog, workloads
 from webhook.catalog import Catalog, Offender
+from webhook.enums import Mode
 from webhook.workloads import KINDS, Kind
 
 CILIUM_TAINT_KEY = "node.cilium.io/agent-not-ready"
@@ -41,12 +41,6 @@ MAX_RECORDED_TOLERATIONS = 16
 # json.dumps() with separators builds an encoder on every call; this one is built once.
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 _BLANKET_EFFECTS = (None, "", "NoExecute")
-
-
-class Mode(StrEnum):
-    WARN = "warn"
-    STRIP = "strip"
-    DENY = "deny"
 
 
 class InjectAt(StrEnum):
