@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import functools
 import json
 from typing import Any
 
@@ -33,13 +34,14 @@ from webhook.workloads import Kind
 REVIEWS = sorted(p.name for p in FIXTURES.glob("*.json"))
 VARIANTS = {"mutate": InjectAt.POD, "mutate_template": InjectAt.TEMPLATE}
 CASES = [(name, mode) for name in REVIEWS for mode in Mode]
-MUTATE_CASES = [(name, mode, variant) for name in REVIEWS for mode in Mode for variant in VARIANTS
-                if variant in yaml.safe_load((FIXTURES / "expected" / name.replace(".json", ".yaml")).read_text())]
-
-
+@functools.cache
 def expected_for(name: str) -> dict[str, Any]:
     result: dict[str, Any] = yaml.safe_load((FIXTURES / "expected" / name.replace(".json", ".yaml")).read_text())
     return result
+
+
+MUTATE_CASES = [(name, mode, variant) for name in REVIEWS for mode in Mode for variant in VARIANTS
+                if variant in expected_for(name)]
 
 
 def config_for(name: str, mode: Mode = Mode.WARN, inject_at: InjectAt = InjectAt.POD) -> PolicyConfig:

@@ -9,6 +9,7 @@ evaluate to a boolean without an error.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 from pathlib import Path
@@ -37,15 +38,24 @@ def matches(hook: dict[str, Any], review: dict[str, Any]) -> bool:
     }
     results = []
     for condition in hook["matchConditions"]:
-        program = _ENVIRONMENT.program(_ENVIRONMENT.compile(condition["expression"]))
-        result = program.evaluate(activation)
+        result = _program(condition["expression"]).evaluate(activation)
         assert isinstance(result, celpy.celtypes.BoolType), (condition["name"], result)
         results.append(bool(result))
     return all(results)
 
 
+@functools.cache
+def _program(expression: str) -> Any:
+    return _ENVIRONMENT.program(_ENVIRONMENT.compile(expression))
+
+
+@functools.cache
+def _review_text(name: str) -> str:
+    return (FIXTURES / name).read_text()
+
+
 def review_of(name: str) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads((FIXTURES / name).read_text())
+    result: dict[str, Any] = json.loads(_review_text(name))
     return result
 
 

@@ -62,8 +62,8 @@ def daemonset(tolerations: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("mode, endpoint", [(m, e) for m in Mode for e in Endpoint])
-def test_answer_to_ten_thousand_blanket_tolerations_stays_under_four_kib(mode: Mode, endpoint: Endpoint) -> None:
-    assert len(answer(distinct_blanket(10_000), mode, endpoint)) < 4096
+def test_answer_to_five_thousand_blanket_tolerations_stays_under_four_kib(mode: Mode, endpoint: Endpoint) -> None:
+    assert len(answer(distinct_blanket(5_000), mode, endpoint)) < 4096
 
 
 def test_warnings_name_five_tolerations_and_count_the_rest() -> None:
@@ -95,7 +95,7 @@ def test_denial_of_many_names_five_and_counts_the_rest() -> None:
     assert len(message) < 1024
 
 
-@pytest.mark.parametrize("count", [3, 50_000])
+@pytest.mark.parametrize("count", [3, 20_000])
 def test_strip_of_many_is_one_replace_and_one_annotation(count: int) -> None:
     obj = daemonset([KEYED, *distinct_blanket(count), {"operator": "Exists"}])
     ops = patch_operations(mutate(obj, PolicyConfig(mode=Mode.STRIP)).edits)
