@@ -472,7 +472,7 @@ def test_probe_server_serves_metrics_health_and_readiness(fake_kube: FakeKube, s
         server.close()
 
 
-# --- RBAC: the calls made are exactly the ones the README documents ---
+# --- RBAC: the calls made are exactly the ones docs/controller.md documents ---
 
 # Discovery, which the built-in system:discovery ClusterRole grants every authenticated user.
 DISCOVERY = {("nonResourceURL", "/apis/cilium.io/v2", "get")}

@@ -1,6 +1,6 @@
 """Memory of a real server under a 16 MiB body and under 200 concurrent connections.
 
-The figures are printed (run with -s to see them; the README quotes them); only what the issue requires is
+The figures are printed (run with -s to see them; docs/performance.md quotes them); only what the issue requires is
 asserted: a body over the limit is not read whole, so the process does not grow by its size.
 """
 
