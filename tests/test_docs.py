@@ -20,11 +20,12 @@ from tests.docs_text import DOCS, ROOT, block_with, broken_links, code_blocks, d
 from tests.objects import CONTROLLER_RBAC
 from tests.support import FIXTURES
 from webhook import cli
-from webhook.admission import Endpoint, build_response, decide, parse_review
+from webhook.admission import build_response, decide, parse_review
 from webhook.config import ConfigFile, parse_config
-from webhook.controller_metrics import ControllerMetrics
+from webhook.controller.metrics import ControllerMetrics
+from webhook.enums import Endpoint, Mode
 from webhook.metrics import Metrics
-from webhook.policy import DEFAULT_GATE_CONDITION, DEFAULT_GATE_LABEL, Mode, PolicyConfig
+from webhook.policy import DEFAULT_GATE_CONDITION, DEFAULT_GATE_LABEL, PolicyConfig
 
 PAGES = sorted(DOCS.glob("*.md"))
 # Where each command's flags are documented.
