@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 
 from tests.docs_text import ROOT, broken_links, code_blocks, paths_in_code
 
@@ -48,3 +49,8 @@ def test_readme_diagram_follows_the_race_in_order() -> None:
     positions = [diagram.find(step) for step in steps]
     assert -1 not in positions and positions == sorted(positions), positions
 
+
+def test_the_fast_lane_command_selects_by_the_registered_slow_marker() -> None:
+    markers = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"].get("markers", [])
+    assert '-m "not slow"' in README
+    assert any(m.split(":")[0].strip() == "slow" for m in markers), markers
