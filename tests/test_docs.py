@@ -263,3 +263,22 @@ def test_uninstall_releases_gates_with_the_config_the_controller_mounts() -> Non
     deployment = next(d for d in yaml.safe_load_all((ROOT / "manifests" / "base" / "controller.yaml").read_text())
                       if d["kind"] == "Deployment")
     assert f"--config={release.group(1)}" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+# --- architecture.md ---
+
+
+def documented_modules() -> set[str]:
+    rows = table_rows(section(doc("architecture.md"), "## Module map"))[1:]
+    return {module for row in rows for module in re.findall(r"`([\w/]+\.py)`", row[0])}
+
+
+def test_every_module_in_the_map_exists() -> None:
+    assert sorted(m for m in documented_modules() if not (ROOT / "webhook" / m).is_file()) == []
+
+
+def test_every_module_with_code_is_in_the_map() -> None:
+    package = ROOT / "webhook"
+    with_code = {str(path.relative_to(package)) for path in package.rglob("*.py")
+                 if re.search(r"^(def|class|async def) ", path.read_text(encoding="utf-8"), flags=re.MULTILINE)}
+    assert sorted(with_code - documented_modules() - {"__main__.py"}) == []
