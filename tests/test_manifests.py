@@ -16,6 +16,7 @@ import yaml
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from tests.docs_text import block_with, doc
 from tests.manifest_render import (
     KUBECTL,
     OVERLAYS,
@@ -44,14 +45,8 @@ TLS_SECRET = "cilium-startup-guard-webhook-tls"
 LEASE = "cilium-startup-guard-controller"
 WEBHOOK_PORT = 9449
 GATE_WEBHOOK = "gate.startupguard.io"
-# The patch an overlay adds to review every kind (docs/configuration.md), with `kinds:` in the config file.
-KINDS_PATCH = """patches:
-  - target: {group: admissionregistration.k8s.io, name: cilium-startup-guard}
-    patch: |-
-      - op: replace
-        path: /webhooks/0/rules/0/resources
-        value: [daemonsets, deployments, statefulsets, replicasets, jobs, cronjobs, pods]
-"""
+# The patch an overlay adds to review every kind, as docs/configuration.md "Kinds" gives it.
+KINDS_PATCH = block_with(doc("configuration.md"), "/webhooks/0/rules/0/resources", "yaml")
 
 BASE_OBJECTS = {
     ("Namespace", NAMESPACE),
