@@ -16,13 +16,25 @@ import yaml
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from tests.manifest_render import KUBECTL, OVERLAYS, ROOT, build, normalized, prepare, render_kubectl, render_overlays
+from tests.docs_text import block_with, doc
+from tests.manifest_render import (
+    KUBECTL,
+    OVERLAYS,
+    ROOT,
+    build,
+    normalized,
+    prepare,
+    render,
+    render_kubectl,
+    render_overlays,
+)
 from tests.objects import CERTS_JOB_GRANTS, CONTROLLER_RBAC
 from webhook import certs, cli
 from webhook.app import create_app
 from webhook.cli import certs as certs_verb
 from webhook.config import ConfigFile, Settings, parse_config
 from webhook.policy import CILIUM_TAINT_KEY, PolicyConfig, is_blanket_noexecute
+from webhook.workloads import KINDS
 
 NAMESPACE = "cilium-startup-guard"
 WEBHOOK = "cilium-startup-guard-webhook"
@@ -32,6 +44,9 @@ WEBHOOK_CONFIGURATION = "cilium-startup-guard"
 TLS_SECRET = "cilium-startup-guard-webhook-tls"
 LEASE = "cilium-startup-guard-controller"
 WEBHOOK_PORT = 9449
+GATE_WEBHOOK = "gate.startupguard.io"
+# The patch an overlay adds to review every kind, as docs/configuration.md "Kinds" gives it.
+KINDS_PATCH = block_with(doc("configuration.md"), "/webhooks/0/rules/0/resources", "yaml")
 
 BASE_OBJECTS = {
     ("Namespace", NAMESPACE),
@@ -81,7 +96,7 @@ CONTROLLER_GRANTS = {
     *((NAMESPACE, "coordination.k8s.io", "leases", verb, LEASE) for verb in ("get", "update")),
 }
 
-# Host ports the webhook must not take (README "Safe bootstrap"): kubelet, kube-proxy and the control plane,
+# Host ports the webhook must not take (docs/install.md lists them): kubelet, kube-proxy and the control plane,
 # Cilium's documented ports, the AWS VPC CNI, other webhooks' usual ports, the NodePort and ephemeral ranges.
 RESERVED_HOST_PORTS = {
     10248, 10249, 10250, 10255, 10256, 10257, 10259,
@@ -320,24 +335,63 @@ def test_webhook_serves_the_mounted_certificate(rendered):
 
 # --- admission registration ------------------------------------------------------------------------------
 
+def workload_webhooks(objects: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    return ((kind, hook) for kind, hook in webhooks(objects) if hook["name"] != GATE_WEBHOOK)
+
+
+def gate_webhook(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (hook,) = [h for _, h in webhooks(objects) if h["name"] == GATE_WEBHOOK]
+    return hook
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_webhooks_see_daemonset_create_and_update_only(rendered, overlay):
+def test_workload_webhooks_see_create_and_update_of_the_configured_kinds(rendered, overlay):
+    kinds = parse_config(config_text(rendered[overlay]), "ConfigMap").to_policy().kinds
+    for kind, hook in workload_webhooks(rendered[overlay]):
+        assert hook["rules"] == [{"apiGroups": ["", "apps", "batch"], "apiVersions": ["v1"],
+                                  "operations": ["CREATE", "UPDATE"],
+                                  "resources": sorted(KINDS[k].plural for k in kinds), "scope": "Namespaced"}], kind
+        assert {c["name"] for c in hook["matchConditions"]} == {"not-made-by-a-controller",
+                                                                 "pods-and-jobs-at-creation"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_webhook_is_fully_qualified_and_answers_v1_reviews(rendered, overlay):
     for kind, hook in webhooks(rendered[overlay]):
-        assert hook["rules"] == [{"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
-                                  "resources": ["daemonsets"], "scope": "Namespaced"}], kind
         assert hook["sideEffects"] == "None"
         assert hook["admissionReviewVersions"] == ["v1"]
         assert hook["matchPolicy"] == "Equivalent"
         assert 1 <= hook["timeoutSeconds"] <= 10
-        assert hook["name"].count(".") >= 2  # kube-apiserver wants a fully qualified name
+        assert hook["name"].count(".") >= 2, kind  # kube-apiserver wants a fully qualified name
 
 
 @pytest.mark.slow
-def test_mutating_webhook_is_reinvoked_if_needed(rendered):
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gate_webhook_sees_pod_creation_only_and_fails_open_fast(rendered, overlay):
+    hook = gate_webhook(rendered[overlay])
+    assert hook["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                              "resources": ["pods"], "scope": "Namespaced"}]
+    assert hook["clientConfig"]["service"]["path"] == "/mutate"
+    assert hook["failurePolicy"] == "Ignore"  # in every overlay, strict included
+    assert hook["timeoutSeconds"] <= 3
+    assert {c["name"] for c in hook["matchConditions"]} == {"made-by-a-daemonset", "not-on-the-host-network"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gate_webhook_has_the_exemptions_of_the_workload_webhook(rendered, overlay):
+    (_, workload), *_ = workload_webhooks(rendered[overlay])
+    hook = gate_webhook(rendered[overlay])
+    assert hook["objectSelector"] == workload["objectSelector"]
+    assert hook["namespaceSelector"] == workload["namespaceSelector"]
+
+
+@pytest.mark.slow
+def test_mutating_webhooks_are_reinvoked_if_needed(rendered):
     objects = rendered["cert-manager"]
     hooks = find(objects, "MutatingWebhookConfiguration", WEBHOOK_CONFIGURATION)["webhooks"]
-    assert [h["reinvocationPolicy"] for h in hooks] == ["IfNeeded"]
+    assert [h["reinvocationPolicy"] for h in hooks] == ["IfNeeded", "IfNeeded"]
     # A field of mutating webhooks only; kube-apiserver rejects it on a validating one.
     validating = find(objects, "ValidatingWebhookConfiguration", WEBHOOK_CONFIGURATION)["webhooks"]
     assert all("reinvocationPolicy" not in h for h in validating)
@@ -345,9 +399,20 @@ def test_mutating_webhook_is_reinvoked_if_needed(rendered):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_failure_policy_is_ignore_except_in_strict(rendered, overlay):
+def test_failure_policy_is_ignore_except_for_workloads_in_strict(rendered, overlay):
     expected = "Fail" if overlay == "strict" else "Ignore"
-    assert {hook["failurePolicy"] for _, hook in webhooks(rendered[overlay])} == {expected}
+    assert {hook["failurePolicy"] for _, hook in workload_webhooks(rendered[overlay])} == {expected}
+
+
+@pytest.mark.slow
+def test_the_documented_kinds_patch_turns_on_every_kind(manifests):
+    overlay = manifests / "overlays" / "every-kind"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(f"resources: [../self-managed-job]\n{KINDS_PATCH}")
+    objects = render(overlay)
+    for _, hook in workload_webhooks(objects):
+        assert set(hook["rules"][0]["resources"]) == {info.plural for info in KINDS.values()}
+    assert gate_webhook(objects)["rules"][0]["resources"] == ["pods"]
 
 
 @pytest.mark.slow
@@ -613,6 +678,18 @@ def test_webhook_host_port_clashes_with_no_node_service(rendered):
     assert port["containerPort"] > 1024  # no NET_BIND_SERVICE needed with every capability dropped
 
 
+def test_the_ports_the_install_docs_list_are_the_ones_checked():
+    install = (ROOT / "docs" / "install.md").read_text()
+    bullet = install[install.index(f"**Port {WEBHOOK_PORT}.**"):install.index("It is also below the NodePort range")]
+    documented: set[int] = set()
+    for first, last in re.findall(r"(?<![\d.])(\d{4,5})(?:-(\d{4,5}))?", bullet):
+        documented |= set(range(int(first), int(last or first) + 1))
+    documented |= {int(port) for port in re.findall(r"/(\d{4,5})", bullet)}  # 4250/4251, 9962/9963/9964
+    # Every port checked below the NodePort range is named; every port named is checked.
+    assert documented - {WEBHOOK_PORT} <= RESERVED_HOST_PORTS
+    assert {p for p in RESERVED_HOST_PORTS if p < 30000} <= documented
+
+
 @pytest.mark.slow
 def test_webhook_listens_on_the_node_address_only(rendered):
     webhook = container(rendered["cert-manager"], WEBHOOK)
@@ -682,11 +759,11 @@ def test_both_deployments_read_the_config_map(rendered, name):
     assert flags(box["args"][1:])["--config"] == f"{mount['mountPath']}/config.yaml"
 
 
-def test_readme_install_commands_name_existing_overlays():
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Install in a cluster"):]
+@pytest.mark.parametrize("page", ["README.md", "docs/install.md"])
+def test_documented_install_commands_name_existing_overlays(page):
+    text = (ROOT / page).read_text()
     # A regular expression, not shlex: some kubectl lines start a quoted jq program that ends lines later.
-    paths = [path for line in section.splitlines() if line.strip().startswith("kubectl ")
+    paths = [path for line in text.splitlines() if line.strip().startswith("kubectl ")
              for path in re.findall(r"(?<![\w/])manifests/[\w./-]+", line)]
     assert paths
     for path in paths:
