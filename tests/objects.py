@@ -112,6 +112,40 @@ def daemonset_pod(daemonset: dict[str, Any], name: str, node_name: str = "node-a
     return {"apiVersion": "v1", "kind": "Pod", "metadata": pod_metadata, "spec": spec, "status": status}
 
 
+def workload_pod(name: str, namespace: str = "default", node_name: str = "node-a", *,
+                 owner: tuple[str, str, str] | None = None, phase: str = "Running", ip: str = "10.0.2.9",
+                 started: float | None = None, host_network: bool = False, mirror: bool = False,
+                 labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """An ungated pod as its owner (kind, name, uid) makes it; owner None is a bare pod, `mirror` a static pod's
+    mirror (annotated, and owned by its Node)."""
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels or {"app": name})}
+    if owner is not None:
+        kind, owner_name, uid = owner
+        metadata["ownerReferences"] = [{"apiVersion": "batch/v1" if kind == "Job" else "apps/v1", "kind": kind,
+                                        "name": owner_name, "uid": uid, "controller": True,
+                                        "blockOwnerDeletion": True}]
+    if mirror:
+        metadata["annotations"] = {"kubernetes.io/config.mirror": "5f2a", "kubernetes.io/config.source": "file"}
+        metadata["ownerReferences"] = [{"apiVersion": "v1", "kind": "Node", "name": node_name, "uid": "node-uid",
+                                        "controller": True}]
+    spec: dict[str, Any] = {"nodeName": node_name, "containers": [{"name": "main", "image": "example/app:1"}]}
+    if host_network:
+        spec["hostNetwork"] = True
+    status: dict[str, Any] = {"phase": phase}
+    if phase == "Running":
+        status.update(startTime=stamp(started), podIP=ip,
+                      containerStatuses=[{"name": "main", "ready": True,
+                                          "state": {"running": {"startedAt": stamp(started)}}}])
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec, "status": status}
+
+
+def owner_object(kind: str, name: str, namespace: str = "default", **spec: Any) -> dict[str, Any]:
+    """A ReplicaSet, StatefulSet, DaemonSet or Job, just enough for the owner checks."""
+    api = "batch/v1" if kind == "Job" else "apps/v1"
+    return {"apiVersion": api, "kind": kind, "metadata": {"name": name, "namespace": namespace},
+            "spec": {"replicas": 1, **spec} if kind in ("ReplicaSet", "StatefulSet") else dict(spec)}
+
+
 def with_taints(the_node: dict[str, Any], *taints: dict[str, str]) -> dict[str, Any]:
     the_node["spec"]["taints"] = [*the_node["spec"]["taints"], *taints]
     return the_node

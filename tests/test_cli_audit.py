@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.fakekube import FakeKube, rbac_of
-from tests.objects import AUDIT_RBAC, agent_pod, daemonset_pod, endpoint, node, with_taints
+from tests.objects import AUDIT_RBAC, agent_pod, daemonset_pod, endpoint, node, with_taints, workload_pod
 from tests.support import SilentServer, kubeconfig_for, load_fixture, unused_port
 from webhook import cli
 from webhook.audit import AuditOptions, collect
@@ -79,6 +79,12 @@ def example_cluster(fake: FakeKube) -> None:
     daemonset(fake, "daemonset_already_mutated.json", name="ebs-csi-node-stripped")
     daemonset(fake, "daemonset_no_blanket_toleration.json")
 
+    # Pods of other owners are listed too: a Deployment's, a bare one, a static pod's mirror.
+    fake.create(workload_pod("web-5d8f-x", "shop", "node-1", owner=("ReplicaSet", "web-5d8f", "rs-uid")))
+    fake.create(workload_pod("debug", "shop", "node-2"))
+    fake.create(workload_pod("etcd-node-1", "kube-system", "node-1", mirror=True))
+    fake.create(workload_pod("ingress-1", "shop", "node-1", host_network=True))  # never managed by Cilium
+
 
 def clean_cluster(fake: FakeKube) -> None:
     fake.create(node("node-1"))
@@ -124,7 +130,7 @@ def test_json_has_the_documented_schema_for_every_daemonset(fake_kube, kubeconfi
     status, out, _ = audit(capsys, kubeconfig_path, "--output", "json")
     report = json.loads(out)
     assert status == 1
-    assert list(report) == ["daemonsets", "node_noexecute_taints"]
+    assert list(report) == ["daemonsets", "node_noexecute_taints", "unmanaged_pods"]
     rows = {(d["namespace"], d["name"]): d for d in report["daemonsets"]}
     assert all(list(d) == ["namespace", "name", "finding", "blanket_tolerations", "exempt_reason", "gated",
                            "unmanaged_pods"] for d in report["daemonsets"])

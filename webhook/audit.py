@@ -1,10 +1,11 @@
-"""`audit`: every DaemonSet of a live cluster under the webhook's policy, its pods Cilium does not manage, and
-the nodes' NoExecute taints. `build_report` is pure; `collect` lists through webhook.kube, never the client itself.
+"""`audit`: every DaemonSet of a live cluster under the webhook's policy, the pods Cilium does not manage (of any
+owner), and the nodes' NoExecute taints. `build_report` is pure; `collect` lists through webhook.kube, never the
+client itself.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -12,11 +13,13 @@ from typing import Any, TypeVar
 import orjson
 
 from webhook import kube, policy
-from webhook.cilium import AgentState, agent_state, endpoint_state, is_cilium_taint
+from webhook.cilium import AgentState, endpoint_state, is_cilium_taint
 from webhook.config import DEFAULT_AGENT_SELECTOR, DEFAULT_AUDIT_TIMEOUT, DEFAULT_CILIUM_NAMESPACE
+from webhook.controller.rules import NodeFacts, Situation, pod_facts
 from webhook.kube import ApiError, Kube, Target
-from webhook.policy import ExemptReason, PolicyConfig
+from webhook.policy import DEFAULT_GATE_CONDITION, ExemptReason, PolicyConfig
 from webhook.report import dump_json, format_columns
+from webhook.unmanaged import Snapshot, owner_facts, situations, snapshot_unmanaged
 
 NOEXECUTE = "NoExecute"
 # Only Running pods can be unmanaged; the server-side filter keeps finished Job pods out of the transfer.
@@ -84,13 +87,28 @@ class TaintCount:
 
 
 @dataclass(frozen=True)
+class UnmanagedPod:
+    namespace: str
+    name: str
+    node: str
+    owner_kind: str | None  # the controlling owner; None for a bare pod
+    owner_name: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"namespace": self.namespace, "name": self.name, "node": self.node, "owner_kind": self.owner_kind,
+                "owner_name": self.owner_name}
+
+
+@dataclass(frozen=True)
 class Report:
     daemonsets: tuple[DaemonSetAudit, ...]
     node_noexecute_taints: tuple[TaintCount, ...]
+    unmanaged_pods: tuple[UnmanagedPod, ...] | None = ()  # None when CiliumEndpoints could not be listed
 
     def as_json(self) -> dict[str, Any]:
         return {"daemonsets": [d.as_json() for d in self.daemonsets],
-                "node_noexecute_taints": [t.as_json() for t in self.node_noexecute_taints]}
+                "node_noexecute_taints": [t.as_json() for t in self.node_noexecute_taints],
+                "unmanaged_pods": None if self.unmanaged_pods is None else [p.as_json() for p in self.unmanaged_pods]}
 
     @property
     def findings(self) -> int:
@@ -98,7 +116,10 @@ class Report:
 
 
 def build_report(cluster: Cluster, config: PolicyConfig) -> Report:
-    unmanaged = _unmanaged_by_owner(cluster, config.cilium_taint_key)
+    unmanaged = _unmanaged(cluster, config)
+    by_owner = None if unmanaged is None else Counter(
+        str(o.get("uid")) for pod in unmanaged for o in (pod.get("metadata") or {}).get("ownerReferences") or []
+        if isinstance(o, Mapping) and o.get("uid"))
     audits = []
     for ds in cluster.daemonsets:
         try:
@@ -109,21 +130,20 @@ def build_report(cluster: Cluster, config: PolicyConfig) -> Report:
         audits.append(DaemonSetAudit(
             namespace=found.ref.namespace, name=found.ref.name, finding=found.finding,
             blanket_tolerations=tuple(t for _, t in found.blanket), exempt_reason=found.exempt_reason,
-            gated=found.gated, unmanaged_pods=None if unmanaged is None else unmanaged[uid],
+            gated=found.gated, unmanaged_pods=None if by_owner is None else by_owner[uid],
         ))
     audits.sort(key=lambda d: (d.namespace, d.name))
-    return Report(tuple(audits), noexecute_taints(cluster.nodes, config.cilium_taint_key))
+    pods = None if unmanaged is None else tuple(sorted(
+        (_unmanaged_pod(p) for p in unmanaged), key=lambda p: (p.namespace, p.name)))
+    return Report(tuple(audits), noexecute_taints(cluster.nodes, config.cilium_taint_key), pods)
 
 
 def is_unmanaged(pod: Mapping[str, Any], endpoint: Mapping[str, Any] | None, agent: AgentState) -> bool:
     """Running on the pod network, not terminating, where the Cilium agent is ready, and no CiliumEndpoint of its
-    own: an endpoint owned by an earlier pod of the same name does not count (the controller's stance)."""
-    metadata, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
-    return (status.get("phase") == "Running"
-            and spec.get("hostNetwork") is not True
-            and metadata.get("deletionTimestamp") is None
-            and agent is AgentState.READY
-            and endpoint_state(endpoint, str(metadata.get("uid") or "")) is None)
+    own, right now: the shared definition (webhook.unmanaged) without its grace period."""
+    facts = pod_facts(pod, DEFAULT_GATE_CONDITION)
+    situation = Situation(pod=facts, endpoint_state=endpoint_state(endpoint, facts.uid), node=NodeFacts(agent))
+    return snapshot_unmanaged(situation, owner_facts(pod))
 
 
 def noexecute_taints(nodes: Sequence[Mapping[str, Any]], cilium_taint_key: str) -> tuple[TaintCount, ...]:
@@ -138,25 +158,20 @@ def noexecute_taints(nodes: Sequence[Mapping[str, Any]], cilium_taint_key: str) 
                  for (key, value), n in sorted(counts.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")))
 
 
-def _unmanaged_by_owner(cluster: Cluster, taint_key: str) -> Counter[str] | None:
-    """Unmanaged pods counted by the uid of each owner; None when CiliumEndpoints could not be listed."""
+def _unmanaged(cluster: Cluster, config: PolicyConfig) -> list[Mapping[str, Any]] | None:
+    """The pods Cilium does not manage right now, of every owner; None when CiliumEndpoints could not be listed."""
     if cluster.endpoints is None:
         return None
-    endpoints = {_key(e): e for e in cluster.endpoints}
-    nodes = {str((n.get("metadata") or {}).get("name") or ""): n for n in cluster.nodes}
-    agents: defaultdict[str, list[Mapping[str, Any]]] = defaultdict(list)
-    for agent in cluster.agent_pods:
-        agents[str((agent.get("spec") or {}).get("nodeName") or "")].append(agent)
-    states: dict[str, AgentState] = {}
-    counts: Counter[str] = Counter()
-    for pod in cluster.pods:
-        node = str((pod.get("spec") or {}).get("nodeName") or "")
-        if node not in states:
-            states[node] = agent_state(nodes.get(node), agents.get(node, []), taint_key)
-        if is_unmanaged(pod, endpoints.get(_key(pod)), states[node]):
-            counts.update({str(o.get("uid")) for o in (pod.get("metadata") or {}).get("ownerReferences") or []
-                           if isinstance(o, Mapping) and o.get("uid")})
-    return counts
+    snapshot = Snapshot(cluster.pods, cluster.nodes, cluster.agent_pods, cluster.endpoints)
+    return [pod for pod, situation in situations(snapshot, config.cilium_taint_key, config.gate_condition_type)
+            if snapshot_unmanaged(situation, owner_facts(pod))]
+
+
+def _unmanaged_pod(pod: Mapping[str, Any]) -> UnmanagedPod:
+    owner = owner_facts(pod).owner
+    namespace, name = _key(pod)
+    return UnmanagedPod(namespace, name, str((pod.get("spec") or {}).get("nodeName") or ""), owner.kind or None,
+                        owner.name or None)
 
 
 def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
@@ -191,6 +206,11 @@ def render_table(report: Report, config: PolicyConfig) -> str:
                                 + [(str(t), str(t.nodes)) for t in report.node_noexecute_taints])
     else:
         lines.append(f"no NoExecute taints on nodes besides {config.cilium_taint_key}")
+    if report.unmanaged_pods:
+        lines.append("")
+        lines += format_columns([("UNMANAGED POD", "NODE", "OWNER")] + [
+            (f"{p.namespace}/{p.name}", p.node, f"{p.owner_kind}/{p.owner_name}" if p.owner_kind else "-")
+            for p in report.unmanaged_pods])
     lines.append("")
     lines.append(_summary(report))
     return "\n".join(lines) + "\n"
@@ -198,9 +218,8 @@ def render_table(report: Report, config: PolicyConfig) -> str:
 
 def _summary(report: Report) -> str:
     exempt = sum(d.exempt_reason is not None for d in report.daemonsets)
-    counts = [d.unmanaged_pods for d in report.daemonsets]
-    unmanaged = ("unmanaged pods unknown (CiliumEndpoints could not be listed)" if None in counts
-                 else f"{sum(c or 0 for c in counts)} pod(s) not managed by Cilium")
+    unmanaged = ("unmanaged pods unknown (CiliumEndpoints could not be listed)" if report.unmanaged_pods is None
+                 else f"{len(report.unmanaged_pods)} pod(s) not managed by Cilium")
     return (f"{len(report.daemonsets)} DaemonSet(s) audited: {report.findings} with a blanket NoExecute "
             f"toleration, {exempt} exempt; {unmanaged}")
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -184,10 +185,12 @@ def agent_ready_since(agent_pods: Iterable[Mapping[str, Any]]) -> float | None:
     return min(known) if known else None
 
 
-def snapshot_unmanaged(situation: Situation, owner: OwnerFacts, now: float) -> bool:
-    """`audit`'s count: unmanaged right now, however recently the pod started (no grace period)."""
-    return is_unmanaged(plan_unmanaged(replace(situation, eviction_retry_at=None), owner, Timings(grace_period=0),
-                                       now, include_bare=True))
+def snapshot_unmanaged(situation: Situation, owner: OwnerFacts) -> bool:
+    """`audit`'s count: unmanaged right now, however recently the pod or its node's agent started (no grace
+    period, so no clock: an infinitely late reading is past every grace period)."""
+    step = plan_unmanaged(replace(situation, eviction_retry_at=None), owner, Timings(grace_period=0), math.inf,
+                          include_bare=True)
+    return is_unmanaged(step)
 
 
 # --- scope ---------------------------------------------------------------------------------------------------
