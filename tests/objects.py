@@ -46,14 +46,18 @@ def node(name: str, *, tainted: bool = False) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "spec": {"taints": taints}}
 
 
-def agent_pod(node_name: str, *, ready: bool = True, name: str | None = None) -> dict[str, Any]:
+def agent_pod(node_name: str, *, ready: bool = True, name: str | None = None,
+              ready_since: float | None = None) -> dict[str, Any]:
+    """A Cilium agent pod; its Ready condition last changed at `ready_since` (default: an hour ago)."""
+    since = stamp(time.time() - 3600 if ready_since is None else ready_since)
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name or f"cilium-{node_name}", "namespace": CILIUM_NAMESPACE,
                          "labels": {"k8s-app": "cilium"}},
             "spec": {"nodeName": node_name, "hostNetwork": True,
                      "containers": [{"name": "cilium-agent", "image": "quay.io/cilium/cilium:v1.16"}]},
             "status": {"phase": "Running", "startTime": stamp(),
-                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False",
+                                       "lastTransitionTime": since}]}}
 
 
 def endpoint(pod: dict[str, Any], *, state: str = "ready") -> dict[str, Any]:
@@ -155,6 +159,16 @@ def with_taints(the_node: dict[str, Any], *taints: dict[str, str]) -> dict[str, 
 AUDIT_RBAC = {
     ("apps", "daemonsets", "list"), ("", "pods", "list"), ("", "nodes", "list"),
     ("cilium.io", "ciliumendpoints", "list"),
+}
+
+
+# What `recycle` calls, as (apiGroup, resource, verb): its ClusterRole in docs/review-and-audit.md grants exactly
+# these. A --dry-run needs neither the eviction nor the gets of pods and CiliumEndpoints just before one.
+RECYCLE_RBAC = {
+    ("", "pods", "list"), ("", "pods", "get"), ("", "pods/eviction", "create"), ("", "nodes", "list"),
+    ("cilium.io", "ciliumendpoints", "list"), ("cilium.io", "ciliumendpoints", "get"),
+    ("apps", "replicasets", "get"), ("apps", "statefulsets", "get"), ("apps", "daemonsets", "get"),
+    ("batch", "jobs", "get"),
 }
 
 

@@ -397,7 +397,7 @@ def test_docs_document_the_json_schema(fake_kube, kubeconfig_path, capsys):
     example_cluster(fake_kube)
     report = json.loads(audit(capsys, kubeconfig_path, "--output", "json")[1])
     documented = docs_block('"node_noexecute_taints"', "json")
-    for key in [*report, *report["daemonsets"][0], *report["node_noexecute_taints"][0]]:
+    for key in [*report, *report["daemonsets"][0], *report["node_noexecute_taints"][0], *report["unmanaged_pods"][0]]:
         assert f'"{key}"' in documented
     assert f"besides {CILIUM_TAINT_KEY}" in DOCS
 

@@ -30,7 +30,7 @@ from webhook.policy import DEFAULT_GATE_CONDITION, DEFAULT_GATE_LABEL, PolicyCon
 PAGES = sorted(DOCS.glob("*.md"))
 # Where each command's flags are documented.
 FLAG_PAGES = {"serve": "configuration.md", "controller": "controller.md", "review": "review-and-audit.md",
-              "audit": "review-and-audit.md", "certs": "install.md"}
+              "audit": "review-and-audit.md", "recycle": "review-and-audit.md", "certs": "install.md"}
 
 
 # --- links and paths ---

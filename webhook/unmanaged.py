@@ -177,10 +177,15 @@ def situations(snapshot: Snapshot, taint_key: str, gate_condition: str) -> list[
 
 
 def agent_ready_since(agent_pods: Iterable[Mapping[str, Any]]) -> float | None:
-    """When the earliest of the node's Ready agent pods became Ready (its condition's lastTransitionTime)."""
-    times = [parse_time(c.get("lastTransitionTime")) for p in agent_pods if is_pod_ready(p)
-             for c in (p.get("status") or {}).get("conditions") or []
-             if isinstance(c, Mapping) and c.get("type") == "Ready"]
+    """Since when the node's agent has been ready: the earliest Ready agent pod's Ready lastTransitionTime (its
+    start time when the condition has none)."""
+    times = []
+    for agent in agent_pods:
+        if not is_pod_ready(agent):
+            continue
+        status = agent.get("status") or {}
+        ready = next(c for c in status.get("conditions") or [] if isinstance(c, Mapping) and c.get("type") == "Ready")
+        times.append(parse_time(ready.get("lastTransitionTime")) or parse_time(status.get("startTime")))
     known = [t for t in times if t is not None]
     return min(known) if known else None
 

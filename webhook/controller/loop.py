@@ -22,6 +22,9 @@ from webhook.controller.lease import LeaderElector, LeaseConfig
 from webhook.controller.metrics import ControllerMetrics
 from webhook.controller.ratelimit import recycle_bucket
 from webhook.controller.rules import (
+    EVICTION_GONE,
+    EVICTION_REFUSED,
+    EVICTION_RETRY_FLOOR,
     GONE_STATUSES,
     Action,
     NodeFacts,
@@ -31,6 +34,7 @@ from webhook.controller.rules import (
     Timings,
     condition_patch,
     condition_text,
+    eviction_retry_at,
     node_of,
     plan,
     pod_facts,
@@ -41,9 +45,6 @@ from webhook.kube import ApiError, Kube, Target
 from webhook.policy import CILIUM_TAINT_KEY, DEFAULT_GATE_CONDITION, DEFAULT_GATE_LABEL
 
 log = logging.getLogger(__name__)
-
-EVICTION_RETRY_FLOOR = 30.0  # a refused eviction is retried no sooner than this
-
 
 @dataclass(frozen=True)
 class ControllerOptions:
@@ -338,15 +339,15 @@ class GateController:
         try:
             kube.evict_pod(self._kube, key[0], key[1], uid)
         except ApiError as err:
-            if err.status == 429:
-                retry_at = now + max(self.options.eviction_retry_floor, err.retry_after or 0.0)
+            if err.status == EVICTION_REFUSED:
+                retry_at = eviction_retry_at(now, err.retry_after, self.options.eviction_retry_floor)
                 self.books.eviction_refused(uid, retry_at)
                 self.metrics.evictions_refused.inc()
                 log.warning("eviction refused (a PodDisruptionBudget?); will retry, never delete", extra={
                     **fields, "error": err.message, "retry_in_seconds": round(retry_at - now, 1)})
                 self._queue.add_after(key, retry_at - now)
                 return
-            if err.status in (404, 409):
+            if err.status in EVICTION_GONE:
                 log.info("pod gone or replaced before its eviction", extra={**fields, "status": err.status})
                 self.books.mark_gone(uid)
                 return

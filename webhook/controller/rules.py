@@ -17,6 +17,12 @@ from webhook.config import DEFAULT_GRACE_PERIOD, DEFAULT_RELEASE_AFTER
 ENDPOINT_READY = "ready"  # CiliumEndpoint status.state once the endpoint is fully regenerated
 FINISHED_PHASES = ("Succeeded", "Failed")
 GONE_STATUSES = (404, 409, 422)  # the pod is gone or was replaced: drop it, do not retry
+# Eviction answers, for the controller and `recycle` alike. 429: a PodDisruptionBudget (or the API server's own
+# limit) refused; retry later, never delete. 404 or 409: the pod is gone, or a new one has its name (the uid
+# precondition failed); drop it.
+EVICTION_REFUSED = 429
+EVICTION_GONE = (404, 409)
+EVICTION_RETRY_FLOOR = 30.0  # a refused eviction is retried no sooner than this
 
 
 class Action(StrEnum):
@@ -146,6 +152,11 @@ def restarted_since(pod: PodFacts, booted_at: float) -> bool:
     new boot's."""
     started = [t for t in (pod.started_at, pod.containers_started_at) if t is not None]
     return bool(started) and max(started) > booted_at
+
+
+def eviction_retry_at(now: float, retry_after: float | None, floor: float = EVICTION_RETRY_FLOOR) -> float:
+    """When to try a refused eviction again: the answer's Retry-After, but never sooner than `floor`."""
+    return now + max(floor, retry_after or 0.0)
 
 
 def _done_or(pod: PodFacts, next_step: Plan) -> Plan:
