@@ -92,6 +92,15 @@ CONTROLLER_RBAC = {
     ("coordination.k8s.io", "leases", "get"), ("coordination.k8s.io", "leases", "create"),
     ("coordination.k8s.io", "leases", "update"),
 }
+# Scope `all` adds the cilium-config ConfigMap (read once at start-up, in --cilium-namespace); observing unmanaged
+# pods evicts none, so it makes neither the eviction nor the reads just before one. Recycling them adds the reads of
+# their owners (manifests/components/unmanaged-recycle).
+CILIUM_CONFIG_READ = ("", "configmaps", "get")
+OWNER_READS = {("apps", "replicasets", "get"), ("apps", "statefulsets", "get"), ("apps", "daemonsets", "get"),
+               ("batch", "jobs", "get")}
+CONTROLLER_RBAC_ALL_OBSERVE = (CONTROLLER_RBAC - {("", "pods", "get"), ("", "pods/eviction", "create"),
+                                                  ("cilium.io", "ciliumendpoints", "get")}) | {CILIUM_CONFIG_READ}
+CONTROLLER_RBAC_ALL_RECYCLE = CONTROLLER_RBAC | {CILIUM_CONFIG_READ} | OWNER_READS
 
 
 def daemonset_pod(daemonset: dict[str, Any], name: str, node_name: str = "node-a", *, phase: str = "Running",

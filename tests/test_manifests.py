@@ -16,11 +16,28 @@ import yaml
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from tests.manifest_render import KUBECTL, OVERLAYS, ROOT, build, normalized, prepare, render_kubectl, render_overlays
-from tests.objects import CERTS_JOB_GRANTS, CONTROLLER_RBAC
+from tests.manifest_render import (
+    KUBECTL,
+    OVERLAYS,
+    ROOT,
+    build,
+    normalized,
+    prepare,
+    render,
+    render_kubectl,
+    render_overlays,
+)
+from tests.objects import (
+    CERTS_JOB_GRANTS,
+    CILIUM_CONFIG_READ,
+    CILIUM_NAMESPACE,
+    CONTROLLER_RBAC,
+    CONTROLLER_RBAC_ALL_RECYCLE,
+)
 from webhook import certs, cli
 from webhook.app import create_app
 from webhook.cli import certs as certs_verb
+from webhook.cli import controller as controller_verb
 from webhook.config import ConfigFile, Settings, parse_config
 from webhook.policy import CILIUM_TAINT_KEY, PolicyConfig, is_blanket_noexecute
 
@@ -81,6 +98,14 @@ CONTROLLER_GRANTS = {
     *((NAMESPACE, "coordination.k8s.io", "leases", verb, LEASE) for verb in ("get", "update")),
 }
 
+# What each kustomize component for the controller's scope `all` adds to those grants, and nothing else.
+CILIUM_CONFIG_GRANT = (CILIUM_NAMESPACE, "", "configmaps", "get", "cilium-config")
+COMPONENT_GRANTS = {
+    "unmanaged-observe": {CILIUM_CONFIG_GRANT},
+    "unmanaged-recycle": {CILIUM_CONFIG_GRANT, *(("", "apps", resource, "get", None) for resource in (
+        "replicasets", "statefulsets", "daemonsets")), ("", "batch", "jobs", "get", None)},
+}
+
 # Host ports the webhook must not take (docs/install.md lists them): kubelet, kube-proxy and the control plane,
 # Cilium's documented ports, the AWS VPC CNI, other webhooks' usual ports, the NodePort and ephemeral ranges.
 RESERVED_HOST_PORTS = {
@@ -108,6 +133,21 @@ def manifests(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def rendered(manifests: Path) -> dict[str, list[dict[str, Any]]]:
     return render_overlays(manifests)
+
+
+@pytest.fixture(scope="module")
+def with_components(manifests: Path) -> dict[str, list[dict[str, Any]]]:
+    """The cert-manager install with each controller component, as a user's kustomization adds it."""
+    result = {}
+    for component in COMPONENT_GRANTS:
+        directory = manifests.parent / f"with-{component}"
+        directory.mkdir()
+        (directory / "kustomization.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "resources": ["../manifests/overlays/cert-manager"],
+            "components": [f"../manifests/components/{component}"]}))
+        result[component] = render(directory)
+    return result
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
@@ -229,6 +269,14 @@ def test_namespaced_objects_live_in_the_webhook_namespace(rendered, overlay):
 def test_fallback_loader_renders_what_kubectl_renders(manifests, overlay):
     path = manifests / "overlays" / overlay
     assert normalized(build(path)) == normalized(render_kubectl(path))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(KUBECTL is None, reason="compares the fallback loader with kubectl kustomize")
+@pytest.mark.parametrize("component", COMPONENT_GRANTS)
+def test_fallback_loader_renders_the_controller_components_as_kubectl_does(manifests, with_components, component):
+    path = manifests.parent / f"with-{component}"
+    assert normalized(build(path)) == normalized(with_components[component])
 
 
 def test_self_managed_overlay_needs_the_generated_certificates(tmp_path):
@@ -489,6 +537,31 @@ def test_controller_rbac_is_exactly_its_api_calls(rendered, overlay):
 
 def test_controller_rbac_matches_the_calls_the_controller_makes():
     assert {(group, resource, verb) for _, group, resource, verb, _ in CONTROLLER_GRANTS} == CONTROLLER_RBAC
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("component", COMPONENT_GRANTS)
+def test_a_scope_all_component_adds_exactly_its_rules(with_components, component):
+    assert grants(with_components[component], CONTROLLER) == CONTROLLER_GRANTS | COMPONENT_GRANTS[component]
+
+
+def test_the_recycle_components_rules_are_the_calls_the_controller_makes_in_that_mode():
+    granted = CONTROLLER_GRANTS | COMPONENT_GRANTS["unmanaged-recycle"]
+    assert {(group, resource, verb) for _, group, resource, verb, _ in granted} == CONTROLLER_RBAC_ALL_RECYCLE
+    observe = CONTROLLER_GRANTS | COMPONENT_GRANTS["unmanaged-observe"]  # observing leaves the eviction unused
+    assert {(group, resource, verb) for _, group, resource, verb, _ in observe} == (
+        CONTROLLER_RBAC | {CILIUM_CONFIG_READ})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("component, action", [("unmanaged-observe", "observe"), ("unmanaged-recycle", "recycle")])
+def test_a_scope_all_component_sets_the_controllers_scope_and_action(with_components, component, action):
+    objects = with_components[component]
+    args = cli.build_parser().parse_args(container(objects, CONTROLLER)["args"])
+    config = parse_config(find(objects, "ConfigMap", "cilium-startup-guard-config")["data"]["config.yaml"], "cm")
+    settings = controller_verb.unmanaged_settings(args, config)
+    assert (settings.scope, settings.effective_action) == ("all", action)
+    assert args.cilium_namespace == CILIUM_NAMESPACE == CILIUM_CONFIG_GRANT[0]  # where the Role lets it read
 
 
 @pytest.mark.slow

@@ -84,6 +84,8 @@ DAEMONSETS = Resource("apps", "v1", "daemonsets", namespaced=True)
 REPLICASETS = Resource("apps", "v1", "replicasets", namespaced=True)
 STATEFULSETS = Resource("apps", "v1", "statefulsets", namespaced=True)
 JOBS = Resource("batch", "v1", "jobs", namespaced=True)
+# Where a pod's controlling owner of each kind is read (webhook.unmanaged.RECREATING_KINDS).
+OWNER_RESOURCES = {"ReplicaSet": REPLICASETS, "StatefulSet": STATEFULSETS, "DaemonSet": DAEMONSETS, "Job": JOBS}
 CILIUM_ENDPOINTS = Resource("cilium.io", "v2", "ciliumendpoints", namespaced=True)
 LEASES = Resource("coordination.k8s.io", "v1", "leases", namespaced=True)
 EVENTS = Resource("events.k8s.io", "v1", "events", namespaced=True)

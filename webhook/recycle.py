@@ -49,8 +49,6 @@ from webhook.unmanaged import (
 )
 
 RECYCLE_RBAC = "the ClusterRole for recycle in docs/review-and-audit.md grants it"
-OWNER_RESOURCES = {"ReplicaSet": kube.REPLICASETS, "StatefulSet": kube.STATEFULSETS, "DaemonSet": kube.DAEMONSETS,
-                   "Job": kube.JOBS}
 
 _T = TypeVar("_T")
 
@@ -144,7 +142,7 @@ def _owner_verdict(client: Kube, options: RecycleOptions, pod: Mapping[str, Any]
     namespace = str((pod.get("metadata") or {}).get("namespace") or "")
     key = (owner.kind, namespace, owner.name)
     if key not in seen:
-        resource = OWNER_RESOURCES[owner.kind]
+        resource = kube.OWNER_RESOURCES[owner.kind]
         obj = _call(client, options, f"get {_plural(resource)} {namespace}/{owner.name}",
                     lambda: kube.get_object(client, resource, namespace, owner.name, options.timeout))
         seen[key] = owner_verdict(owner, obj)
