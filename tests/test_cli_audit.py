@@ -19,6 +19,7 @@ import yaml
 from tests.fakekube import FakeKube, rbac_of
 from tests.objects import AUDIT_RBAC, agent_pod, daemonset_pod, endpoint, node, with_taints, workload_pod
 from tests.support import SilentServer, kubeconfig_for, load_fixture, unused_port
+from tests.workloads import unmanaged_cluster
 from webhook import cli
 from webhook.audit import AuditOptions, collect
 from webhook.policy import CILIUM_TAINT_KEY
@@ -408,3 +409,16 @@ def test_the_kubernetes_client_is_not_imported_until_audit_runs():
               "print('LOADED' if 'kubernetes' in sys.modules else 'CLEAN')\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.stdout.strip() == "CLEAN", result.stderr
+
+
+@pytest.mark.slow
+def test_unmanaged_pods_of_every_kind_are_listed_right_now(fake_kube, kubeconfig_path, capsys):
+    unmanaged_cluster(fake_kube)  # the cluster `recycle` is tested on
+    report = json.loads(audit(capsys, kubeconfig_path, "--output", "json")[1])
+    listed = {f"{p['namespace']}/{p['name']}": p["owner_kind"] for p in report["unmanaged_pods"]}
+    assert listed == {
+        "shop/web-5d8f-a": "ReplicaSet", "shop/db-0": "StatefulSet", "shop/debug": None,
+        "kube-system/etcd-node-1": "Node", "batch/report-x": "Job", "logging/log-agent-node-1": "DaemonSet",
+        "pay/api-7c9d-a": "ReplicaSet",  # a budget would refuse its eviction: the audit only reads
+        "shop/web-5d8f-e": "ReplicaSet",  # its node rebooted: a snapshot has no grace period
+    }  # not: the host-network pod, the managed one, those on a node whose agent is not ready or still tainted

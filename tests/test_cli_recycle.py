@@ -13,8 +13,9 @@ import yaml
 
 from tests.docs_text import block_with
 from tests.fakekube import FakeKube, rbac_of
-from tests.objects import RECYCLE_RBAC, agent_pod, endpoint, node, owner_object, workload_pod
+from tests.objects import RECYCLE_RBAC
 from tests.support import SilentServer, kubeconfig_for, unused_port
+from tests.workloads import unmanaged_cluster
 from webhook import cli
 from webhook.config import PodScope
 from webhook.controller.rules import Timings
@@ -24,47 +25,6 @@ pytestmark = pytest.mark.slow  # the fake API server
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = (REPO / "docs" / "review-and-audit.md").read_text()
-LONG_AGO = time.time() - 3600
-
-
-def owner(fake: FakeKube, kind: str, name: str, namespace: str = "shop", **spec: Any) -> tuple[str, str, str]:
-    stored = fake.create(owner_object(kind, name, namespace, **spec))
-    return kind, name, stored["metadata"]["uid"]
-
-
-def cluster(fake: FakeKube) -> dict[str, dict[str, Any]]:
-    """node-1: a ready Cilium agent for an hour. node-2: its agent is not ready. node-3: still has the Cilium taint.
-    node-4: rebooted, its agent ready again 10 s ago. Pods on node-1 started 10 minutes ago, unless said."""
-    for name, ready, tainted, since in (("node-1", True, False, LONG_AGO), ("node-2", False, False, LONG_AGO),
-                                        ("node-3", True, True, LONG_AGO), ("node-4", True, False, time.time() - 10)):
-        fake.create(node(name, tainted=tainted))
-        fake.create(agent_pod(name, ready=ready, ready_since=since))
-    web = owner(fake, "ReplicaSet", "web-5d8f")
-    api = owner(fake, "ReplicaSet", "api-7c9d", "pay")
-    db = owner(fake, "StatefulSet", "db")
-    old_job = owner(fake, "Job", "report", "batch")
-    agents = owner(fake, "DaemonSet", "log-agent", "logging")
-    fake.modify("jobs.batch", "batch", "report",
-                lambda j: j.update(status={"conditions": [{"type": "Complete", "status": "True"}]}))
-    started = time.time() - 600
-    pods = {
-        "web-a": workload_pod("web-5d8f-a", "shop", "node-1", owner=web, started=started),  # a Deployment's pod
-        "db-0": workload_pod("db-0", "shop", "node-1", owner=db, started=started),
-        "debug": workload_pod("debug", "shop", "node-1", started=started),  # bare
-        "mirror": workload_pod("etcd-node-1", "kube-system", "node-1", mirror=True, started=started),
-        "job": workload_pod("report-x", "batch", "node-1", owner=old_job, started=started),
-        "daemonset": workload_pod("log-agent-node-1", "logging", "node-1", owner=agents, started=started),
-        "api": workload_pod("api-7c9d-a", "pay", "node-1", owner=api, started=started),  # a budget refuses
-        "host": workload_pod("ingress-1", "shop", "node-1", owner=web, host_network=True, started=started),
-        "managed": workload_pod("web-5d8f-b", "shop", "node-1", owner=web, started=started),
-        "not-ready": workload_pod("web-5d8f-c", "shop", "node-2", owner=web, started=started),
-        "tainted": workload_pod("web-5d8f-d", "shop", "node-3", owner=web, started=started),
-        "rebooted": workload_pod("web-5d8f-e", "shop", "node-4", owner=web, started=started),
-    }
-    stored = {key: fake.create(pod) for key, pod in pods.items()}
-    fake.create(endpoint(stored["managed"]))
-    fake.block_evictions("pay", retry_after=20)
-    return stored
 
 
 def run(capsys: pytest.CaptureFixture[str], kubeconfig: Path | str, *args: str) -> tuple[int, str, str]:
@@ -101,7 +61,7 @@ EXPECTED = {
 
 
 def test_a_real_run_evicts_what_its_owner_recreates_and_reports_the_rest(fake_kube, kubeconfig_path, capsys):
-    cluster(fake_kube)
+    unmanaged_cluster(fake_kube)
     status, out, err = run(capsys, kubeconfig_path, "--output", "json", "--rate", "600")
     rows = json_rows(out)
     assert {k: (r["owner_kind"], r["action"]) for k, r in rows.items()} == EXPECTED
@@ -120,7 +80,7 @@ def test_a_real_run_evicts_what_its_owner_recreates_and_reports_the_rest(fake_ku
 
 
 def test_a_dry_run_lists_the_same_pods_and_writes_nothing(fake_kube, kubeconfig_path, capsys):
-    cluster(fake_kube)
+    unmanaged_cluster(fake_kube)
     status, out, _ = run(capsys, kubeconfig_path, "--output", "json", "--dry-run")
     rows = json_rows(out)
     assert {k: r["action"] for k, r in rows.items()} == {
@@ -130,7 +90,7 @@ def test_a_dry_run_lists_the_same_pods_and_writes_nothing(fake_kube, kubeconfig_
 
 
 def test_the_table_names_each_pod_and_sums_up(fake_kube, kubeconfig_path, capsys):
-    cluster(fake_kube)
+    unmanaged_cluster(fake_kube)
     status, out, _ = run(capsys, kubeconfig_path, "--rate", "600")
     lines = out.splitlines()
     assert lines[0].split() == ["POD", "NODE", "OWNER", "AGE", "ACTION", "REASON"]
@@ -140,13 +100,13 @@ def test_the_table_names_each_pod_and_sums_up(fake_kube, kubeconfig_path, capsys
 
 
 def test_the_table_is_the_documented_example(fake_kube, kubeconfig_path, capsys):
-    cluster(fake_kube)
+    unmanaged_cluster(fake_kube)
     _, out, _ = run(capsys, kubeconfig_path, "--rate", "600")
     assert out == _docs_block("refused-by-pdb", "")
 
 
 def test_include_bare_evicts_a_bare_pod_but_never_a_mirror(fake_kube, kubeconfig_path, capsys):
-    cluster(fake_kube)
+    unmanaged_cluster(fake_kube)
     _, out, _ = run(capsys, kubeconfig_path, "--output", "json", "--include-bare", "--namespace", "shop",
                     "--namespace", "kube-system")
     rows = json_rows(out)
@@ -154,7 +114,7 @@ def test_include_bare_evicts_a_bare_pod_but_never_a_mirror(fake_kube, kubeconfig
 
 
 def test_nothing_unmanaged_left_exits_0(fake_kube, kubeconfig_path, capsys):
-    cluster(fake_kube)
+    unmanaged_cluster(fake_kube)
     status, out, _ = run(capsys, kubeconfig_path, "--selector", "app in (web-5d8f-a,db-0)", "--rate", "600")
     assert status == 0
     assert out.splitlines()[-1] == "2 unmanaged pod(s): 2 evicted, 0 refused by a PodDisruptionBudget, 0 reported only"
@@ -163,7 +123,7 @@ def test_nothing_unmanaged_left_exits_0(fake_kube, kubeconfig_path, capsys):
 
 
 def test_a_rebooted_node_counts_from_its_agent_being_ready_again(fake_kube, kubeconfig_path, capsys):
-    cluster(fake_kube)
+    unmanaged_cluster(fake_kube)
     rows = json_rows(run(capsys, kubeconfig_path, "--output", "json", "--dry-run", "--namespace", "shop")[1])
     assert "shop/web-5d8f-e" not in rows  # its agent has been ready 10 s: within the grace period
     rows = json_rows(run(capsys, kubeconfig_path, "--output", "json", "--dry-run", "--namespace", "shop",
@@ -172,7 +132,7 @@ def test_a_rebooted_node_counts_from_its_agent_being_ready_again(fake_kube, kube
 
 
 def test_scope_flags_list_only_the_scope(fake_kube, kubeconfig_path, capsys):
-    cluster(fake_kube)
+    unmanaged_cluster(fake_kube)
     rows = json_rows(run(capsys, kubeconfig_path, "--output", "json", "--dry-run", "--exclude-namespace", "shop",
                          "--exclude-namespace", "kube-system")[1])
     assert set(rows) == {"batch/report-x", "logging/log-agent-node-1", "pay/api-7c9d-a"}
@@ -185,7 +145,7 @@ def test_scope_flags_list_only_the_scope(fake_kube, kubeconfig_path, capsys):
 
 
 def test_the_config_files_scope_applies_and_flags_win(fake_kube, kubeconfig_path, capsys, tmp_path):
-    cluster(fake_kube)
+    unmanaged_cluster(fake_kube)
     config = tmp_path / "config.yaml"
     config.write_text("controller: {unmanaged: {namespaces: [pay]}}\n", encoding="utf-8")
     rows = json_rows(run(capsys, kubeconfig_path, "--output", "json", "--dry-run", "--config", str(config))[1])
@@ -196,7 +156,7 @@ def test_the_config_files_scope_applies_and_flags_win(fake_kube, kubeconfig_path
 
 
 def test_every_list_is_paginated(fake_kube, kube_client):
-    cluster(fake_kube)
+    unmanaged_cluster(fake_kube)
     find(kube_client, RecycleOptions(timeout=5, page_size=2), time.time())
     lists = [r for r in fake_kube.requests if rbac_of(r)[2] == "list"]
     assert {r.path for r in lists} == {"/api/v1/pods", "/api/v1/nodes", "/api/v1/namespaces/kube-system/pods",
@@ -206,7 +166,7 @@ def test_every_list_is_paginated(fake_kube, kube_client):
 
 
 def test_the_rate_limit_holds(fake_kube, kube_client):
-    cluster(fake_kube)
+    unmanaged_cluster(fake_kube)
     options = RecycleOptions(scope=PodScope(namespaces=("shop",)), timings=Timings(grace_period=60), rate=1,
                              include_bare=True, timeout=5)
     now = [time.time()]
@@ -226,7 +186,7 @@ def test_the_rate_limit_holds(fake_kube, kube_client):
 
 
 def test_a_cluster_without_the_ciliumendpoint_resource_is_an_error(fake_kube, kubeconfig_path, capsys):
-    cluster(fake_kube)
+    unmanaged_cluster(fake_kube)
     fake_kube.remove_resource("ciliumendpoints.cilium.io")
     status, out, err = run(capsys, kubeconfig_path)
     assert (status, out) == (2, "")
@@ -234,7 +194,7 @@ def test_a_cluster_without_the_ciliumendpoint_resource_is_an_error(fake_kube, ku
 
 
 def test_no_permission_exits_2(fake_kube, kubeconfig_path, capsys):
-    cluster(fake_kube)
+    unmanaged_cluster(fake_kube)
     fake_kube.fail("GET", "^/apis/apps/v1/namespaces/shop/replicasets/", 403, times=None)
     status, _, err = run(capsys, kubeconfig_path, "--dry-run")
     assert status == 2
@@ -261,7 +221,7 @@ def test_a_server_that_never_answers_is_bounded_by_the_timeout(tmp_path, capsys,
 
 
 def test_a_failed_eviction_stops_with_the_rows_so_far_and_exit_2(fake_kube, kubeconfig_path, capsys):
-    cluster(fake_kube)
+    unmanaged_cluster(fake_kube)
     fake_kube.fail("POST", "/pods/web-5d8f-a/eviction$", 500, times=None)
     status, out, err = run(capsys, kubeconfig_path, "--output", "json", "--namespace", "shop", "--rate", "600")
     assert status == 2
@@ -273,7 +233,7 @@ def test_a_failed_eviction_stops_with_the_rows_so_far_and_exit_2(fake_kube, kube
 
 
 def test_api_calls_are_exactly_the_documented_clusterrole(fake_kube, kubeconfig_path, capsys):
-    cluster(fake_kube)
+    unmanaged_cluster(fake_kube)
     run(capsys, kubeconfig_path, "--rate", "600")
     used = {rbac_of(r) for r in fake_kube.requests} - {("nonResourceURL", "/apis/cilium.io/v2", "get")}
     role = next(d for d in yaml.safe_load_all(_docs_block("name: cilium-startup-guard-recycle"))

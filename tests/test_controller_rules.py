@@ -20,6 +20,7 @@ from webhook.controller.rules import (
     condition_patch,
     condition_text,
     containers_started_at,
+    eviction_retry_at,
     micro_time,
     plan,
     pod_facts,
@@ -211,3 +212,8 @@ def test_reboot_boundary(old, new, expected):
 
 def test_boot_id_of_a_node_without_status_is_empty():
     assert boot_id({"metadata": {"name": "n"}}) == ""
+
+
+@pytest.mark.parametrize("retry_after, expected", [(None, NOW + 30), (5.0, NOW + 30), (90.0, NOW + 90)])
+def test_a_refused_eviction_is_retried_after_retry_after_but_never_sooner_than_the_floor(retry_after, expected):
+    assert eviction_retry_at(NOW, retry_after) == expected
