@@ -247,6 +247,12 @@ def _docs_block(marker: str, language: str = "yaml") -> str:
     return block_with(DOCS, marker, language)
 
 
+def test_the_documented_json_line_has_the_fields_of_a_row(fake_kube, kubeconfig_path, capsys):
+    unmanaged_cluster(fake_kube)
+    row = next(iter(json_rows(run(capsys, kubeconfig_path, "--output", "json", "--dry-run")[1]).values()))
+    assert list(json.loads(_docs_block('"age_seconds"', "json"))) == list(row)
+
+
 def test_recycle_takes_its_documented_flags():
     [commands] = [a for a in cli.build_parser()._actions if a.dest == "command"]
     flags = {s for a in commands.choices["recycle"]._actions for s in a.option_strings} - {"-h", "--help"}
