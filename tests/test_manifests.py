@@ -220,6 +220,7 @@ def test_namespaced_objects_live_in_the_webhook_namespace(rendered, overlay):
         assert namespace == (None if obj["kind"] in CLUSTER_SCOPED else NAMESPACE), obj["metadata"]["name"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(KUBECTL is None, reason="compares the fallback loader with kubectl kustomize")
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_fallback_loader_renders_what_kubectl_renders(manifests, overlay):
