@@ -88,6 +88,7 @@ SERVICE_MONITOR = resource("monitoring.coreos.com/v1", "ServiceMonitor", strict(
         "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
         "interval": DURATION,
         "scrapeTimeout": DURATION,
+        "honorLabels": {"type": "boolean"},
         "tlsConfig": strict({
             "ca": strict({"secret": SECRET_KEY, "configMap": SECRET_KEY}),
             "serverName": STRING,

@@ -24,7 +24,8 @@ KUBERNETES_VERSIONS = (OLDEST_SUPPORTED, kubernetes_validate.latest_version())
 
 @pytest.fixture(scope="module")
 def installs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
-    return render_installs(tmp_path_factory.mktemp("installs"))
+    """Every install (kustomize overlays, Helm chart variants with their optional objects on) by name."""
+    return {name: install.objects for name, install in render_installs(tmp_path_factory.mktemp("installs")).items()}
 
 
 def validate(obj: dict[str, Any], version: str) -> None:
