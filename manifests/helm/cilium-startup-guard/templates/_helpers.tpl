@@ -218,13 +218,6 @@ name against what the code exports).
     severity: warning
   annotations:
     summary: The API server does not serve ciliumendpoints; gates are released after the grace period.
-- alert: CiliumStartupGuardUnmanagedPods
-  expr: sum by (namespace, owner_kind) (cilium_startup_guard_unmanaged_pods) > 0
-  for: 15m
-  labels:
-    severity: warning
-  annotations:
-    summary: 'Pods in {{ "{{ $labels.namespace }}" }} ({{ "{{ $labels.owner_kind }}" }}) run without Cilium managing their network.'
 - alert: CiliumStartupGuardControllerNoLeader
   expr: (sum(cilium_startup_guard_leader) or vector(0)) < 1
   for: 5m
