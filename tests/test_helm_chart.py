@@ -310,3 +310,23 @@ def test_upgrade_never_writes_ca_bundle():
     for values in ({}, {"certificates": "cert-manager"}):
         for _, hook in webhooks(render_chart(values, is_upgrade=True)):
             assert "caBundle" not in hook["clientConfig"]
+
+
+# --- the install docs ---------------------------------------------------------------------------------------------
+
+INSTALL_DOCS = CHART.parents[2] / "docs" / "install.md"
+
+
+def test_install_docs_example_values_render():
+    text = INSTALL_DOCS.read_text()
+    (example,) = re.findall(r"```yaml\n# my-values.yaml\n(.*?)```", text, flags=re.DOTALL)
+    objects = render_chart(yaml.safe_load(example))
+    assert config_of(objects).mode.value == "strip"
+
+
+def test_install_docs_helm_commands_name_the_chart():
+    commands = [line for line in INSTALL_DOCS.read_text().splitlines() if line.lstrip().startswith("helm ")]
+    assert commands
+    for line in commands:
+        paths = re.findall(r"(?<![\w/])manifests/[\w./-]+", line)
+        assert all((CHART.parents[2] / path / "Chart.yaml").exists() for path in paths), line
