@@ -140,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_controller(commands)
     _add_audit(commands)
+    _add_policy(commands)
     return parser
 
 
@@ -204,6 +205,42 @@ def _add_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     audit.add_argument("--cilium-agent-selector", default=DEFAULT_AGENT_SELECTOR, metavar="SELECTOR",
                        help=f"label selector of the Cilium agent pods (default {DEFAULT_AGENT_SELECTOR})")
     audit.set_defaults(run=_audit)
+
+
+def _add_policy(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from webhook.export import API_VERSIONS, Form
+
+    policy = commands.add_parser("policy", help="the policy in other forms",
+                                 description="The webhook's policy in other forms.")
+    verbs = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
+    export = verbs.add_parser(
+        "export", help="print the policy as Kubernetes admission policies (YAML)",
+        description="Prints, from the webhook's configuration, a ValidatingAdmissionPolicy (warn, deny) or a "
+                    "MutatingAdmissionPolicy (strip, readiness gate) with its binding, to apply instead of or "
+                    "beside the webhook. Exit status: 0 printed, 2 bad usage or configuration, or a form that "
+                    "cannot do what the mode asks (strip has no ValidatingAdmissionPolicy).")
+    export.add_argument("--format", required=True, choices=[f.value for f in Form],
+                        help="vap: ValidatingAdmissionPolicy (GA in Kubernetes 1.30); map: MutatingAdmissionPolicy "
+                             "(beta in 1.34, GA in 1.36)")
+    export.add_argument("--api-version", default=API_VERSIONS[0], choices=API_VERSIONS,
+                        help=f"of admissionregistration.k8s.io (default {API_VERSIONS[0]})")
+    _add_policy_flags(export)
+    export.set_defaults(run=_policy_export)
+
+
+def _policy_export(args: argparse.Namespace) -> int:
+    from webhook.export import Form, NothingToExport, export
+
+    policy = build_settings(args.config, _mode(args)).policy
+    try:
+        objects = export(policy, Form(args.format), args.api_version)
+    except NothingToExport as err:
+        print(f"{PROG} policy export: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    source = str(args.config) if args.config else "the built-in defaults"
+    sys.stdout.write(f"# {PROG} policy export --format {args.format} --mode {policy.mode.value}, from {source}\n")
+    yaml.safe_dump_all(objects, sys.stdout, sort_keys=False, width=120)
+    return 0
 
 
 def _add_policy_flags(parser: argparse.ArgumentParser) -> None:

@@ -215,11 +215,11 @@ def _variables(config: PolicyConfig) -> list[dict[str, str]]:
         {"name": "tolerations", "expression": "has(variables.podSpec.tolerations) ? variables.podSpec.tolerations "
                                               ": []"},
         {"name": "blanket", "expression": f"variables.tolerations.filter(t, {_is_blanket('t')})"},
-        {"name": "namespace", "expression": "has(object.metadata.namespace) && object.metadata.namespace != '' ? "
+        {"name": "namespace", "expression": "has(object.metadata.namespace) && object.metadata.namespace != \"\" ? "
                                             "object.metadata.namespace : request.namespace"},
-        {"name": "name", "expression": "has(object.metadata.name) && object.metadata.name != '' ? "
+        {"name": "name", "expression": "has(object.metadata.name) && object.metadata.name != \"\" ? "
                                        "object.metadata.name : (has(object.metadata.generateName) ? "
-                                       "object.metadata.generateName : '') + '<generated>'"},
+                                       "object.metadata.generateName : \"\") + \"<generated>\""},
         {"name": "exempt", "expression": _exempt(config)},
     ]
 
@@ -278,7 +278,7 @@ def _json_toleration(t: str) -> str:
 
 
 def _ref() -> str:
-    return "(variables.namespace != '' ? variables.namespace + '/' : '') + variables.name"
+    return "(variables.namespace != \"\" ? variables.namespace + \"/\" : \"\") + variables.name"
 
 
 def _warnings_message(config: PolicyConfig) -> str:
