@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from tests.fakekube import FakeKube
+from tests.installs import render_installs
 
 
 @pytest.fixture
@@ -35,3 +36,9 @@ def kube_client(kubeconfig_path: Path) -> Iterator[object]:
     client = kube.connect(kubeconfig_path, "fake")
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def rendered_installs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, object]]]:
+    """Every install (kustomize overlays and Helm chart variants, tests/installs.py) by name, rendered once."""
+    return {name: install.objects for name, install in render_installs(tmp_path_factory.mktemp("installs")).items()}

@@ -16,7 +16,7 @@ import yaml
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from tests.installs import BY_NAME, NAMES, names, render_installs
+from tests.installs import BY_NAME, NAMES, names
 from tests.manifest_render import KUBECTL, OVERLAYS, ROOT, build, normalized, prepare, render_kubectl
 from tests.objects import CERTS_JOB_GRANTS, CONTROLLER_RBAC
 from webhook import certs, cli
@@ -113,9 +113,9 @@ def manifests(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
+def rendered(rendered_installs) -> dict[str, list[dict[str, Any]]]:
     """Every install (kustomize overlays and Helm chart variants, tests/installs.py) by name."""
-    return {name: install.objects for name, install in render_installs(tmp_path_factory.mktemp("installs")).items()}
+    return rendered_installs
 
 
 # --- helpers ---------------------------------------------------------------------------------------------

@@ -16,20 +16,15 @@ import kubernetes_validate
 import pytest
 
 from tests.crd_shapes import check_shape, is_custom_resource
-from tests.installs import render_installs
+from tests.openapi import NEWEST, OLDEST_SUPPORTED, validate
 
-OLDEST_SUPPORTED = "1.30"
-KUBERNETES_VERSIONS = (OLDEST_SUPPORTED, kubernetes_validate.latest_version())
+KUBERNETES_VERSIONS = (OLDEST_SUPPORTED, NEWEST)
 
 
 @pytest.fixture(scope="module")
-def installs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
+def installs(rendered_installs) -> dict[str, list[dict[str, Any]]]:
     """Every install (kustomize overlays, Helm chart variants with their optional objects on) by name."""
-    return {name: install.objects for name, install in render_installs(tmp_path_factory.mktemp("installs")).items()}
-
-
-def validate(obj: dict[str, Any], version: str) -> None:
-    kubernetes_validate.validate(obj, version, strict=True)
+    return rendered_installs
 
 
 def distinct(installs: dict[str, list[dict[str, Any]]]) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -98,7 +93,7 @@ def test_validation_knows_which_kinds_the_oldest_version_lacks():
         validate(mutating, OLDEST_SUPPORTED)
     validate({**mutating, "spec": {k: v for k, v in configuration["spec"].items() if k != "validations"}
               | {"mutations": [{"patchType": "JSONPatch", "jsonPatch": {"expression": "[]"}}],
-                 "reinvocationPolicy": "Never"}}, KUBERNETES_VERSIONS[-1])
+                 "reinvocationPolicy": "Never"}}, NEWEST)
 
 
 @pytest.mark.parametrize("field, value", [

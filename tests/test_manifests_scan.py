@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.installs import NAMES, render_installs
+from tests.installs import NAMES
 
 pytestmark = pytest.mark.slow
 
@@ -24,8 +24,8 @@ SKIP_ANNOTATION = "checkov.io/skip"
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
-    return {name: install.objects for name, install in render_installs(tmp_path_factory.mktemp("installs")).items()}
+def rendered(rendered_installs) -> dict[str, list[dict[str, Any]]]:
+    return rendered_installs
 
 
 @pytest.fixture(scope="module")
