@@ -18,7 +18,8 @@ Object = dict[str, Any]
 Certificates = Literal["cert-manager", "self-managed", "self-managed-job"]
 
 MONITORING_VALUES = {"metrics": {"serviceMonitor": {"enabled": True},
-                                 "prometheusRule": {"enabled": True}}}
+                                 "prometheusRule": {"enabled": True},
+                                 "grafanaDashboard": {"enabled": True}}}
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class InstallSpec:
     name: str
     certificates: Certificates
     strict: bool = False
-    # ServiceMonitors and PrometheusRule included.
+    # ServiceMonitors, PrometheusRule and the Grafana dashboard included.
     monitoring: bool = False
     # A kustomize overlay (with components on top), or the Helm chart with these values.
     overlay: str = ""
@@ -50,7 +51,7 @@ SPECS = (
     InstallSpec("self-managed-job", "self-managed-job", overlay="self-managed-job"),
     InstallSpec("strict", "cert-manager", strict=True, overlay="strict"),
     InstallSpec("self-managed-job+monitoring", "self-managed-job", monitoring=True, overlay="self-managed-job",
-                components=("servicemonitor", "alerts")),
+                components=("servicemonitor", "alerts", "grafana-dashboard")),
     InstallSpec("helm", "self-managed-job", helm_values={}),
     InstallSpec("helm-cert-manager", "cert-manager", helm_values={"certificates": "cert-manager"}),
     InstallSpec("helm-strict", "cert-manager", strict=True,

@@ -1,12 +1,14 @@
-"""The alerting rules (Helm chart and kustomize component): every PromQL expression parses, every metric it reads is
-one the code exports (read from the metrics classes themselves) or one of a few named outside sources, every
-label it matches exists on that metric, and every alert has a runbook in the operations docs.
+"""The alerting rules and the Grafana dashboard (Helm chart and kustomize components): every PromQL expression
+parses, every metric it reads is one the code exports (read from the metrics classes themselves) or one of a few
+named outside sources, every label it matches exists on that metric, and every alert has a runbook in the
+operations docs.
 
-The chart and the component render the same rules: test_helm_chart.py compares them field for field.
+The chart and the components render the same objects: test_helm_chart.py compares them field for field.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -18,10 +20,12 @@ import yaml
 from tests.helm_render import render_chart
 from tests.installs import MONITORING_VALUES
 from tests.manifest_render import ROOT
+from webhook.admission import Endpoint
 from webhook.controller_metrics import ControllerMetrics
 from webhook.metrics import Metrics
 
 RULE_FILE = ROOT / "manifests" / "components" / "alerts" / "prometheusrule.yaml"
+DASHBOARD_FILE = ROOT / "manifests" / "helm" / "cilium-startup-guard" / "files" / "grafana-dashboard.json"
 RUNBOOKS = ROOT / "docs" / "operations.md"
 # Series that Prometheus attaches to every scraped sample; rules may match them on any metric.
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "endpoint", "container"}
@@ -38,7 +42,11 @@ SEVERITIES = {"warning", "critical"}
 def exported() -> dict[str, dict[str, set[str]]]:
     """Every sample name the webhook and the controller expose, with the values each label takes."""
     result: dict[str, dict[str, set[str]]] = {}
-    for registry in (Metrics().registry, ControllerMetrics().registry):
+    webhook = Metrics()
+    # The per-namespace series exist once a namespace has been counted; count one for each endpoint.
+    for endpoint in Endpoint:
+        webhook.count_blanket(endpoint, "default", seen=1, stripped=1)
+    for registry in (webhook.registry, ControllerMetrics().registry):
         for family in registry.collect():
             for sample in family.samples:
                 labels = result.setdefault(sample.name, {})
@@ -61,6 +69,10 @@ def chart_rules() -> list[dict[str, Any]]:
 
 
 RULES = component_rules()
+DASHBOARD = json.loads(DASHBOARD_FILE.read_text())
+PANEL_QUERIES = [(f"{panel['title']}/{target['refId']}", target["expr"])
+                 for panel in DASHBOARD["panels"] for target in panel["targets"]]
+EXPRESSIONS = [(rule["alert"], rule["expr"]) for rule in RULES] + PANEL_QUERIES
 
 
 def selectors(expr: str) -> Iterator[promql_parser.VectorSelector]:
@@ -87,23 +99,30 @@ def test_the_rules_are_alerts_with_distinct_names():
 
 
 @pytest.mark.parametrize("rule", RULES, ids=rule_ids())
-def test_every_expression_parses(rule):
+def test_every_alert_expression_parses(rule):
     promql_parser.parse(rule["expr"])
     if "for" in rule:
         assert promql_parser.parse_duration(rule["for"]).total_seconds() > 0
 
 
-@pytest.mark.parametrize("rule", RULES, ids=rule_ids())
-def test_every_metric_an_alert_reads_is_exported(rule):
-    names = [s.name for s in selectors(rule["expr"])]
+@pytest.mark.parametrize("where, expr", PANEL_QUERIES, ids=[w for w, _ in PANEL_QUERIES])
+def test_every_panel_query_parses(where, expr):
+    promql_parser.parse(expr)
+
+
+
+
+@pytest.mark.parametrize("where, expr", EXPRESSIONS, ids=[w for w, _ in EXPRESSIONS])
+def test_every_metric_an_alert_or_panel_reads_is_exported(where, expr):
+    names = [s.name for s in selectors(expr)]
     assert names
     for name in names:
         assert name in EXPORTED or name in OUTSIDE_METRICS, name
 
 
-@pytest.mark.parametrize("rule", RULES, ids=rule_ids())
-def test_every_label_an_alert_matches_exists_with_that_value(rule):
-    for selector in selectors(rule["expr"]):
+@pytest.mark.parametrize("where, expr", EXPRESSIONS, ids=[w for w, _ in EXPRESSIONS])
+def test_every_label_an_alert_or_panel_matches_exists_with_that_value(where, expr):
+    for selector in selectors(expr):
         for matcher in selector.matchers.matchers:
             if selector.name in OUTSIDE_METRICS:
                 assert matcher.name in OUTSIDE_METRICS[selector.name] | TARGET_LABELS, (selector.name, matcher.name)
@@ -142,3 +161,16 @@ def test_runbook_base_url_links_every_alert_to_its_runbook():
 def test_every_alert_has_a_runbook(rule):
     headings = re.findall(r"^#+ +(\S+)\s*$", RUNBOOKS.read_text(), flags=re.MULTILINE)
     assert rule["alert"] in headings
+
+
+def test_dashboard_panels_have_distinct_ids_and_use_the_datasource_variable():
+    ids = [panel["id"] for panel in DASHBOARD["panels"]]
+    assert len(set(ids)) == len(ids)
+    assert [v["name"] for v in DASHBOARD["templating"]["list"]] == ["datasource"]
+    for panel in DASHBOARD["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}"
+
+
+def test_the_component_and_the_chart_ship_the_same_dashboard():
+    component = yaml.safe_load((ROOT / "manifests" / "components" / "grafana-dashboard" / "configmap.yaml").read_text())
+    assert json.loads(component["data"]["cilium-startup-guard.json"]) == DASHBOARD

@@ -70,6 +70,7 @@ MONITORING_OBJECTS = {
     ("ServiceMonitor", WEBHOOK),
     ("ServiceMonitor", CONTROLLER),
     ("PrometheusRule", "cilium-startup-guard"),
+    ("ConfigMap", "cilium-startup-guard-grafana-dashboard"),
 }
 # The Helm chart's certs Job carries a hash of its pod template (tests/test_helm_chart.py says why).
 HASHED_JOB_NAME = re.compile(rf"{CERTS_JOB}(-[0-9a-f]{{10}})?")
