@@ -1,4 +1,5 @@
-"""Shared fixtures: the fake Kubernetes API server and a real kubernetes client pointed at it."""
+"""Shared fixtures: the fake Kubernetes API server and a real kubernetes client pointed at it; and the rule that a
+test using them is marked slow, so that `pytest -m "not slow"` stays the fast inner loop."""
 
 from __future__ import annotations
 
@@ -9,7 +10,18 @@ import pytest
 import yaml
 
 from tests.fakekube import FakeKube
-from tests.installs import render_installs
+from tests.installs import RenderedInstalls
+
+# Each of these starts the fake API server.
+FAKE_API_SERVER = frozenset({"fake_kube", "kubeconfig_path", "kube_client"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [item.nodeid for item in items if FAKE_API_SERVER & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError("these tests start the fake API server but are not marked slow "
+                                f"(@pytest.mark.slow): {', '.join(unmarked)}")
 
 
 @pytest.fixture
@@ -39,6 +51,6 @@ def kube_client(kubeconfig_path: Path) -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
-def rendered_installs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, object]]]:
-    """Every install (kustomize overlays and Helm chart variants, tests/installs.py) by name, rendered once."""
-    return {name: install.objects for name, install in render_installs(tmp_path_factory.mktemp("installs")).items()}
+def rendered_installs(tmp_path_factory: pytest.TempPathFactory) -> RenderedInstalls:
+    """Every install (kustomize overlays and Helm chart variants, tests/installs.py) by name, each rendered once."""
+    return RenderedInstalls(tmp_path_factory.mktemp("installs"))

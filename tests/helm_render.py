@@ -6,6 +6,9 @@ NOTES.txt is not a manifest.
 
 from __future__ import annotations
 
+import copy
+import functools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +26,22 @@ Object = dict[str, Any]
 
 def render_chart(values: dict[str, Any] | None = None, *, namespace: str = NAMESPACE, chart: Path = CHART,
                  is_upgrade: bool = False) -> list[Object]:
-    with helm_python.Chart.load(chart) as loaded:
-        manifests = loaded.render(values or {}, name=RELEASE, namespace=namespace,
-                                  is_install=not is_upgrade, is_upgrade=is_upgrade)
+    """The rendered objects, a fresh copy each call (the same rendering is done once per run)."""
+    return copy.deepcopy(_render(json.dumps(values or {}, sort_keys=True), namespace, chart, is_upgrade))
+
+
+@functools.cache
+def _render(values: str, namespace: str, chart: Path, is_upgrade: bool) -> list[Object]:
+    manifests = _load(chart).render(json.loads(values), name=RELEASE, namespace=namespace,
+                                    is_install=not is_upgrade, is_upgrade=is_upgrade)
     objects: list[Object] = []
     for path in sorted(manifests):
         if path.endswith(".yaml"):
             objects += [doc for doc in yaml.safe_load_all(manifests[path]) if doc]
     return objects
+
+
+@functools.cache
+def _load(chart: Path) -> helm_python.Chart:
+    # Loaded charts are immutable; one per run, released when the process ends.
+    return helm_python.Chart.load(chart)

@@ -5,10 +5,12 @@ installing are held to one set of checks.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import pytest
 import yaml
 
 from tests.helm_render import render_chart
@@ -39,12 +41,6 @@ class InstallSpec:
         return self.helm_values is not None
 
 
-@dataclass(frozen=True)
-class Install:
-    spec: InstallSpec
-    objects: list[Object] = field(hash=False)
-
-
 SPECS = (
     InstallSpec("cert-manager", "cert-manager", overlay="cert-manager"),
     InstallSpec("self-managed", "self-managed", overlay="self-managed"),
@@ -62,14 +58,38 @@ NAMES = tuple(spec.name for spec in SPECS)
 BY_NAME = {spec.name: spec for spec in SPECS}
 
 
-def names(**traits: Any) -> list[str]:
-    """The installs whose spec has all these traits, e.g. names(certificates="cert-manager")."""
-    return [s.name for s in SPECS if all(getattr(s, k) == v for k, v in traits.items())]
+# The installs the fast lane (`pytest -m "not slow"`) checks: one of each way of installing. The rest run with the
+# whole suite.
+FAST = frozenset({"cert-manager", "helm"})
 
 
-def render_installs(workdir: Path) -> dict[str, Install]:
-    manifests = prepare(workdir)
-    return {spec.name: Install(spec, render_spec(spec, manifests, workdir)) for spec in SPECS}
+def names(**traits: Any) -> list[Any]:
+    """The installs whose spec has all these traits, e.g. names(certificates="cert-manager"), as pytest params:
+    those outside FAST marked slow."""
+    return [pytest.param(s.name, marks=() if s.name in FAST else pytest.mark.slow) for s in SPECS
+            if all(getattr(s, k) == v for k, v in traits.items())]
+
+
+class RenderedInstalls(Mapping[str, list[Object]]):
+    """Every install's objects by name, each rendered on first use: the fast lane needs only a few."""
+
+    def __init__(self, workdir: Path) -> None:
+        self._workdir = workdir
+        self._manifests: Path | None = None
+        self._objects: dict[str, list[Object]] = {}
+
+    def __getitem__(self, name: str) -> list[Object]:
+        if name not in self._objects:
+            if self._manifests is None:
+                self._manifests = prepare(self._workdir)
+            self._objects[name] = render_spec(BY_NAME[name], self._manifests, self._workdir)
+        return self._objects[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(NAMES)
+
+    def __len__(self) -> int:
+        return len(NAMES)
 
 
 def render_spec(spec: InstallSpec, manifests: Path, workdir: Path) -> list[Object]:

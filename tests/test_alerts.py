@@ -20,8 +20,8 @@ import yaml
 from tests.helm_render import render_chart
 from tests.installs import MONITORING_VALUES
 from tests.manifest_render import ROOT
-from webhook.admission import Endpoint
-from webhook.controller_metrics import ControllerMetrics
+from webhook.controller.metrics import ControllerMetrics
+from webhook.enums import Endpoint
 from webhook.metrics import Metrics
 
 RULE_FILE = ROOT / "manifests" / "components" / "alerts" / "prometheusrule.yaml"

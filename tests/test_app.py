@@ -13,7 +13,8 @@ import pytest
 from tests.support import AppClient, load_fixture
 from webhook.app import create_app
 from webhook.config import Settings
-from webhook.policy import Mode, PolicyConfig
+from webhook.enums import Mode
+from webhook.policy import PolicyConfig
 
 JSON = {"Content-Type": "application/json"}
 

@@ -128,7 +128,12 @@ CASES = [*REVIEWS, TERMINATING]
 
 # --- ValidatingAdmissionPolicy ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("config_name", CONFIGS)
+def config_params() -> list[Any]:
+    """Every configuration; the fast lane takes the defaults only."""
+    return [pytest.param(name, marks=() if name == "defaults" else pytest.mark.slow) for name in CONFIGS]
+
+
+@pytest.mark.parametrize("config_name", config_params())
 @pytest.mark.parametrize("mode", [Mode.WARN, Mode.DENY])
 def test_vap_gives_the_webhooks_verdict_and_message_on_every_fixture(mode, config_name):
     config = configured(config_name, mode)
@@ -155,7 +160,8 @@ MAP_CONFIGS = [(name, mode) for name in CONFIGS for mode in (Mode.STRIP, Mode.WA
                if mode is Mode.STRIP or CONFIGS[name].readiness_gate]
 
 
-@pytest.mark.parametrize("config_name, mode", MAP_CONFIGS, ids=[f"{n}-{m}" for n, m in MAP_CONFIGS])
+@pytest.mark.parametrize("config_name, mode", [
+    pytest.param(n, m, id=f"{n}-{m}", marks=() if n == "defaults" else pytest.mark.slow) for n, m in MAP_CONFIGS])
 def test_map_leaves_every_fixture_as_mutate_does(config_name, mode):
     config = configured(config_name, mode)
     differing = [name for name, obj, namespace in CASES
@@ -230,6 +236,7 @@ LABELS = st.dictionaries(st.sampled_from(["k8s-app", "app"]), st.sampled_from(["
 ANNOTATIONS = st.dictionaries(st.just("startupguard.io/skip"), st.sampled_from(["true", "false"]), max_size=1)
 
 
+@pytest.mark.slow
 @GENERATED
 @given(tols=tolerations(), labels=LABELS, annotations=ANNOTATIONS,
        mode=st.sampled_from([Mode.WARN, Mode.DENY]), config_name=st.sampled_from(sorted(CONFIGS)))
@@ -239,6 +246,7 @@ def test_vap_agrees_with_the_webhook_on_generated_tolerations(tols, labels, anno
     assert vap_verdict(obj, config, "kube-system") == webhook_verdict(obj, config, "kube-system")
 
 
+@pytest.mark.slow
 @GENERATED
 @given(tols=tolerations(), labels=LABELS, annotations=ANNOTATIONS, config_name=st.sampled_from(sorted(CONFIGS)))
 def test_map_agrees_with_the_webhook_on_generated_tolerations(tols, labels, annotations, config_name):

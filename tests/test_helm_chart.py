@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import helm_python
-import kubernetes_validate
 import pytest
 import yaml
 
 from tests.helm_render import CHART, render_chart
 from tests.installs import BY_NAME, MONITORING_VALUES, render_spec
 from tests.manifest_render import prepare
+from tests.openapi import NEWEST
 from tests.test_manifests import CONTROLLER, WEBHOOK, container, find, flags, selector_matches, webhooks
 from webhook import cli
 from webhook.config import ConfigFile, Settings, parse_config, reload_settings
@@ -34,9 +34,10 @@ CERTS_JOB_NAME = re.compile(r"cilium-startup-guard-certs-([0-9a-f]{10})")
 # The overlay each set of chart values corresponds to.
 CORRESPONDING = [
     pytest.param({}, "self-managed-job", id="defaults=self-managed-job"),
-    pytest.param({"certificates": "cert-manager"}, "cert-manager", id="cert-manager"),
-    pytest.param({"certificates": "cert-manager", "strict": True}, "strict", id="strict"),
-    pytest.param(MONITORING_VALUES, "self-managed-job+monitoring", id="monitoring=overlay+components"),
+    pytest.param({"certificates": "cert-manager"}, "cert-manager", id="cert-manager", marks=pytest.mark.slow),
+    pytest.param({"certificates": "cert-manager", "strict": True}, "strict", id="strict", marks=pytest.mark.slow),
+    pytest.param(MONITORING_VALUES, "self-managed-job+monitoring", id="monitoring=overlay+components",
+                 marks=pytest.mark.slow),
 ]
 
 
@@ -73,9 +74,13 @@ def comparable(objects: list[Object]) -> dict[tuple[str, str], Object]:
 
 # --- lint and schema -------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("values", [{}, {"certificates": "cert-manager", "strict": True}, MONITORING_VALUES],
-                         ids=["defaults", "cert-manager-strict", "monitoring"])
-@pytest.mark.parametrize("kube_version", ["v1.30.0", f"v{kubernetes_validate.latest_version()}"])
+@pytest.mark.parametrize("values, kube_version", [
+    pytest.param({}, "v1.30.0", id="defaults-1.30"),
+    pytest.param({}, f"v{NEWEST}", id="defaults-newest", marks=pytest.mark.slow),
+    pytest.param({"certificates": "cert-manager", "strict": True}, "v1.30.0", id="cert-manager-strict",
+                 marks=pytest.mark.slow),
+    pytest.param(MONITORING_VALUES, f"v{NEWEST}", id="monitoring", marks=pytest.mark.slow),
+])
 def test_chart_lints_without_a_warning(values, kube_version):
     report = helm_python.lint(CHART, values, strict=True, kube_version=kube_version)
     assert report["errors"] == []
@@ -176,14 +181,14 @@ def test_every_controller_flag_an_operator_tunes_has_a_value():
                                            "ciliumNamespace": "cilium", "ciliumAgentSelector": "app=cilium-agent",
                                            "dryRun": True, "metricsPort": 9091}})
     args = container(objects, CONTROLLER)["args"]
-    parsed = cli._parser().parse_args(args)
+    parsed = cli.build_parser().parse_args(args)
     assert (parsed.grace_period, parsed.recycle_rate, parsed.release_after) == (90, 2.5, 0)
     assert (parsed.cilium_namespace, parsed.cilium_agent_selector) == ("cilium", "app=cilium-agent")
     assert parsed.dry_run is True and parsed.metrics_port == 9091
     # Every option of `controller` is set by the chart, except those for running it by hand.
     by_hand = {"-h", "--help", "--kubeconfig", "--context", "--release-all"}
-    controller_parser = next(a for a in cli._parser()._subparsers._group_actions[0].choices.items()
-                             if a[0] == "controller")[1]
+    [commands] = [a for a in cli.build_parser()._actions if a.dest == "command"]
+    controller_parser = commands.choices["controller"]
     options = {o for action in controller_parser._actions for o in action.option_strings} - by_hand
     assert options == set(flags(args[1:]))
 

@@ -16,11 +16,12 @@ import yaml
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from tests.installs import BY_NAME, NAMES, names
+from tests.installs import BY_NAME, names
 from tests.manifest_render import KUBECTL, OVERLAYS, ROOT, build, normalized, prepare, render_kubectl
 from tests.objects import CERTS_JOB_GRANTS, CONTROLLER_RBAC
 from webhook import certs, cli
 from webhook.app import create_app
+from webhook.cli import certs as certs_verb
 from webhook.config import ConfigFile, Settings, parse_config
 from webhook.policy import CILIUM_TAINT_KEY, PolicyConfig, is_blanket_noexecute
 
@@ -232,12 +233,12 @@ def identity(obj: dict[str, Any]) -> tuple[str, str]:
     return obj["kind"], name
 
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_install_renders_exactly_the_expected_objects(rendered, install):
     assert sorted(identity(o) for o in rendered[install]) == sorted(expected_objects(install))
 
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_namespaced_objects_live_in_the_webhook_namespace(rendered, install):
     for obj in rendered[install]:
         namespace = obj["metadata"].get("namespace")
@@ -267,7 +268,7 @@ def test_generated_certificates_are_ignored_by_git():
 
 # --- Service -> Deployment -> webhook wiring ---------------------------------------------------------------
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_service_routes_to_the_webhook_container_port(rendered, install):
     objects = rendered[install]
     service = find(objects, "Service", WEBHOOK)
@@ -284,7 +285,7 @@ def test_service_routes_to_the_webhook_container_port(rendered, install):
     assert flags(container(objects, WEBHOOK)["args"][1:])["--port"] == str(WEBHOOK_PORT)
 
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_webhook_configurations_call_the_service(rendered, install):
     service = find(rendered[install], "Service", WEBHOOK)
     (port,) = service["spec"]["ports"]
@@ -295,7 +296,7 @@ def test_webhook_configurations_call_the_service(rendered, install):
         assert "url" not in hook["clientConfig"]
 
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_service_name_is_the_one_the_certificates_are_made_for(rendered, install):
     service = find(rendered[install], "Service", WEBHOOK)
     assert (service["metadata"]["name"], service["metadata"]["namespace"]) == (
@@ -304,7 +305,7 @@ def test_service_name_is_the_one_the_certificates_are_made_for(rendered, install
     assert certs.DEFAULT_WEBHOOK_CONFIGURATION == WEBHOOK_CONFIGURATION
 
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_every_webhook_and_probe_path_is_a_route_of_the_app(rendered, install):
     routes = {(route.path, method) for route in create_app(Settings()).routes
               for method in getattr(route, "methods", ())}
@@ -321,7 +322,7 @@ def test_every_webhook_and_probe_path_is_a_route_of_the_app(rendered, install):
         assert get["port"] == webhook["ports"][0]["name"]
 
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_webhook_serves_the_mounted_certificate(rendered, install):
     deployment = find(rendered[install], "Deployment", WEBHOOK)
     pod = deployment["spec"]["template"]["spec"]
@@ -339,7 +340,7 @@ def test_webhook_serves_the_mounted_certificate(rendered, install):
 
 # --- admission registration ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_webhooks_see_daemonset_create_and_update_only(rendered, install):
     for kind, hook in webhooks(rendered[install]):
         assert hook["rules"] == [{"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
@@ -351,7 +352,7 @@ def test_webhooks_see_daemonset_create_and_update_only(rendered, install):
         assert hook["name"].count(".") >= 2  # kube-apiserver wants a fully qualified name
 
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_mutating_webhook_is_reinvoked_if_needed(rendered, install):
     objects = rendered[install]
     hooks = find(objects, "MutatingWebhookConfiguration", WEBHOOK_CONFIGURATION)["webhooks"]
@@ -361,13 +362,13 @@ def test_mutating_webhook_is_reinvoked_if_needed(rendered, install):
     assert all("reinvocationPolicy" not in h for h in validating)
 
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_failure_policy_is_ignore_except_in_strict(rendered, install):
     expected = "Fail" if BY_NAME[install].strict else "Ignore"
     assert {hook["failurePolicy"] for _, hook in webhooks(rendered[install])} == {expected}
 
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_namespace_selector_leaves_out_the_webhook_namespace_only(rendered, install):
     for _, hook in webhooks(rendered[install]):
         selector = hook["namespaceSelector"]
@@ -376,7 +377,7 @@ def test_namespace_selector_leaves_out_the_webhook_namespace_only(rendered, inst
             assert selector_matches(selector, {"kubernetes.io/metadata.name": other})
 
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_object_selector_skips_cilium_daemonsets_but_not_others(rendered, install):
     for _, hook in webhooks(rendered[install]):
         selector = hook["objectSelector"]
@@ -387,7 +388,7 @@ def test_object_selector_skips_cilium_daemonsets_but_not_others(rendered, instal
         assert selector_matches(selector, {})
 
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_object_selector_skips_only_daemonsets_the_policy_exempts(rendered, install):
     config = parse_config(config_text(rendered[install]), "ConfigMap")
     exempted = {dict(e.labels).get("k8s-app") for e in config.to_policy().exemptions}
@@ -488,8 +489,8 @@ def test_certs_job_uses_the_in_cluster_interface(rendered, install, kind):
 def test_cli_parses_the_certs_job_args_into_an_in_cluster_run(rendered, install, kind):
     pod = certs_pod(rendered[install], kind)
     (job,) = pod["containers"]
-    args = cli._parser().parse_args(job["args"])
-    assert args.run is cli._certs
+    args = cli.build_parser().parse_args(job["args"])
+    assert args.run is certs_verb.run
     assert args.in_cluster and not args.force and not args.kustomize
     assert args.kubeconfig is None and args.context is None  # in the pod: its ServiceAccount
     assert args.namespace == "$(POD_NAMESPACE)"  # the kubelet expands it from the downward API
@@ -499,7 +500,7 @@ def test_cli_parses_the_certs_job_args_into_an_in_cluster_run(rendered, install,
 
 # --- RBAC ------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_controller_rbac_is_exactly_its_api_calls(rendered, install):
     assert grants(rendered[install], CONTROLLER) == CONTROLLER_GRANTS
 
@@ -513,7 +514,7 @@ def test_certs_job_rbac_is_exactly_its_api_calls(rendered, install):
     assert grants(rendered[install], CERTS_JOB) == CERTS_JOB_GRANTS
 
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_webhook_has_no_rbac_and_no_token(rendered, install):
     objects = rendered[install]
     assert grants(objects, WEBHOOK) == set()
@@ -523,7 +524,7 @@ def test_webhook_has_no_rbac_and_no_token(rendered, install):
     assert pod["automountServiceAccountToken"] is False
 
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_no_rbac_wildcards_or_builtin_roles(rendered, install):
     objects = rendered[install]
     names = {(o["kind"], o["metadata"]["name"]) for o in objects}
@@ -540,7 +541,7 @@ def test_no_rbac_wildcards_or_builtin_roles(rendered, install):
             assert ref["name"] not in ("cluster-admin", "admin", "edit", "view")
 
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_lease_rbac_names_the_lease_the_controller_uses(rendered, install):
     args = flags(container(rendered[install], CONTROLLER)["args"][1:])
     assert args["--lease-name"] == LEASE
@@ -551,7 +552,7 @@ def test_lease_rbac_names_the_lease_the_controller_uses(rendered, install):
 
 # --- pod security ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_every_pod_and_container_is_locked_down(rendered, install):
     pods = list(pod_specs(rendered[install]))
     assert pods
@@ -573,7 +574,7 @@ def test_every_pod_and_container_is_locked_down(rendered, install):
                 assert set(box["resources"][bound]) == {"cpu", "memory"}, (name, bound)
 
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_every_container_runs_this_version_as_the_image_user(rendered, install):
     version = pyproject()["project"]["version"]
     uid = dockerfile_uid()
@@ -591,7 +592,7 @@ def dockerfile_uid() -> int:
 
 # --- availability and safe bootstrap ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_webhook_runs_two_replicas_spread_and_protected_by_a_pdb(rendered, install):
     objects = rendered[install]
     for name in (WEBHOOK, CONTROLLER):
@@ -606,7 +607,7 @@ def test_webhook_runs_two_replicas_spread_and_protected_by_a_pdb(rendered, insta
         assert all(selector_matches(c["labelSelector"], labels) for c in spread)
 
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_webhook_runs_on_the_host_network_before_cilium_is_ready(rendered, install):
     pod = find(rendered[install], "Deployment", WEBHOOK)["spec"]["template"]["spec"]
     assert pod["hostNetwork"] is True
@@ -618,7 +619,7 @@ def test_webhook_runs_on_the_host_network_before_cilium_is_ready(rendered, insta
     assert all(t.get("key") == CILIUM_TAINT_KEY for t in pod["tolerations"])
 
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_webhook_host_port_clashes_with_no_node_service(rendered, install):
     (port,) = container(rendered[install], WEBHOOK)["ports"]
     assert port["hostPort"] == port["containerPort"] == WEBHOOK_PORT
@@ -626,7 +627,7 @@ def test_webhook_host_port_clashes_with_no_node_service(rendered, install):
     assert port["containerPort"] > 1024  # no NET_BIND_SERVICE needed with every capability dropped
 
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_webhook_listens_on_the_node_address_only(rendered, install):
     webhook = container(rendered[install], WEBHOOK)
     assert flags(webhook["args"][1:])["--host"] == "$(POD_IP)"
@@ -634,7 +635,7 @@ def test_webhook_listens_on_the_node_address_only(rendered, install):
     assert env["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
 
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_controller_is_a_cilium_managed_pod(rendered, install):
     pod = find(rendered[install], "Deployment", CONTROLLER)["spec"]["template"]["spec"]
     assert not pod.get("hostNetwork")
@@ -647,7 +648,7 @@ CONTROLLER_TUNABLES = {"--grace-period", "--recycle-rate", "--release-after", "-
                        "--cilium-agent-selector"}
 
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_controller_flags_are_its_wiring_and_its_tunables_at_their_defaults(rendered, install):
     controller = container(rendered[install], CONTROLLER)
     assert controller["args"][0] == "controller"
@@ -657,8 +658,8 @@ def test_controller_flags_are_its_wiring_and_its_tunables_at_their_defaults(rend
     assert args["--metrics-port"] == str(port["containerPort"]) == "9090"
     for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
         assert controller[probe]["httpGet"] == {"path": path, "port": port["name"], "scheme": "HTTP"}
-    parsed = vars(cli._parser().parse_args(controller["args"]))
-    defaults = vars(cli._parser().parse_args(["controller"]))
+    parsed = vars(cli.build_parser().parse_args(controller["args"]))
+    defaults = vars(cli.build_parser().parse_args(["controller"]))
     for flag in CONTROLLER_TUNABLES:
         dest = flag.removeprefix("--").replace("-", "_")
         assert parsed[dest] == defaults[dest], flag
@@ -681,7 +682,7 @@ def config_text(objects: list[dict[str, Any]]) -> str:
     return str(find(objects, "ConfigMap", "cilium-startup-guard-config")["data"]["config.yaml"])
 
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 def test_config_map_holds_the_defaults_written_out(rendered, install):
     text = config_text(rendered[install])
     config = parse_config(text, "ConfigMap cilium-startup-guard-config")
@@ -693,7 +694,7 @@ def test_config_map_holds_the_defaults_written_out(rendered, install):
     assert written == {field.alias or name for name, field in ConfigFile.model_fields.items()}
 
 
-@pytest.mark.parametrize("install", NAMES)
+@pytest.mark.parametrize("install", names())
 @pytest.mark.parametrize("name", [WEBHOOK, CONTROLLER])
 def test_both_deployments_read_the_config_map(rendered, install, name):
     objects = rendered[install]

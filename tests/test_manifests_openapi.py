@@ -16,6 +16,7 @@ import kubernetes_validate
 import pytest
 
 from tests.crd_shapes import check_shape, is_custom_resource
+from tests.installs import names
 from tests.openapi import NEWEST, OLDEST_SUPPORTED, validate
 
 KUBERNETES_VERSIONS = (OLDEST_SUPPORTED, NEWEST)
@@ -36,10 +37,11 @@ def distinct(installs: dict[str, list[dict[str, Any]]]) -> dict[str, tuple[str, 
     return result
 
 
+@pytest.mark.parametrize("install", names())
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-def test_every_builtin_object_is_valid_strictly_for_the_kubernetes_version(installs, version):
+def test_every_builtin_object_is_valid_strictly_for_the_kubernetes_version(installs, version, install):
     problems = []
-    for name, obj in distinct(installs).values():
+    for name, obj in distinct({install: installs[install]}).values():
         if is_custom_resource(obj):
             continue
         try:
@@ -52,9 +54,10 @@ def test_every_builtin_object_is_valid_strictly_for_the_kubernetes_version(insta
     assert problems == []
 
 
-def test_every_custom_resource_has_its_crds_shape(installs):
+@pytest.mark.parametrize("install", names())
+def test_every_custom_resource_has_its_crds_shape(installs, install):
     problems = []
-    for name, obj in distinct(installs).values():
+    for name, obj in distinct({install: installs[install]}).values():
         if is_custom_resource(obj):
             try:
                 check_shape(obj)

@@ -19,6 +19,8 @@ from tests.installs import NAMES
 
 pytestmark = pytest.mark.slow
 
+pytestmark = pytest.mark.slow  # checkov
+
 CHECKOV = Path(sys.executable).with_name("checkov")
 SKIP_ANNOTATION = "checkov.io/skip"
 

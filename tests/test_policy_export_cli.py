@@ -5,8 +5,9 @@ from __future__ import annotations
 import yaml
 
 from webhook import cli
+from webhook.enums import Mode
 from webhook.export import Form, export
-from webhook.policy import Mode, PolicyConfig
+from webhook.policy import PolicyConfig
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:

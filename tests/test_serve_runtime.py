@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 import uvloop
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -19,6 +20,8 @@ from webhook.certs import CERT_FILE, KEY_FILE
 from webhook.config import build_settings
 from webhook.protocol import GuardedHttpToolsProtocol
 from webhook.server import build_server
+
+pytestmark = pytest.mark.slow  # a `serve` process or server
 
 
 def test_importing_the_server_and_the_app_loads_no_kubernetes_client() -> None:

@@ -18,12 +18,12 @@ from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
+from webhook.enums import Mode
 from webhook.policy import (
     NARROWED_TOLERATIONS,
     SKIP_ANNOTATION,
     STRIPPED_ANNOTATION,
     Exemption,
-    Mode,
     PolicyConfig,
 )
 

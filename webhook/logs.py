@@ -1,6 +1,5 @@
-"""Structured logs: one JSON object a line on stderr. Named logs.py so as not to shadow stdlib logging.
-
-Data goes in `extra=`; keys that LogRecord reserves (such as "name") go in `extra={"fields": {...}}`.
+"""Structured logs: one JSON object a line on stderr (named logs.py so as not to shadow stdlib logging).
+Imports nothing of the project. Data goes in `extra=`; keys LogRecord reserves ("name") in `extra={"fields": {...}}`.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from webhook.metrics import Refusal
+from webhook.enums import Refusal
 
 log = logging.getLogger(__name__)
 

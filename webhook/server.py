@@ -15,7 +15,8 @@ from types import FrameType
 import uvicorn
 
 from webhook.app import Runtime, create_app
-from webhook.config import ConfigError, Settings
+from webhook.config import Settings
+from webhook.errors import ConfigError
 from webhook.protocol import HeadLimits, guarded_protocol
 from webhook.reload import ConfigReloader, FileWatcher
 from webhook.tls import CertificateInfo, CertificateStore
