@@ -34,7 +34,7 @@ class UnsupportedKustomization(Exception):
 
 
 def prepare(workdir: Path) -> Path:
-    """A copy of manifests/ with the self-managed overlay's certificates made, as the README says."""
+    """A copy of manifests/ with the self-managed overlay's certificates made, as docs/install.md says."""
     target = workdir / "manifests"
     shutil.copytree(ROOT / "manifests", target, ignore=shutil.ignore_patterns("certs"))
     status = cli.main(["certs", "--kustomize", "--out-dir", str(target / "overlays" / "self-managed" / "certs")])

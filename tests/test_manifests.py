@@ -90,7 +90,7 @@ CONTROLLER_GRANTS = {
     *((NAMESPACE, "coordination.k8s.io", "leases", verb, LEASE) for verb in ("get", "update")),
 }
 
-# Host ports the webhook must not take (README "Safe bootstrap"): kubelet, kube-proxy and the control plane,
+# Host ports the webhook must not take (docs/install.md lists them): kubelet, kube-proxy and the control plane,
 # Cilium's documented ports, the AWS VPC CNI, other webhooks' usual ports, the NodePort and ephemeral ranges.
 RESERVED_HOST_PORTS = {
     10248, 10249, 10250, 10255, 10256, 10257, 10259,
@@ -627,6 +627,18 @@ def test_webhook_host_port_clashes_with_no_node_service(rendered, install):
     assert port["containerPort"] > 1024  # no NET_BIND_SERVICE needed with every capability dropped
 
 
+def test_the_ports_the_install_docs_list_are_the_ones_checked():
+    install = (ROOT / "docs" / "install.md").read_text()
+    bullet = install[install.index(f"**Port {WEBHOOK_PORT}.**"):install.index("It is also below the NodePort range")]
+    documented: set[int] = set()
+    for first, last in re.findall(r"(?<![\d.])(\d{4,5})(?:-(\d{4,5}))?", bullet):
+        documented |= set(range(int(first), int(last or first) + 1))
+    documented |= {int(port) for port in re.findall(r"/(\d{4,5})", bullet)}  # 4250/4251, 9962/9963/9964
+    # Every port checked below the NodePort range is named; every port named is checked.
+    assert documented - {WEBHOOK_PORT} <= RESERVED_HOST_PORTS
+    assert {p for p in RESERVED_HOST_PORTS if p < 30000} <= documented
+
+
 @pytest.mark.parametrize("install", names())
 def test_webhook_listens_on_the_node_address_only(rendered, install):
     webhook = container(rendered[install], WEBHOOK)
@@ -706,11 +718,11 @@ def test_both_deployments_read_the_config_map(rendered, install, name):
     assert flags(box["args"][1:])["--config"] == f"{mount['mountPath']}/config.yaml"
 
 
-def test_readme_install_commands_name_existing_overlays():
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Install in a cluster"):]
+@pytest.mark.parametrize("page", ["README.md", "docs/install.md"])
+def test_documented_install_commands_name_existing_overlays(page):
+    text = (ROOT / page).read_text()
     # A regular expression, not shlex: some kubectl lines start a quoted jq program that ends lines later.
-    paths = [path for line in section.splitlines() if line.strip().startswith("kubectl ")
+    paths = [path for line in text.splitlines() if line.strip().startswith("kubectl ")
              for path in re.findall(r"(?<![\w/])manifests/[\w./-]+", line)]
     assert paths
     for path in paths:
