@@ -236,6 +236,7 @@ def test_uninstall_filter_names_the_default_gate_and_label() -> None:
     assert f'"{DEFAULT_GATE_LABEL}": null' in jq_filter
 
 
+@pytest.mark.slow  # starts jq
 @pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed")
 def test_uninstall_filter_removes_only_our_gate(tmp_path: Path) -> None:
     ours, other = {"conditionType": DEFAULT_GATE_CONDITION}, {"conditionType": "example.com/ready"}
