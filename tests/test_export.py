@@ -22,52 +22,65 @@ from tests import cel_eval
 from tests.manifest_render import ROOT, build
 from tests.openapi import NEWEST
 from tests.openapi import validate as validate_openapi
-from webhook.admission import patch_operations
-from webhook.export import MAX_TOLERATIONS, Dialect, Form, NothingToExport, export, patch_expression
+from webhook.admission import decide, parse_review, patch_operations
+from webhook.catalog import Catalog
+from webhook.enums import Endpoint, Mode
+from webhook.export import (
+    GATE_CONDITIONS,
+    MAX_TOLERATIONS,
+    WORKLOAD_CONDITIONS,
+    Dialect,
+    Form,
+    NothingToExport,
+    export,
+    pod_gate_patch,
+    workload_patch,
+)
 from webhook.policy import (
     CILIUM_TAINT_KEY,
+    MAX_LISTED_TOLERATIONS,
+    MAX_RECORDED_TOLERATIONS,
     STRIPPED_ANNOTATION,
+    STRIPPED_TOTAL_ANNOTATION,
     Exemption,
-    Mode,
+    InjectAt,
     PolicyConfig,
-    mutate,
 )
-from webhook.policy import validate as webhook_validate
+from webhook.workloads import KINDS
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# The VAP's messages are the webhook's without the known-chart fix (docs/policy-export.md): compare without it.
+BARE = PolicyConfig(catalog=Catalog())
 
 CONFIGS = {
-    "defaults": PolicyConfig(),
-    "no-opt-out": PolicyConfig(allow_opt_out=False),
-    "exemptions": PolicyConfig(exemptions=(
+    "defaults": BARE,
+    "no-opt-out": replace(BARE, allow_opt_out=False),
+    "exemptions": replace(BARE, exemptions=(
         Exemption(namespace="kube-system"), Exemption(name="fluent-bit"),
         Exemption(namespace="monitoring", labels=(("app.kubernetes.io/name", "node-exporter"),)),
         Exemption(labels=(("app", "istio-cni-node"), ("k8s-app", "istio-cni-node"))))),
-    "replacements": PolicyConfig(replacement_tolerations=(
+    "replacements": replace(BARE, replacement_tolerations=(
         {"key": "example.com/maintenance", "operator": "Exists", "effect": "NoExecute"},
-        {"operator": "Exists", "effect": "NoSchedule"},
-        {"key": "example.com/maintenance", "operator": "Exists", "effect": "NoExecute"})),
-    "no-gate": PolicyConfig(readiness_gate=False),
-    "other-gate-and-taint": PolicyConfig(gate_condition_type="example.com/network-ready",
-                                         gate_label="example.com/gated", cilium_taint_key="example.com/cni-not-ready"),
+        {"operator": "Exists", "effect": "NoSchedule"})),
+    "no-gate": replace(BARE, readiness_gate=False),
+    "template-gate": replace(BARE, inject_at=InjectAt.TEMPLATE),
+    "every-kind": replace(BARE, kinds=frozenset(KINDS)),
+    "every-kind-template-gate": replace(BARE, kinds=frozenset(KINDS), inject_at=InjectAt.TEMPLATE),
+    "other-gate-and-taint": replace(BARE, gate_condition_type="example.com/network-ready",
+                                    gate_label="example.com/gated", cilium_taint_key="example.com/cni-not-ready"),
 }
 
 
-def reviews() -> list[tuple[str, dict[str, Any], str]]:
-    result = []
-    for path in sorted(FIXTURES.glob("daemonset_*.json")):
-        request = json.loads(path.read_text())["request"]
-        if request["operation"] in ("CREATE", "UPDATE"):
-            result.append((path.stem, request["object"], request.get("namespace", "")))
-    return result
+def requests() -> list[tuple[str, dict[str, Any]]]:
+    return [(path.stem, json.loads(path.read_text())["request"]) for path in sorted(FIXTURES.glob("*.json"))]
 
 
-REVIEWS = reviews()
+REQUESTS = requests()
 # A DaemonSet with a blanket toleration, being deleted: let through in deny mode, with the warnings.
-_, _EBS, _EBS_NAMESPACE = next(r for r in REVIEWS if r[0] == "daemonset_ebs_csi_node")
-TERMINATING = ("terminating_ebs_csi_node",
-               {**_EBS, "metadata": {**_EBS["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}},
-               _EBS_NAMESPACE)
+_EBS = next(r for name, r in REQUESTS if name == "daemonset_ebs_csi_node")
+TERMINATING = ("terminating_ebs_csi_node", {**_EBS, "object": {**_EBS["object"], "metadata": {
+    **_EBS["object"]["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}}})
+CASES = [*REQUESTS, TERMINATING]
 
 
 def policies(config: PolicyConfig, form: Form) -> list[tuple[dict[str, Any], str]]:
@@ -78,8 +91,13 @@ def policies(config: PolicyConfig, form: Form) -> list[tuple[dict[str, Any], str
             for o in objects if not o["kind"].endswith("Binding")]
 
 
-def webhook_verdict(obj: dict[str, Any], config: PolicyConfig, namespace: str) -> cel_eval.Verdict:
-    decision = webhook_validate(obj, config, namespace)
+def review(request: dict[str, Any]) -> Any:
+    return parse_review(json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                                    "request": request}).encode())
+
+
+def webhook_verdict(request: dict[str, Any], config: PolicyConfig) -> cel_eval.Verdict:
+    decision = decide(review(request), config, Endpoint.VALIDATE)
     if not decision.allowed:
         return cel_eval.Verdict("Deny", decision.message)
     if decision.warnings:
@@ -87,33 +105,41 @@ def webhook_verdict(obj: dict[str, Any], config: PolicyConfig, namespace: str) -
     return cel_eval.Verdict("allow")
 
 
-def vap_verdict(obj: dict[str, Any], config: PolicyConfig, namespace: str) -> cel_eval.Verdict:
+def vap_verdict(request: dict[str, Any], config: PolicyConfig) -> cel_eval.Verdict:
     for policy, action in policies(config, Form.VAP):
-        verdict = cel_eval.validate(policy, action, obj, namespace)
+        verdict = cel_eval.validate(policy, action, request)
         if verdict.action != "allow":
             return verdict
     return cel_eval.Verdict("allow")
 
 
-def webhook_result(obj: dict[str, Any], config: PolicyConfig, namespace: str) -> dict[str, Any]:
-    operations = patch_operations(mutate(obj, config, namespace).edits)
+def webhook_result(request: dict[str, Any], config: PolicyConfig) -> dict[str, Any]:
+    operations = patch_operations(decide(review(request), config, Endpoint.MUTATE).edits)
+    obj = request["object"]
     return comparable(jsonpatch.apply_patch(obj, operations) if operations else copy.deepcopy(obj))
 
 
-def map_operations(obj: dict[str, Any], config: PolicyConfig, namespace: str) -> list[dict[str, Any]]:
-    ((policy, _),) = policies(config, Form.MAP)
-    return cel_eval.mutation(policy, config, obj, namespace)
+def map_operations(request: dict[str, Any], config: PolicyConfig) -> list[dict[str, Any]]:
+    # kube-apiserver runs the MAPs one after the other, each on the object as the one before left it.
+    operations: list[dict[str, Any]] = []
+    for policy, _ in policies(config, Form.MAP):
+        obj = jsonpatch.apply_patch(request["object"], operations) if operations else request["object"]
+        operations += cel_eval.mutation(policy, config, {**request, "object": obj})
+    return operations
 
 
-def map_result(obj: dict[str, Any], config: PolicyConfig, namespace: str) -> dict[str, Any]:
-    operations = map_operations(obj, config, namespace)
+def map_result(request: dict[str, Any], config: PolicyConfig) -> dict[str, Any]:
+    operations = map_operations(request, config)
+    obj = request["object"]
     return comparable(jsonpatch.apply_patch(obj, operations) if operations else copy.deepcopy(obj))
 
 
-def comparable(obj: dict[str, Any]) -> dict[str, Any]:
+def comparable(obj: Any) -> Any:
+    if not isinstance(obj, dict):
+        return obj  # a DELETE carries no object
     # The record of stripped tolerations is the same JSON; the webhook keeps the request's key order, the MAP
     # writes Kubernetes' field order (the order kube-apiserver itself serializes them in).
-    annotations = obj.get("metadata", {}).get("annotations", {})
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
     if STRIPPED_ANNOTATION in annotations:
         annotations[STRIPPED_ANNOTATION] = json.loads(annotations[STRIPPED_ANNOTATION])
     return obj
@@ -123,7 +149,12 @@ def configured(name: str, mode: Mode) -> PolicyConfig:
     return replace(CONFIGS[name], mode=mode)
 
 
-CASES = [*REVIEWS, TERMINATING]
+def mutates(config: PolicyConfig) -> bool:
+    try:
+        export(config, Form.MAP)
+    except NothingToExport:
+        return False
+    return True
 
 
 # --- ValidatingAdmissionPolicy ---------------------------------------------------------------------------------
@@ -137,15 +168,25 @@ def config_params() -> list[Any]:
 @pytest.mark.parametrize("mode", [Mode.WARN, Mode.DENY])
 def test_vap_gives_the_webhooks_verdict_and_message_on_every_fixture(mode, config_name):
     config = configured(config_name, mode)
-    differing = [name for name, obj, namespace in CASES
-                 if vap_verdict(obj, config, namespace) != webhook_verdict(obj, config, namespace)]
+    differing = [name for name, request in CASES if vap_verdict(request, config) != webhook_verdict(request, config)]
     assert differing == []
 
 
+@pytest.mark.parametrize("mode", [Mode.WARN, Mode.DENY])
+def test_vap_names_as_many_tolerations_as_the_webhook_and_counts_the_rest(mode):
+    request = copy.deepcopy(_EBS)
+    request["object"]["spec"]["template"]["spec"]["tolerations"] = [
+        {"operator": "Exists", "tolerationSeconds": i} for i in range(MAX_LISTED_TOLERATIONS + 2)]
+    config = replace(BARE, mode=mode)
+    verdict = vap_verdict(request, config)
+    assert verdict == webhook_verdict(request, config)
+    assert "2 more" in verdict.message
+
+
 def test_vap_actions_follow_the_mode():
-    assert [a for _, a in policies(PolicyConfig(mode=Mode.WARN), Form.VAP)] == ["Warn"]
+    assert [a for _, a in policies(replace(BARE, mode=Mode.WARN), Form.VAP)] == ["Warn"]
     # deny: denied, except a terminating object, which is warned about as the webhook does.
-    assert [a for _, a in policies(PolicyConfig(mode=Mode.DENY), Form.VAP)] == ["Deny", "Warn"]
+    assert [a for _, a in policies(replace(BARE, mode=Mode.DENY), Form.VAP)] == ["Deny", "Warn"]
 
 
 def test_strip_mode_has_no_vap():
@@ -155,55 +196,65 @@ def test_strip_mode_has_no_vap():
 
 # --- MutatingAdmissionPolicy -----------------------------------------------------------------------------------
 
-# warn and deny mutate only to add the gate, so without the gate there is no MAP to compare.
 MAP_CONFIGS = [(name, mode) for name in CONFIGS for mode in (Mode.STRIP, Mode.WARN)
-               if mode is Mode.STRIP or CONFIGS[name].readiness_gate]
+               if mutates(configured(name, mode))]
 
 
 @pytest.mark.parametrize("config_name, mode", [
     pytest.param(n, m, id=f"{n}-{m}", marks=() if n == "defaults" else pytest.mark.slow) for n, m in MAP_CONFIGS])
 def test_map_leaves_every_fixture_as_mutate_does(config_name, mode):
     config = configured(config_name, mode)
-    differing = [name for name, obj, namespace in CASES
-                 if map_result(obj, config, namespace) != webhook_result(obj, config, namespace)]
+    differing = [name for name, request in CASES if map_result(request, config) != webhook_result(request, config)]
     assert differing == []
 
 
 def test_map_patch_applies_once():
     # reinvocationPolicy IfNeeded: a second run over its own result must change nothing.
-    config = PolicyConfig(mode=Mode.STRIP, replacement_tolerations=CONFIGS["replacements"].replacement_tolerations)
+    config = replace(CONFIGS["replacements"], mode=Mode.STRIP, kinds=frozenset(KINDS))
     patched = 0
-    for name, obj, namespace in CASES:
-        operations = map_operations(obj, config, namespace)
+    for name, request in CASES:
+        operations = map_operations(request, config)
         patched += bool(operations)
-        once = jsonpatch.apply_patch(obj, operations) if operations else obj
-        assert map_operations(once, config, namespace) == [], name
-    assert patched >= 5
+        once = jsonpatch.apply_patch(request["object"], operations) if operations else request["object"]
+        assert map_operations({**request, "object": once}, config) == [], name
+    assert patched >= 10
 
 
 def test_map_spells_patches_as_kubernetes_types_them_and_nothing_else_differs():
     for config in CONFIGS.values():
         strip = replace(config, mode=Mode.STRIP)
-        typed = patch_expression(strip, Dialect.KUBERNETES)
-        assert "JSONPatch{op: " in typed
-        plain = (typed.replace("JSONPatch{op: ", "{\"op\": ").replace(", path: ", ", \"path\": ")
-                 .replace(", value: ", ", \"value\": "))
-        assert plain == patch_expression(strip, Dialect.MAPS)
-    ((policy, _),) = policies(PolicyConfig(mode=Mode.STRIP), Form.MAP)
+        for patch in (workload_patch, pod_gate_patch):
+            typed = patch(strip, Dialect.KUBERNETES)
+            assert "JSONPatch{op: " in typed
+            plain = (typed.replace("JSONPatch{op: ", "{\"op\": ").replace(", path: ", ", \"path\": ")
+                     .replace(", value: ", ", \"value\": "))
+            assert plain == patch(strip, Dialect.MAPS)
+    ((policy, _), (gate, _)) = policies(replace(BARE, mode=Mode.STRIP), Form.MAP)
     assert policy["spec"]["mutations"] == [{"patchType": "JSONPatch", "jsonPatch": {
-        "expression": patch_expression(PolicyConfig(mode=Mode.STRIP), Dialect.KUBERNETES)}}]
+        "expression": workload_patch(replace(BARE, mode=Mode.STRIP), Dialect.KUBERNETES)}}]
+    assert gate["spec"]["mutations"][0]["jsonPatch"]["expression"] == pod_gate_patch(BARE, Dialect.KUBERNETES)
 
 
 def test_map_leaves_lists_longer_than_it_can_walk():
-    obj = copy.deepcopy(REVIEWS[0][1])
-    obj["spec"]["template"]["spec"]["tolerations"] = [{"operator": "Exists"}] * (MAX_TOLERATIONS + 1)
-    operations = map_operations(obj, PolicyConfig(mode=Mode.STRIP, readiness_gate=False), "default")
-    assert operations == []
+    request = copy.deepcopy(_EBS)
+    request["object"]["spec"]["template"]["spec"]["tolerations"] = [{"operator": "Exists"}] * (MAX_TOLERATIONS + 1)
+    assert map_operations(request, replace(BARE, mode=Mode.STRIP, readiness_gate=False)) == []
+
+
+@pytest.mark.parametrize("distinct", [MAX_RECORDED_TOLERATIONS, MAX_RECORDED_TOLERATIONS + 1])
+def test_map_records_the_stripped_tolerations_as_the_webhook_does_around_its_bound(distinct):
+    request = copy.deepcopy(_EBS)
+    blanket = [{"operator": "Exists", "effect": "NoExecute", "tolerationSeconds": i} for i in range(distinct)]
+    request["object"]["spec"]["template"]["spec"]["tolerations"] = blanket + blanket[:3]
+    config = replace(BARE, mode=Mode.STRIP)
+    result = map_result(request, config)
+    assert result == webhook_result(request, config)
+    assert (STRIPPED_TOTAL_ANNOTATION in result["metadata"]["annotations"]) is (distinct > MAX_RECORDED_TOLERATIONS)
 
 
 def test_map_needs_strip_or_the_gate():
     with pytest.raises(NothingToExport, match="--format vap"):
-        export(PolicyConfig(mode=Mode.DENY, readiness_gate=False), Form.MAP)
+        export(replace(BARE, mode=Mode.DENY, readiness_gate=False), Form.MAP)
 
 
 # --- generated toleration lists -------------------------------------------------------------------------------------
@@ -223,36 +274,53 @@ def tolerations() -> st.SearchStrategy[list[dict[str, Any]]]:
     return st.lists(st.one_of(toleration, narrowed), max_size=8)
 
 
-def daemonset(tols: list[dict[str, Any]], labels: dict[str, str], annotations: dict[str, str]) -> dict[str, Any]:
-    base = copy.deepcopy(dict(REVIEWS[0][1]))
-    base["metadata"] = {"name": "agent", "namespace": "kube-system", "labels": labels, "annotations": annotations}
-    base["spec"]["template"]["spec"]["tolerations"] = tols
-    return base
+TEMPLATES = {name: next(r for n, r in REQUESTS if n == name)
+             for name in ("daemonset_ebs_csi_node", "cronjob_linkerd_heartbeat", "pod_bare_generate_name",
+                          "pod_daemonset_ebs_csi_node")}
+POD_SPEC = {"daemonset_ebs_csi_node": ("spec", "template", "spec"),
+            "cronjob_linkerd_heartbeat": ("spec", "jobTemplate", "spec", "template", "spec"),
+            "pod_bare_generate_name": ("spec",), "pod_daemonset_ebs_csi_node": ("spec",)}
+
+
+def generated(template: str, tols: list[dict[str, Any]], labels: dict[str, str],
+              annotations: dict[str, str]) -> dict[str, Any]:
+    request = copy.deepcopy(TEMPLATES[template])
+    metadata = request["object"]["metadata"]
+    metadata["labels"] = labels
+    metadata["annotations"] = annotations
+    spec = request["object"]
+    for key in POD_SPEC[template]:
+        spec = spec[key]
+    spec["tolerations"] = tols
+    return request
 
 
 GENERATED = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 LABELS = st.dictionaries(st.sampled_from(["k8s-app", "app"]), st.sampled_from(["cilium", "istio-cni-node", "x"]),
                          max_size=2)
 ANNOTATIONS = st.dictionaries(st.just("startupguard.io/skip"), st.sampled_from(["true", "false"]), max_size=1)
+GENERATED_CONFIGS = ("defaults", "every-kind", "every-kind-template-gate", "exemptions", "replacements")
 
 
 @pytest.mark.slow
 @GENERATED
-@given(tols=tolerations(), labels=LABELS, annotations=ANNOTATIONS,
-       mode=st.sampled_from([Mode.WARN, Mode.DENY]), config_name=st.sampled_from(sorted(CONFIGS)))
-def test_vap_agrees_with_the_webhook_on_generated_tolerations(tols, labels, annotations, mode, config_name):
-    obj = daemonset(tols, labels, annotations)
+@given(template=st.sampled_from(sorted(TEMPLATES)), tols=tolerations(), labels=LABELS, annotations=ANNOTATIONS,
+       mode=st.sampled_from([Mode.WARN, Mode.DENY]), config_name=st.sampled_from(GENERATED_CONFIGS))
+def test_vap_agrees_with_the_webhook_on_generated_tolerations(template, tols, labels, annotations, mode,
+                                                              config_name):
+    request = generated(template, tols, labels, annotations)
     config = configured(config_name, mode)
-    assert vap_verdict(obj, config, "kube-system") == webhook_verdict(obj, config, "kube-system")
+    assert vap_verdict(request, config) == webhook_verdict(request, config)
 
 
 @pytest.mark.slow
 @GENERATED
-@given(tols=tolerations(), labels=LABELS, annotations=ANNOTATIONS, config_name=st.sampled_from(sorted(CONFIGS)))
-def test_map_agrees_with_the_webhook_on_generated_tolerations(tols, labels, annotations, config_name):
-    obj = daemonset(tols, labels, annotations)
+@given(template=st.sampled_from(sorted(TEMPLATES)), tols=tolerations(), labels=LABELS, annotations=ANNOTATIONS,
+       config_name=st.sampled_from(GENERATED_CONFIGS))
+def test_map_agrees_with_the_webhook_on_generated_tolerations(template, tols, labels, annotations, config_name):
+    request = generated(template, tols, labels, annotations)
     config = configured(config_name, Mode.STRIP)
-    assert map_result(obj, config, "kube-system") == webhook_result(obj, config, "kube-system")
+    assert map_result(request, config) == webhook_result(request, config)
 
 
 # --- the objects themselves -----------------------------------------------------------------------------------------
@@ -264,15 +332,19 @@ def test_map_agrees_with_the_webhook_on_generated_tolerations(tols, labels, anno
     pytest.param(Form.MAP, Mode.STRIP, "v1", ("1.36", NEWEST), id="map-v1"),
 ])
 def test_exported_objects_are_valid_for_the_kubernetes_versions_that_serve_them(form, mode, api_version, versions):
-    for obj in export(PolicyConfig(mode=mode), form, api_version):
+    for obj in export(replace(BARE, mode=mode, kinds=frozenset(KINDS)), form, api_version):
         for version in versions:
             validate_openapi(obj, version)
 
 
 def test_every_exported_policy_matches_what_the_webhook_is_registered_for():
     objects = build(ROOT / "manifests" / "overlays" / "cert-manager")
-    registered = [h["rules"] for o in objects if o["kind"].endswith("WebhookConfiguration") for h in o["webhooks"]]
-    for form, mode in ((Form.VAP, Mode.DENY), (Form.MAP, Mode.STRIP)):
-        for obj in export(PolicyConfig(mode=mode), form):
-            if not obj["kind"].endswith("Binding"):
-                assert [obj["spec"]["matchConstraints"]["resourceRules"]] * 2 == registered
+    hooks = {h["name"]: h for o in objects if o["kind"].endswith("WebhookConfiguration") for h in o["webhooks"]}
+    assert hooks["validate.startupguard.io"]["matchConditions"] == WORKLOAD_CONDITIONS
+    assert hooks["mutate.startupguard.io"]["matchConditions"] == WORKLOAD_CONDITIONS
+    assert hooks["gate.startupguard.io"]["matchConditions"] == GATE_CONDITIONS
+    (vap, _) = export(replace(BARE, mode=Mode.WARN), Form.VAP)
+    strip, _, gate, _ = export(replace(BARE, mode=Mode.STRIP), Form.MAP)
+    for policy in (vap, strip):
+        assert policy["spec"]["matchConstraints"]["resourceRules"] == hooks["validate.startupguard.io"]["rules"]
+    assert gate["spec"]["matchConstraints"]["resourceRules"] == hooks["gate.startupguard.io"]["rules"]

@@ -196,7 +196,8 @@ def test_every_controller_flag_an_operator_tunes_has_a_value():
 def test_installation_values_reach_the_objects():
     objects = render_chart({
         "image": {"repository": "registry.example.com/csg", "digest": "sha256:" + "a" * 64},
-        "webhook": {"replicas": 3, "port": 9550, "timeoutSeconds": 3, "podDisruptionBudget": {"maxUnavailable": 2},
+        "webhook": {"replicas": 3, "port": 9550, "timeoutSeconds": 3, "gateTimeoutSeconds": 1,
+                    "podDisruptionBudget": {"maxUnavailable": 2},
                     "resources": {"requests": {"cpu": "100m", "memory": "96Mi"},
                                   "limits": {"cpu": "1", "memory": "512Mi"}}},
         "controller": {"replicas": 1, "podDisruptionBudget": {"enabled": False}},
@@ -209,10 +210,31 @@ def test_installation_values_reach_the_objects():
     (port,) = box["ports"]
     assert port["containerPort"] == port["hostPort"] == 9550
     assert flags(box["args"][1:])["--port"] == "9550"
-    assert {hook["timeoutSeconds"] for _, hook in webhooks(objects)} == {3}
+    assert {hook["name"]: hook["timeoutSeconds"] for _, hook in webhooks(objects)} == {
+        "mutate.startupguard.io": 3, "validate.startupguard.io": 3, "gate.startupguard.io": 1}
     assert find(objects, "PodDisruptionBudget", WEBHOOK)["spec"]["maxUnavailable"] == 2
     assert find(objects, "Deployment", CONTROLLER)["spec"]["replicas"] == 1
     assert not [o for o in kinds(objects, "PodDisruptionBudget") if o["metadata"]["name"] == CONTROLLER]
+
+
+def test_kinds_set_the_config_file_and_the_rules_of_both_workload_webhooks():
+    objects = render_chart({"kinds": ["Deployment", "DaemonSet", "CronJob", "Pod"]})
+    assert config_of(objects).to_policy().kinds == {"Deployment", "DaemonSet", "CronJob", "Pod"}
+    for _, hook in webhooks(objects):
+        if hook["name"] != "gate.startupguard.io":
+            assert hook["rules"][0]["resources"] == ["cronjobs", "daemonsets", "deployments", "pods"]
+
+
+@pytest.mark.parametrize("readiness_gate, entry", [
+    pytest.param({"injectAt": "pod"}, True, id="pod"),
+    pytest.param({"injectAt": "template"}, False, id="template"),
+    pytest.param({"enabled": False}, False, id="gate-off"),
+])
+def test_the_pod_gate_entry_is_there_only_when_pods_get_the_gate(readiness_gate, entry):
+    objects = render_chart({"readinessGate": readiness_gate})
+    names = [hook["name"] for _, hook in webhooks(objects)]
+    assert ("gate.startupguard.io" in names) is entry
+    assert config_of(objects).readiness_gate.inject_at.value == readiness_gate.get("injectAt", "pod")
 
 
 def test_release_namespace_is_used_everywhere():

@@ -16,14 +16,16 @@ import yaml
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from tests.docs_text import block_with, doc
 from tests.installs import BY_NAME, names
-from tests.manifest_render import KUBECTL, OVERLAYS, ROOT, build, normalized, prepare, render_kubectl
+from tests.manifest_render import KUBECTL, OVERLAYS, ROOT, build, normalized, prepare, render, render_kubectl
 from tests.objects import CERTS_JOB_GRANTS, CONTROLLER_RBAC
 from webhook import certs, cli
 from webhook.app import create_app
 from webhook.cli import certs as certs_verb
 from webhook.config import ConfigFile, Settings, parse_config
 from webhook.policy import CILIUM_TAINT_KEY, PolicyConfig, is_blanket_noexecute
+from webhook.workloads import KINDS
 
 NAMESPACE = "cilium-startup-guard"
 WEBHOOK = "cilium-startup-guard-webhook"
@@ -33,6 +35,9 @@ WEBHOOK_CONFIGURATION = "cilium-startup-guard"
 TLS_SECRET = "cilium-startup-guard-webhook-tls"
 LEASE = "cilium-startup-guard-controller"
 WEBHOOK_PORT = 9449
+GATE_WEBHOOK = "gate.startupguard.io"
+# The patch an overlay adds to review every kind, as docs/configuration.md "Kinds" gives it.
+KINDS_PATCH = block_with(doc("configuration.md"), "/webhooks/0/rules/0/resources", "yaml")
 
 BASE_OBJECTS = {
     ("Namespace", NAMESPACE),
@@ -340,32 +345,80 @@ def test_webhook_serves_the_mounted_certificate(rendered, install):
 
 # --- admission registration ------------------------------------------------------------------------------
 
+def workload_webhooks(objects: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    return ((kind, hook) for kind, hook in webhooks(objects) if hook["name"] != GATE_WEBHOOK)
+
+
+def gate_webhook(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (hook,) = [h for _, h in webhooks(objects) if h["name"] == GATE_WEBHOOK]
+    return hook
+
+
 @pytest.mark.parametrize("install", names())
-def test_webhooks_see_daemonset_create_and_update_only(rendered, install):
+def test_workload_webhooks_see_create_and_update_of_the_configured_kinds(rendered, install):
+    kinds = parse_config(config_text(rendered[install]), "ConfigMap").to_policy().kinds
+    for kind, hook in workload_webhooks(rendered[install]):
+        assert hook["rules"] == [{"apiGroups": ["", "apps", "batch"], "apiVersions": ["v1"],
+                                  "operations": ["CREATE", "UPDATE"],
+                                  "resources": sorted(KINDS[k].plural for k in kinds), "scope": "Namespaced"}], kind
+        assert {c["name"] for c in hook["matchConditions"]} == {"not-made-by-a-controller",
+                                                                 "pods-and-jobs-at-creation"}
+
+
+@pytest.mark.parametrize("install", names())
+def test_every_webhook_is_fully_qualified_and_answers_v1_reviews(rendered, install):
     for kind, hook in webhooks(rendered[install]):
-        assert hook["rules"] == [{"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
-                                  "resources": ["daemonsets"], "scope": "Namespaced"}], kind
         assert hook["sideEffects"] == "None"
         assert hook["admissionReviewVersions"] == ["v1"]
         assert hook["matchPolicy"] == "Equivalent"
         assert 1 <= hook["timeoutSeconds"] <= 10
-        assert hook["name"].count(".") >= 2  # kube-apiserver wants a fully qualified name
+        assert hook["name"].count(".") >= 2, kind  # kube-apiserver wants a fully qualified name
 
 
 @pytest.mark.parametrize("install", names())
-def test_mutating_webhook_is_reinvoked_if_needed(rendered, install):
+def test_gate_webhook_sees_pod_creation_only_and_fails_open_fast(rendered, install):
+    hook = gate_webhook(rendered[install])
+    assert hook["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                              "resources": ["pods"], "scope": "Namespaced"}]
+    assert hook["clientConfig"]["service"]["path"] == "/mutate"
+    assert hook["failurePolicy"] == "Ignore"  # in every overlay, strict included
+    assert hook["timeoutSeconds"] <= 3
+    assert {c["name"] for c in hook["matchConditions"]} == {"made-by-a-daemonset", "not-on-the-host-network"}
+
+
+@pytest.mark.parametrize("install", names())
+def test_gate_webhook_has_the_exemptions_of_the_workload_webhook(rendered, install):
+    (_, workload), *_ = workload_webhooks(rendered[install])
+    hook = gate_webhook(rendered[install])
+    assert hook["objectSelector"] == workload["objectSelector"]
+    assert hook["namespaceSelector"] == workload["namespaceSelector"]
+
+
+@pytest.mark.parametrize("install", names())
+def test_mutating_webhooks_are_reinvoked_if_needed(rendered, install):
     objects = rendered[install]
     hooks = find(objects, "MutatingWebhookConfiguration", WEBHOOK_CONFIGURATION)["webhooks"]
-    assert [h["reinvocationPolicy"] for h in hooks] == ["IfNeeded"]
+    assert [h["reinvocationPolicy"] for h in hooks] == ["IfNeeded", "IfNeeded"]
     # A field of mutating webhooks only; kube-apiserver rejects it on a validating one.
     validating = find(objects, "ValidatingWebhookConfiguration", WEBHOOK_CONFIGURATION)["webhooks"]
     assert all("reinvocationPolicy" not in h for h in validating)
 
 
 @pytest.mark.parametrize("install", names())
-def test_failure_policy_is_ignore_except_in_strict(rendered, install):
+def test_failure_policy_is_ignore_except_for_workloads_in_strict(rendered, install):
     expected = "Fail" if BY_NAME[install].strict else "Ignore"
-    assert {hook["failurePolicy"] for _, hook in webhooks(rendered[install])} == {expected}
+    assert {hook["failurePolicy"] for _, hook in workload_webhooks(rendered[install])} == {expected}
+
+
+@pytest.mark.slow
+def test_the_documented_kinds_patch_turns_on_every_kind(manifests):
+    overlay = manifests / "overlays" / "every-kind"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(f"resources: [../self-managed-job]\n{KINDS_PATCH}")
+    objects = render(overlay)
+    for _, hook in workload_webhooks(objects):
+        assert set(hook["rules"][0]["resources"]) == {info.plural for info in KINDS.values()}
+    assert gate_webhook(objects)["rules"][0]["resources"] == ["pods"]
 
 
 @pytest.mark.parametrize("install", names())

@@ -27,10 +27,11 @@ def test_reads_the_configuration_file(capsys, tmp_path):
     config.write_text("mode: strip\nreadinessGate:\n  conditionType: example.com/ready\n")
     status, out, _ = run(capsys, "--format", "map", "--config", str(config), "--api-version", "v1beta1")
     assert status == 0
-    policy, binding = yaml.safe_load_all(out)
-    assert (policy["apiVersion"], binding["kind"]) == ("admissionregistration.k8s.io/v1beta1",
-                                                       "MutatingAdmissionPolicyBinding")
-    assert "example.com/ready" in policy["spec"]["mutations"][0]["jsonPatch"]["expression"]
+    strip, strip_binding, gate, gate_binding = yaml.safe_load_all(out)
+    assert {o["apiVersion"] for o in (strip, strip_binding, gate, gate_binding)} == {
+        "admissionregistration.k8s.io/v1beta1"}
+    assert (strip_binding["kind"], gate_binding["kind"]) == ("MutatingAdmissionPolicyBinding",) * 2
+    assert "example.com/ready" in gate["spec"]["mutations"][0]["jsonPatch"]["expression"]
     assert out.startswith(f"# cilium-startup-guard policy export --format map --mode strip, from {config}\n")
 
 

@@ -64,6 +64,7 @@ seccompProfile:
       "failureMode" $v.failureMode
       "ciliumTaintKey" $v.ciliumTaintKey
       "readinessGate" $v.readinessGate
+      "kinds" $v.kinds
       "exemptions" $v.exemptions
       "replacementTolerations" $v.replacementTolerations
       "server" $v.webhook.server
