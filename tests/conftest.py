@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tests.fakekube import FakeKube
+from tests.installs import RenderedInstalls
 
 # Each of these starts the fake API server.
 FAKE_API_SERVER = frozenset({"fake_kube", "kubeconfig_path", "kube_client"})
@@ -70,3 +71,9 @@ def start(kubeconfig_path: Path) -> Iterator[Callable[..., Any]]:
     for replica in replicas:
         if replica.thread.is_alive():
             replica.stop()
+
+
+@pytest.fixture(scope="session")
+def rendered_installs(tmp_path_factory: pytest.TempPathFactory) -> RenderedInstalls:
+    """Every install (kustomize overlays and Helm chart variants, tests/installs.py) by name, each rendered once."""
+    return RenderedInstalls(tmp_path_factory.mktemp("installs"))

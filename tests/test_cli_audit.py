@@ -134,10 +134,13 @@ def test_json_has_the_documented_schema_for_every_daemonset(fake_kube, kubeconfi
     assert list(report) == ["daemonsets", "node_noexecute_taints", "unmanaged_pods"]
     rows = {(d["namespace"], d["name"]): d for d in report["daemonsets"]}
     assert all(list(d) == ["namespace", "name", "finding", "blanket_tolerations", "exempt_reason", "gated",
-                           "unmanaged_pods"] for d in report["daemonsets"])
-    assert rows[("kube-system", "ebs-csi-node")] == {
+                           "unmanaged_pods", "fix"] for d in report["daemonsets"])
+    ebs = rows[("kube-system", "ebs-csi-node")]
+    assert ebs.pop("fix")["values"] == ["node.tolerateAllTaints", "node.tolerations"]
+    assert ebs == {
         "namespace": "kube-system", "name": "ebs-csi-node", "finding": True,
         "blanket_tolerations": [{"operator": "Exists"}], "exempt_reason": None, "gated": False, "unmanaged_pods": 1}
+    assert rows[("monitoring", "node-exporter")]["fix"] is None
     assert rows[("istio-system", "istio-cni-node")]["blanket_tolerations"] == [
         {"effect": "NoExecute", "operator": "Exists"}]
     assert {k: (d["finding"], d["exempt_reason"], d["gated"], d["unmanaged_pods"]) for k, d in rows.items()} == {
@@ -422,3 +425,17 @@ def test_unmanaged_pods_of_every_kind_are_listed_right_now(fake_kube, kubeconfig
         "pay/api-7c9d-a": "ReplicaSet",  # a budget would refuse its eviction: the audit only reads
         "shop/web-5d8f-e": "ReplicaSet",  # its node rebooted: a snapshot has no grace period
     }  # not: the host-network pod, the managed one, those on a node whose agent is not ready or still tainted
+
+
+@pytest.mark.slow
+def test_configured_kinds_are_listed_and_reported(fake_kube, kubeconfig_path, capsys, tmp_path):
+    clean_cluster(fake_kube)
+    fake_kube.create(copy.deepcopy(load_fixture("deployment_ebs_csi_controller.json")["request"]["object"]))
+    config = tmp_path / "config.yaml"
+    config.write_text("kinds: [DaemonSet, Deployment]\n")
+    status, out, _ = audit(capsys, kubeconfig_path, "--output", "json", "--config", str(config))
+    report = json.loads(out)
+    assert status == 1
+    assert [d["name"] for d in report["deployments"]] == ["ebs-csi-controller"]
+    assert fake_kube.calls("GET", "^/apis/apps/v1/deployments$")
+    assert fake_kube.calls("GET", "^/apis/apps/v1/replicasets$")  # a Deployment's pods belong to its ReplicaSets

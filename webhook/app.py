@@ -169,7 +169,7 @@ def _log_decision(review: admission.Review, endpoint: Endpoint, settings: Settin
                   started: float) -> None:
     log.info("admission decision", extra={"fields": {
         "uid": review.uid, "endpoint": endpoint.value, "kind": review.kind, "namespace": review.namespace,
-        "name": review.name, "operation": review.operation, "dry_run": review.dry_run,
+        "name": review.display_name, "operation": review.operation, "dry_run": review.dry_run,
         "mode": settings.policy.mode.value, "outcome": outcome.value, "duration_ms": _elapsed_ms(started)}})
 
 

@@ -81,9 +81,11 @@ class Resource:
 PODS = Resource("", "v1", "pods", namespaced=True)
 NODES = Resource("", "v1", "nodes", namespaced=False)
 DAEMONSETS = Resource("apps", "v1", "daemonsets", namespaced=True)
-REPLICASETS = Resource("apps", "v1", "replicasets", namespaced=True)
+DEPLOYMENTS = Resource("apps", "v1", "deployments", namespaced=True)
 STATEFULSETS = Resource("apps", "v1", "statefulsets", namespaced=True)
+REPLICASETS = Resource("apps", "v1", "replicasets", namespaced=True)
 JOBS = Resource("batch", "v1", "jobs", namespaced=True)
+CRONJOBS = Resource("batch", "v1", "cronjobs", namespaced=True)
 # Where a pod's controlling owner of each kind is read (webhook.unmanaged.RECREATING_KINDS).
 OWNER_RESOURCES = {"ReplicaSet": REPLICASETS, "StatefulSet": STATEFULSETS, "DaemonSet": DAEMONSETS, "Job": JOBS}
 CILIUM_ENDPOINTS = Resource("cilium.io", "v2", "ciliumendpoints", namespaced=True)
