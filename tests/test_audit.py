@@ -284,7 +284,7 @@ def test_table_has_a_row_per_daemonset_then_the_taints_then_a_summary():
 
 def test_table_says_unknown_rather_than_zero_when_endpoints_could_not_be_listed():
     unknown = Report(tuple(DaemonSetAudit(d.namespace, d.name, d.finding, d.blanket_tolerations, d.exempt_reason,
-                                          d.gated, None) for d in EXAMPLE.daemonsets), (), None)
+                                          d.gated, None) for d in EXAMPLE.daemonsets), (), unmanaged_pods=None)
     text = render_table(unknown, CONFIG)
     assert json.loads(render_json(unknown))["unmanaged_pods"] is None
     assert text.splitlines()[1].split()[-1] == "n/a"
@@ -324,7 +324,7 @@ def test_each_configured_kind_has_its_own_array_with_the_same_fields():
                       {Kind.DEPLOYMENT: [deployment], Kind.CRONJOB: [cronjob]})
     report = build_report(cluster, ALL_KINDS).as_json()
     assert list(report) == ["daemonsets", "deployments", "statefulsets", "replicasets", "jobs", "cronjobs", "pods",
-                            "node_noexecute_taints"]
+                            "node_noexecute_taints", "unmanaged_pods"]
     (dep,) = report["deployments"]
     assert list(dep) == list(report["daemonsets"][0])
     assert (dep["name"], dep["finding"], dep["fix"]["id"]) == ("ebs-csi-controller", True,
@@ -355,7 +355,7 @@ def test_a_bare_pod_is_audited_and_counts_itself():
     bare = copy.deepcopy(load_fixture("pod_bare_generate_name.json")["request"]["object"])
     bare["metadata"].update(name="ebs-csi-node-debug-x1", uid="bare-1")
     bare["spec"]["nodeName"] = "node-a"
-    bare["status"] = {"phase": "Running"}
+    bare["status"] = {"phase": "Running", "podIP": "10.0.3.4"}  # a pod on the pod network runs with an IP
     cluster = Cluster([], [bare], [node("node-a")], [agent_pod("node-a")], [])
     (audit,) = build_report(cluster, PolicyConfig(kinds=frozenset({Kind.DAEMONSET, Kind.POD}))).as_json()["pods"]
     assert (audit["name"], audit["finding"], audit["unmanaged_pods"]) == ("ebs-csi-node-debug-x1", True, 1)

@@ -85,6 +85,11 @@ MONITORING_OBJECTS = {
     ("PrometheusRule", "cilium-startup-guard"),
     ("ConfigMap", "cilium-startup-guard-grafana-dashboard"),
 }
+# The controller's scope `all` (its kustomize components, or the chart's controller.unmanaged.scope).
+UNMANAGED_OBJECTS = {
+    ("Role", "cilium-startup-guard-controller-cilium-config"),
+    ("RoleBinding", "cilium-startup-guard-controller-cilium-config"),
+}
 # The Helm chart's certs Job carries a hash of its pod template (tests/test_helm_chart.py says why).
 HASHED_JOB_NAME = re.compile(rf"{CERTS_JOB}(-[0-9a-f]{{10}})?")
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration",
@@ -258,7 +263,8 @@ def expected_objects(install: str) -> set[tuple[str, str]]:
     spec = BY_NAME[install]
     # Helm keeps its release in the namespace, so the namespace exists before the chart does.
     base = BASE_OBJECTS - {("Namespace", NAMESPACE)} if spec.helm else BASE_OBJECTS
-    return base | CERTIFICATE_OBJECTS[spec.certificates] | (MONITORING_OBJECTS if spec.monitoring else set())
+    return (base | CERTIFICATE_OBJECTS[spec.certificates] | (MONITORING_OBJECTS if spec.monitoring else set())
+            | (UNMANAGED_OBJECTS if spec.unmanaged else set()))
 
 
 def identity(obj: dict[str, Any]) -> tuple[str, str]:
@@ -277,6 +283,9 @@ def test_install_renders_exactly_the_expected_objects(rendered, install):
 def test_namespaced_objects_live_in_the_webhook_namespace(rendered, install):
     for obj in rendered[install]:
         namespace = obj["metadata"].get("namespace")
+        if (obj["kind"], obj["metadata"]["name"]) in UNMANAGED_OBJECTS:  # it grants a read of Cilium's ConfigMap
+            assert namespace == CILIUM_NAMESPACE
+            continue
         assert namespace == (None if obj["kind"] in CLUSTER_SCOPED else NAMESPACE), obj["metadata"]["name"]
 
 
@@ -593,7 +602,9 @@ def test_cli_parses_the_certs_job_args_into_an_in_cluster_run(rendered, install,
 
 @pytest.mark.parametrize("install", names())
 def test_controller_rbac_is_exactly_its_api_calls(rendered, install):
-    assert grants(rendered[install], CONTROLLER) == CONTROLLER_GRANTS
+    unmanaged = BY_NAME[install].unmanaged
+    extra = COMPONENT_GRANTS[f"unmanaged-{unmanaged}"] if unmanaged else set()
+    assert grants(rendered[install], CONTROLLER) == CONTROLLER_GRANTS | extra
 
 
 def test_controller_rbac_matches_the_calls_the_controller_makes():
@@ -781,7 +792,10 @@ def test_controller_flags_are_its_wiring_and_its_tunables_at_their_defaults(rend
     controller = container(rendered[install], CONTROLLER)
     assert controller["args"][0] == "controller"
     args = flags(controller["args"][1:])
-    assert set(args) == {"--lease-namespace", "--lease-name", "--metrics-port", "--config"} | CONTROLLER_TUNABLES
+    scope = set(args) & {"--unmanaged-scope", "--unmanaged-action"}  # a scope `all` component's, checked below
+    wiring = {"--lease-namespace", "--lease-name", "--metrics-port", "--config"}
+    assert set(args) - scope == wiring | CONTROLLER_TUNABLES
+    assert bool(scope) is bool(BY_NAME[install].unmanaged and not BY_NAME[install].helm)
     (port,) = controller["ports"]
     assert args["--metrics-port"] == str(port["containerPort"]) == "9090"
     for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
@@ -815,8 +829,13 @@ def test_config_map_holds_the_defaults_written_out(rendered, install):
     text = config_text(rendered[install])
     config = parse_config(text, "ConfigMap cilium-startup-guard-config")
     assert config.to_policy() == PolicyConfig()
-    # exemptions: None in ConfigFile() means "the built-in list", which to_policy() compared above.
-    assert config.model_dump(exclude={"exemptions"}) == ConfigFile().model_dump(exclude={"exemptions"})
+    # exemptions: None in ConfigFile() means "the built-in list", which to_policy() compared above; the chart
+    # writes a chosen unmanaged scope into the file (the kustomize components pass flags).
+    dumped = config.model_dump(exclude={"exemptions"})
+    if BY_NAME[install].helm and BY_NAME[install].unmanaged:
+        assert dumped["controller"]["unmanaged"]["scope"] == "all"
+        dumped["controller"]["unmanaged"]["scope"] = "gated"
+    assert dumped == ConfigFile().model_dump(exclude={"exemptions"})
     # Every key is written out, so the file documents every setting.
     written = set(yaml.safe_load(text))
     assert written == {field.alias or name for name, field in ConfigFile.model_fields.items()}
