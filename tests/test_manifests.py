@@ -17,21 +17,19 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from tests.docs_text import block_with, doc
-from tests.manifest_render import (
-    KUBECTL,
-    OVERLAYS,
-    ROOT,
-    build,
-    normalized,
-    prepare,
-    render,
-    render_kubectl,
-    render_overlays,
+from tests.installs import BY_NAME, names
+from tests.manifest_render import KUBECTL, OVERLAYS, ROOT, build, normalized, prepare, render, render_kubectl
+from tests.objects import (
+    CERTS_JOB_GRANTS,
+    CILIUM_CONFIG_READ,
+    CILIUM_NAMESPACE,
+    CONTROLLER_RBAC,
+    CONTROLLER_RBAC_ALL_RECYCLE,
 )
-from tests.objects import CERTS_JOB_GRANTS, CONTROLLER_RBAC
 from webhook import certs, cli
 from webhook.app import create_app
 from webhook.cli import certs as certs_verb
+from webhook.cli import controller as controller_verb
 from webhook.config import ConfigFile, Settings, parse_config
 from webhook.policy import CILIUM_TAINT_KEY, PolicyConfig, is_blanket_noexecute
 from webhook.workloads import KINDS
@@ -72,15 +70,28 @@ CERT_MANAGER_OBJECTS = {
     ("Issuer", "cilium-startup-guard-ca"),
     ("Certificate", WEBHOOK),
 }
-EXPECTED_OBJECTS = {
-    "cert-manager": BASE_OBJECTS | CERT_MANAGER_OBJECTS,
-    "strict": BASE_OBJECTS | CERT_MANAGER_OBJECTS,
-    "self-managed": BASE_OBJECTS | {("Secret", TLS_SECRET)},
-    "self-managed-job": BASE_OBJECTS | {
+CERTIFICATE_OBJECTS = {
+    "cert-manager": CERT_MANAGER_OBJECTS,
+    "self-managed": {("Secret", TLS_SECRET)},
+    "self-managed-job": {
         ("ServiceAccount", CERTS_JOB), ("Role", CERTS_JOB), ("RoleBinding", CERTS_JOB),
         ("ClusterRole", CERTS_JOB), ("ClusterRoleBinding", CERTS_JOB), ("Job", CERTS_JOB), ("CronJob", CERTS_JOB),
     },
 }
+MONITORING_OBJECTS = {
+    ("Service", "cilium-startup-guard-controller-metrics"),
+    ("ServiceMonitor", WEBHOOK),
+    ("ServiceMonitor", CONTROLLER),
+    ("PrometheusRule", "cilium-startup-guard"),
+    ("ConfigMap", "cilium-startup-guard-grafana-dashboard"),
+}
+# The controller's scope `all` (its kustomize components, or the chart's controller.unmanaged.scope).
+UNMANAGED_OBJECTS = {
+    ("Role", "cilium-startup-guard-controller-cilium-config"),
+    ("RoleBinding", "cilium-startup-guard-controller-cilium-config"),
+}
+# The Helm chart's certs Job carries a hash of its pod template (tests/test_helm_chart.py says why).
+HASHED_JOB_NAME = re.compile(rf"{CERTS_JOB}(-[0-9a-f]{{10}})?")
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration",
                   "ValidatingWebhookConfiguration"}
 
@@ -94,6 +105,14 @@ CONTROLLER_GRANTS = {
     ("", "events.k8s.io", "events", "create", None),
     (NAMESPACE, "coordination.k8s.io", "leases", "create", None),
     *((NAMESPACE, "coordination.k8s.io", "leases", verb, LEASE) for verb in ("get", "update")),
+}
+
+# What each kustomize component for the controller's scope `all` adds to those grants, and nothing else.
+CILIUM_CONFIG_GRANT = (CILIUM_NAMESPACE, "", "configmaps", "get", "cilium-config")
+COMPONENT_GRANTS = {
+    "unmanaged-observe": {CILIUM_CONFIG_GRANT},
+    "unmanaged-recycle": {CILIUM_CONFIG_GRANT, *(("", "apps", resource, "get", None) for resource in (
+        "replicasets", "statefulsets", "daemonsets")), ("", "batch", "jobs", "get", None)},
 }
 
 # Host ports the webhook must not take (docs/install.md lists them): kubelet, kube-proxy and the control plane,
@@ -121,8 +140,24 @@ def manifests(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def rendered(manifests: Path) -> dict[str, list[dict[str, Any]]]:
-    return render_overlays(manifests)
+def with_components(manifests: Path) -> dict[str, list[dict[str, Any]]]:
+    """The cert-manager install with each controller component, as a user's kustomization adds it."""
+    result = {}
+    for component in COMPONENT_GRANTS:
+        directory = manifests.parent / f"with-{component}"
+        directory.mkdir()
+        (directory / "kustomization.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "resources": ["../manifests/overlays/cert-manager"],
+            "components": [f"../manifests/components/{component}"]}))
+        result[component] = render(directory)
+    return result
+
+
+@pytest.fixture(scope="module")
+def rendered(rendered_installs) -> dict[str, list[dict[str, Any]]]:
+    """Every install (kustomize overlays and Helm chart variants, tests/installs.py) by name."""
+    return rendered_installs
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
@@ -224,17 +259,33 @@ def pyproject() -> dict[str, Any]:
 
 # --- rendering ---------------------------------------------------------------------------------------------
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_overlay_renders_exactly_the_expected_objects(rendered, overlay):
-    assert {(o["kind"], o["metadata"]["name"]) for o in rendered[overlay]} == EXPECTED_OBJECTS[overlay]
+def expected_objects(install: str) -> set[tuple[str, str]]:
+    spec = BY_NAME[install]
+    # Helm keeps its release in the namespace, so the namespace exists before the chart does.
+    base = BASE_OBJECTS - {("Namespace", NAMESPACE)} if spec.helm else BASE_OBJECTS
+    return (base | CERTIFICATE_OBJECTS[spec.certificates] | (MONITORING_OBJECTS if spec.monitoring else set())
+            | (UNMANAGED_OBJECTS if spec.unmanaged else set()))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_namespaced_objects_live_in_the_webhook_namespace(rendered, overlay):
-    for obj in rendered[overlay]:
+def identity(obj: dict[str, Any]) -> tuple[str, str]:
+    name = obj["metadata"]["name"]
+    if obj["kind"] == "Job" and HASHED_JOB_NAME.fullmatch(name):
+        name = CERTS_JOB
+    return obj["kind"], name
+
+
+@pytest.mark.parametrize("install", names())
+def test_install_renders_exactly_the_expected_objects(rendered, install):
+    assert sorted(identity(o) for o in rendered[install]) == sorted(expected_objects(install))
+
+
+@pytest.mark.parametrize("install", names())
+def test_namespaced_objects_live_in_the_webhook_namespace(rendered, install):
+    for obj in rendered[install]:
         namespace = obj["metadata"].get("namespace")
+        if (obj["kind"], obj["metadata"]["name"]) in UNMANAGED_OBJECTS:  # it grants a read of Cilium's ConfigMap
+            assert namespace == CILIUM_NAMESPACE
+            continue
         assert namespace == (None if obj["kind"] in CLUSTER_SCOPED else NAMESPACE), obj["metadata"]["name"]
 
 
@@ -244,6 +295,14 @@ def test_namespaced_objects_live_in_the_webhook_namespace(rendered, overlay):
 def test_fallback_loader_renders_what_kubectl_renders(manifests, overlay):
     path = manifests / "overlays" / overlay
     assert normalized(build(path)) == normalized(render_kubectl(path))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(KUBECTL is None, reason="compares the fallback loader with kubectl kustomize")
+@pytest.mark.parametrize("component", COMPONENT_GRANTS)
+def test_fallback_loader_renders_the_controller_components_as_kubectl_does(manifests, with_components, component):
+    path = manifests.parent / f"with-{component}"
+    assert normalized(build(path)) == normalized(with_components[component])
 
 
 def test_self_managed_overlay_needs_the_generated_certificates(tmp_path):
@@ -261,10 +320,9 @@ def test_generated_certificates_are_ignored_by_git():
 
 # --- Service -> Deployment -> webhook wiring ---------------------------------------------------------------
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_service_routes_to_the_webhook_container_port(rendered, overlay):
-    objects = rendered[overlay]
+@pytest.mark.parametrize("install", names())
+def test_service_routes_to_the_webhook_container_port(rendered, install):
+    objects = rendered[install]
     service = find(objects, "Service", WEBHOOK)
     deployment = find(objects, "Deployment", WEBHOOK)
     controller = find(objects, "Deployment", CONTROLLER)
@@ -279,32 +337,31 @@ def test_service_routes_to_the_webhook_container_port(rendered, overlay):
     assert flags(container(objects, WEBHOOK)["args"][1:])["--port"] == str(WEBHOOK_PORT)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_webhook_configurations_call_the_service(rendered, overlay):
-    service = find(rendered[overlay], "Service", WEBHOOK)
+@pytest.mark.parametrize("install", names())
+def test_webhook_configurations_call_the_service(rendered, install):
+    service = find(rendered[install], "Service", WEBHOOK)
     (port,) = service["spec"]["ports"]
-    for _, hook in webhooks(rendered[overlay]):
+    for _, hook in webhooks(rendered[install]):
         ref = hook["clientConfig"]["service"]
         assert (ref["name"], ref["namespace"], ref.get("port", 443)) == (
             service["metadata"]["name"], service["metadata"]["namespace"], port["port"])
         assert "url" not in hook["clientConfig"]
 
 
-@pytest.mark.slow
-def test_service_name_is_the_one_the_certificates_are_made_for(rendered):
-    service = find(rendered["cert-manager"], "Service", WEBHOOK)
+@pytest.mark.parametrize("install", names())
+def test_service_name_is_the_one_the_certificates_are_made_for(rendered, install):
+    service = find(rendered[install], "Service", WEBHOOK)
     assert (service["metadata"]["name"], service["metadata"]["namespace"]) == (
         certs.DEFAULT_SERVICE, certs.DEFAULT_NAMESPACE)
     assert certs.DEFAULT_SECRET == TLS_SECRET
     assert certs.DEFAULT_WEBHOOK_CONFIGURATION == WEBHOOK_CONFIGURATION
 
 
-@pytest.mark.slow
-def test_every_webhook_and_probe_path_is_a_route_of_the_app(rendered):
+@pytest.mark.parametrize("install", names())
+def test_every_webhook_and_probe_path_is_a_route_of_the_app(rendered, install):
     routes = {(route.path, method) for route in create_app(Settings()).routes
               for method in getattr(route, "methods", ())}
-    objects = rendered["cert-manager"]
+    objects = rendered[install]
     for _, hook in webhooks(objects):
         assert (hook["clientConfig"]["service"]["path"], "POST") in routes
     webhook = container(objects, WEBHOOK)
@@ -317,11 +374,11 @@ def test_every_webhook_and_probe_path_is_a_route_of_the_app(rendered):
         assert get["port"] == webhook["ports"][0]["name"]
 
 
-@pytest.mark.slow
-def test_webhook_serves_the_mounted_certificate(rendered):
-    deployment = find(rendered["self-managed"], "Deployment", WEBHOOK)
+@pytest.mark.parametrize("install", names())
+def test_webhook_serves_the_mounted_certificate(rendered, install):
+    deployment = find(rendered[install], "Deployment", WEBHOOK)
     pod = deployment["spec"]["template"]["spec"]
-    webhook = container(rendered["self-managed"], WEBHOOK)
+    webhook = container(rendered[install], WEBHOOK)
     args = flags(webhook["args"][1:])
     (volume,) = [v for v in pod["volumes"] if "secret" in v]
     assert volume["secret"]["secretName"] == TLS_SECRET
@@ -344,11 +401,10 @@ def gate_webhook(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return hook
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_workload_webhooks_see_create_and_update_of_the_configured_kinds(rendered, overlay):
-    kinds = parse_config(config_text(rendered[overlay]), "ConfigMap").to_policy().kinds
-    for kind, hook in workload_webhooks(rendered[overlay]):
+@pytest.mark.parametrize("install", names())
+def test_workload_webhooks_see_create_and_update_of_the_configured_kinds(rendered, install):
+    kinds = parse_config(config_text(rendered[install]), "ConfigMap").to_policy().kinds
+    for kind, hook in workload_webhooks(rendered[install]):
         assert hook["rules"] == [{"apiGroups": ["", "apps", "batch"], "apiVersions": ["v1"],
                                   "operations": ["CREATE", "UPDATE"],
                                   "resources": sorted(KINDS[k].plural for k in kinds), "scope": "Namespaced"}], kind
@@ -356,9 +412,9 @@ def test_workload_webhooks_see_create_and_update_of_the_configured_kinds(rendere
                                                                  "pods-and-jobs-at-creation"}
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_webhook_is_fully_qualified_and_answers_v1_reviews(rendered, overlay):
-    for kind, hook in webhooks(rendered[overlay]):
+@pytest.mark.parametrize("install", names())
+def test_every_webhook_is_fully_qualified_and_answers_v1_reviews(rendered, install):
+    for kind, hook in webhooks(rendered[install]):
         assert hook["sideEffects"] == "None"
         assert hook["admissionReviewVersions"] == ["v1"]
         assert hook["matchPolicy"] == "Equivalent"
@@ -366,10 +422,9 @@ def test_every_webhook_is_fully_qualified_and_answers_v1_reviews(rendered, overl
         assert hook["name"].count(".") >= 2, kind  # kube-apiserver wants a fully qualified name
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_gate_webhook_sees_pod_creation_only_and_fails_open_fast(rendered, overlay):
-    hook = gate_webhook(rendered[overlay])
+@pytest.mark.parametrize("install", names())
+def test_gate_webhook_sees_pod_creation_only_and_fails_open_fast(rendered, install):
+    hook = gate_webhook(rendered[install])
     assert hook["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
                               "resources": ["pods"], "scope": "Namespaced"}]
     assert hook["clientConfig"]["service"]["path"] == "/mutate"
@@ -378,18 +433,17 @@ def test_gate_webhook_sees_pod_creation_only_and_fails_open_fast(rendered, overl
     assert {c["name"] for c in hook["matchConditions"]} == {"made-by-a-daemonset", "not-on-the-host-network"}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_gate_webhook_has_the_exemptions_of_the_workload_webhook(rendered, overlay):
-    (_, workload), *_ = workload_webhooks(rendered[overlay])
-    hook = gate_webhook(rendered[overlay])
+@pytest.mark.parametrize("install", names())
+def test_gate_webhook_has_the_exemptions_of_the_workload_webhook(rendered, install):
+    (_, workload), *_ = workload_webhooks(rendered[install])
+    hook = gate_webhook(rendered[install])
     assert hook["objectSelector"] == workload["objectSelector"]
     assert hook["namespaceSelector"] == workload["namespaceSelector"]
 
 
-@pytest.mark.slow
-def test_mutating_webhooks_are_reinvoked_if_needed(rendered):
-    objects = rendered["cert-manager"]
+@pytest.mark.parametrize("install", names())
+def test_mutating_webhooks_are_reinvoked_if_needed(rendered, install):
+    objects = rendered[install]
     hooks = find(objects, "MutatingWebhookConfiguration", WEBHOOK_CONFIGURATION)["webhooks"]
     assert [h["reinvocationPolicy"] for h in hooks] == ["IfNeeded", "IfNeeded"]
     # A field of mutating webhooks only; kube-apiserver rejects it on a validating one.
@@ -397,11 +451,10 @@ def test_mutating_webhooks_are_reinvoked_if_needed(rendered):
     assert all("reinvocationPolicy" not in h for h in validating)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_failure_policy_is_ignore_except_for_workloads_in_strict(rendered, overlay):
-    expected = "Fail" if overlay == "strict" else "Ignore"
-    assert {hook["failurePolicy"] for _, hook in workload_webhooks(rendered[overlay])} == {expected}
+@pytest.mark.parametrize("install", names())
+def test_failure_policy_is_ignore_except_for_workloads_in_strict(rendered, install):
+    expected = "Fail" if BY_NAME[install].strict else "Ignore"
+    assert {hook["failurePolicy"] for _, hook in workload_webhooks(rendered[install])} == {expected}
 
 
 @pytest.mark.slow
@@ -415,20 +468,18 @@ def test_the_documented_kinds_patch_turns_on_every_kind(manifests):
     assert gate_webhook(objects)["rules"][0]["resources"] == ["pods"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_namespace_selector_leaves_out_the_webhook_namespace_only(rendered, overlay):
-    for _, hook in webhooks(rendered[overlay]):
+@pytest.mark.parametrize("install", names())
+def test_namespace_selector_leaves_out_the_webhook_namespace_only(rendered, install):
+    for _, hook in webhooks(rendered[install]):
         selector = hook["namespaceSelector"]
         assert not selector_matches(selector, {"kubernetes.io/metadata.name": NAMESPACE})
         for other in ("kube-system", "default", "istio-system"):
             assert selector_matches(selector, {"kubernetes.io/metadata.name": other})
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_object_selector_skips_cilium_daemonsets_but_not_others(rendered, overlay):
-    for _, hook in webhooks(rendered[overlay]):
+@pytest.mark.parametrize("install", names())
+def test_object_selector_skips_cilium_daemonsets_but_not_others(rendered, install):
+    for _, hook in webhooks(rendered[install]):
         selector = hook["objectSelector"]
         assert not selector_matches(selector, CILIUM_AGENT_LABELS)
         assert not selector_matches(selector, CILIUM_ENVOY_LABELS)
@@ -437,11 +488,11 @@ def test_object_selector_skips_cilium_daemonsets_but_not_others(rendered, overla
         assert selector_matches(selector, {})
 
 
-@pytest.mark.slow
-def test_object_selector_skips_only_daemonsets_the_policy_exempts(rendered):
-    config = parse_config(config_text(rendered["cert-manager"]), "ConfigMap")
+@pytest.mark.parametrize("install", names())
+def test_object_selector_skips_only_daemonsets_the_policy_exempts(rendered, install):
+    config = parse_config(config_text(rendered[install]), "ConfigMap")
     exempted = {dict(e.labels).get("k8s-app") for e in config.to_policy().exemptions}
-    for _, hook in webhooks(rendered["cert-manager"]):
+    for _, hook in webhooks(rendered[install]):
         for expression in hook["objectSelector"]["matchExpressions"]:
             if expression["key"] == "k8s-app":
                 assert set(expression["values"]) <= exempted
@@ -449,10 +500,9 @@ def test_object_selector_skips_only_daemonsets_the_policy_exempts(rendered):
 
 # --- certificates and caBundle ------------------------------------------------------------------------------
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", ["cert-manager", "strict"])
-def test_cert_manager_injects_the_ca_of_the_serving_certificate(rendered, overlay):
-    objects = rendered[overlay]
+@pytest.mark.parametrize("install", names(certificates="cert-manager"))
+def test_cert_manager_injects_the_ca_of_the_serving_certificate(rendered, install):
+    objects = rendered[install]
     for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
         configuration = find(objects, kind, WEBHOOK_CONFIGURATION)
         source = configuration["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
@@ -463,9 +513,9 @@ def test_cert_manager_injects_the_ca_of_the_serving_certificate(rendered, overla
         assert all("caBundle" not in hook["clientConfig"] for hook in configuration["webhooks"])
 
 
-@pytest.mark.slow
-def test_cert_manager_certificate_covers_the_name_kube_apiserver_calls(rendered):
-    objects = rendered["cert-manager"]
+@pytest.mark.parametrize("install", names(certificates="cert-manager"))
+def test_cert_manager_certificate_covers_the_name_kube_apiserver_calls(rendered, install):
+    objects = rendered[install]
     serving = find(objects, "Certificate", WEBHOOK)["spec"]
     assert f"{WEBHOOK}.{NAMESPACE}.svc" in serving["dnsNames"]
     assert set(serving["dnsNames"]) == set(certs.service_dns_names())
@@ -480,7 +530,6 @@ def test_cert_manager_certificate_covers_the_name_kube_apiserver_calls(rendered)
     assert ca_certificate["privateKey"]["rotationPolicy"] == "Never"
 
 
-@pytest.mark.slow
 def test_self_managed_secret_and_ca_bundle_belong_together(rendered):
     objects = rendered["self-managed"]
     secret = find(objects, "Secret", TLS_SECRET)
@@ -499,21 +548,26 @@ def test_self_managed_secret_and_ca_bundle_belong_together(rendered):
     assert "annotations" not in find(objects, "MutatingWebhookConfiguration", WEBHOOK_CONFIGURATION)["metadata"]
 
 
-@pytest.mark.slow
-def test_self_managed_job_leaves_secret_and_ca_bundle_to_the_job(rendered):
-    objects = rendered["self-managed-job"]
+@pytest.mark.parametrize("install", names(certificates="self-managed-job"))
+def test_self_managed_job_leaves_secret_and_ca_bundle_to_the_job(rendered, install):
+    objects = rendered[install]
     assert not [o for o in objects if o["kind"] == "Secret"]
     for _, hook in webhooks(objects):
         assert "caBundle" not in hook["clientConfig"]
 
 
-@pytest.mark.slow
+def certs_pod(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (pod,) = [p for n, p in pod_specs(objects) if n.startswith(f"{kind}/{CERTS_JOB}")]
+    return pod
+
+
+@pytest.mark.parametrize("install", names(certificates="self-managed-job"))
 @pytest.mark.parametrize("kind", ["Job", "CronJob"])
-def test_certs_job_uses_the_in_cluster_interface(rendered, kind):
+def test_certs_job_uses_the_in_cluster_interface(rendered, install, kind):
     # cilium-startup-guard certs --in-cluster --namespace NS --service NAME --secret NAME
     #   --webhook-configuration NAME [--renew-before DAYS]
-    objects = rendered["self-managed-job"]
-    (_, pod), = [(n, p) for n, p in pod_specs(objects) if n == f"{kind}/{CERTS_JOB}"]
+    objects = rendered[install]
+    pod = certs_pod(objects, kind)
     (job,) = pod["containers"]
     assert job["args"][0] == "certs"
     args = flags(job["args"][1:])
@@ -530,10 +584,10 @@ def test_certs_job_uses_the_in_cluster_interface(rendered, kind):
     assert pod["serviceAccountName"] == CERTS_JOB
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize("install", names(certificates="self-managed-job"))
 @pytest.mark.parametrize("kind", ["Job", "CronJob"])
-def test_cli_parses_the_certs_job_args_into_an_in_cluster_run(rendered, kind):
-    (pod,) = [p for n, p in pod_specs(rendered["self-managed-job"]) if n == f"{kind}/{CERTS_JOB}"]
+def test_cli_parses_the_certs_job_args_into_an_in_cluster_run(rendered, install, kind):
+    pod = certs_pod(rendered[install], kind)
     (job,) = pod["containers"]
     args = cli.build_parser().parse_args(job["args"])
     assert args.run is certs_verb.run
@@ -546,10 +600,11 @@ def test_cli_parses_the_certs_job_args_into_an_in_cluster_run(rendered, kind):
 
 # --- RBAC ------------------------------------------------------------------------------------------------------
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_controller_rbac_is_exactly_its_api_calls(rendered, overlay):
-    assert grants(rendered[overlay], CONTROLLER) == CONTROLLER_GRANTS
+@pytest.mark.parametrize("install", names())
+def test_controller_rbac_is_exactly_its_api_calls(rendered, install):
+    unmanaged = BY_NAME[install].unmanaged
+    extra = COMPONENT_GRANTS[f"unmanaged-{unmanaged}"] if unmanaged else set()
+    assert grants(rendered[install], CONTROLLER) == CONTROLLER_GRANTS | extra
 
 
 def test_controller_rbac_matches_the_calls_the_controller_makes():
@@ -557,14 +612,38 @@ def test_controller_rbac_matches_the_calls_the_controller_makes():
 
 
 @pytest.mark.slow
-def test_certs_job_rbac_is_exactly_its_api_calls(rendered):
-    assert grants(rendered["self-managed-job"], CERTS_JOB) == CERTS_JOB_GRANTS
+@pytest.mark.parametrize("component", COMPONENT_GRANTS)
+def test_a_scope_all_component_adds_exactly_its_rules(with_components, component):
+    assert grants(with_components[component], CONTROLLER) == CONTROLLER_GRANTS | COMPONENT_GRANTS[component]
+
+
+def test_the_recycle_components_rules_are_the_calls_the_controller_makes_in_that_mode():
+    granted = CONTROLLER_GRANTS | COMPONENT_GRANTS["unmanaged-recycle"]
+    assert {(group, resource, verb) for _, group, resource, verb, _ in granted} == CONTROLLER_RBAC_ALL_RECYCLE
+    observe = CONTROLLER_GRANTS | COMPONENT_GRANTS["unmanaged-observe"]  # observing leaves the eviction unused
+    assert {(group, resource, verb) for _, group, resource, verb, _ in observe} == (
+        CONTROLLER_RBAC | {CILIUM_CONFIG_READ})
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_webhook_has_no_rbac_and_no_token(rendered, overlay):
-    objects = rendered[overlay]
+@pytest.mark.parametrize("component, action", [("unmanaged-observe", "observe"), ("unmanaged-recycle", "recycle")])
+def test_a_scope_all_component_sets_the_controllers_scope_and_action(with_components, component, action):
+    objects = with_components[component]
+    args = cli.build_parser().parse_args(container(objects, CONTROLLER)["args"])
+    config = parse_config(find(objects, "ConfigMap", "cilium-startup-guard-config")["data"]["config.yaml"], "cm")
+    settings = controller_verb.unmanaged_settings(args, config)
+    assert (settings.scope, settings.effective_action) == ("all", action)
+    assert args.cilium_namespace == CILIUM_NAMESPACE == CILIUM_CONFIG_GRANT[0]  # where the Role lets it read
+
+
+@pytest.mark.parametrize("install", names(certificates="self-managed-job"))
+def test_certs_job_rbac_is_exactly_its_api_calls(rendered, install):
+    assert grants(rendered[install], CERTS_JOB) == CERTS_JOB_GRANTS
+
+
+@pytest.mark.parametrize("install", names())
+def test_webhook_has_no_rbac_and_no_token(rendered, install):
+    objects = rendered[install]
     assert grants(objects, WEBHOOK) == set()
     assert find(objects, "ServiceAccount", WEBHOOK)["automountServiceAccountToken"] is False
     pod = find(objects, "Deployment", WEBHOOK)["spec"]["template"]["spec"]
@@ -572,10 +651,9 @@ def test_webhook_has_no_rbac_and_no_token(rendered, overlay):
     assert pod["automountServiceAccountToken"] is False
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_no_rbac_wildcards_or_builtin_roles(rendered, overlay):
-    objects = rendered[overlay]
+@pytest.mark.parametrize("install", names())
+def test_no_rbac_wildcards_or_builtin_roles(rendered, install):
+    objects = rendered[install]
     names = {(o["kind"], o["metadata"]["name"]) for o in objects}
     for obj in objects:
         if obj["kind"] in ("Role", "ClusterRole"):
@@ -590,21 +668,20 @@ def test_no_rbac_wildcards_or_builtin_roles(rendered, overlay):
             assert ref["name"] not in ("cluster-admin", "admin", "edit", "view")
 
 
-@pytest.mark.slow
-def test_lease_rbac_names_the_lease_the_controller_uses(rendered):
-    args = flags(container(rendered["cert-manager"], CONTROLLER)["args"][1:])
+@pytest.mark.parametrize("install", names())
+def test_lease_rbac_names_the_lease_the_controller_uses(rendered, install):
+    args = flags(container(rendered[install], CONTROLLER)["args"][1:])
     assert args["--lease-name"] == LEASE
     assert args["--lease-namespace"] == "$(POD_NAMESPACE)"
-    env = {e["name"]: e for e in container(rendered["cert-manager"], CONTROLLER)["env"]}
+    env = {e["name"]: e for e in container(rendered[install], CONTROLLER)["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
 
 
 # --- pod security ------------------------------------------------------------------------------------------------
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_pod_and_container_is_locked_down(rendered, overlay):
-    pods = list(pod_specs(rendered[overlay]))
+@pytest.mark.parametrize("install", names())
+def test_every_pod_and_container_is_locked_down(rendered, install):
+    pods = list(pod_specs(rendered[install]))
     assert pods
     for name, pod in pods:
         security = pod["securityContext"]
@@ -624,12 +701,11 @@ def test_every_pod_and_container_is_locked_down(rendered, overlay):
                 assert set(box["resources"][bound]) == {"cpu", "memory"}, (name, bound)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_container_runs_this_version_as_the_image_user(rendered, overlay):
+@pytest.mark.parametrize("install", names())
+def test_every_container_runs_this_version_as_the_image_user(rendered, install):
     version = pyproject()["project"]["version"]
     uid = dockerfile_uid()
-    for name, pod in pod_specs(rendered[overlay]):
+    for name, pod in pod_specs(rendered[install]):
         assert pod["securityContext"]["runAsUser"] == uid, name
         for box in pod["containers"]:
             assert box["image"] == f"cilium-startup-guard:{version}", name
@@ -643,9 +719,9 @@ def dockerfile_uid() -> int:
 
 # --- availability and safe bootstrap ------------------------------------------------------------------------------
 
-@pytest.mark.slow
-def test_webhook_runs_two_replicas_spread_and_protected_by_a_pdb(rendered):
-    objects = rendered["cert-manager"]
+@pytest.mark.parametrize("install", names())
+def test_webhook_runs_two_replicas_spread_and_protected_by_a_pdb(rendered, install):
+    objects = rendered[install]
     for name in (WEBHOOK, CONTROLLER):
         deployment = find(objects, "Deployment", name)
         assert deployment["spec"]["replicas"] == 2
@@ -658,9 +734,9 @@ def test_webhook_runs_two_replicas_spread_and_protected_by_a_pdb(rendered):
         assert all(selector_matches(c["labelSelector"], labels) for c in spread)
 
 
-@pytest.mark.slow
-def test_webhook_runs_on_the_host_network_before_cilium_is_ready(rendered):
-    pod = find(rendered["cert-manager"], "Deployment", WEBHOOK)["spec"]["template"]["spec"]
+@pytest.mark.parametrize("install", names())
+def test_webhook_runs_on_the_host_network_before_cilium_is_ready(rendered, install):
+    pod = find(rendered[install], "Deployment", WEBHOOK)["spec"]["template"]["spec"]
     assert pod["hostNetwork"] is True
     assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
     taint = {"key": CILIUM_TAINT_KEY, "value": "true", "effect": "NoExecute"}
@@ -670,9 +746,9 @@ def test_webhook_runs_on_the_host_network_before_cilium_is_ready(rendered):
     assert all(t.get("key") == CILIUM_TAINT_KEY for t in pod["tolerations"])
 
 
-@pytest.mark.slow
-def test_webhook_host_port_clashes_with_no_node_service(rendered):
-    (port,) = container(rendered["cert-manager"], WEBHOOK)["ports"]
+@pytest.mark.parametrize("install", names())
+def test_webhook_host_port_clashes_with_no_node_service(rendered, install):
+    (port,) = container(rendered[install], WEBHOOK)["ports"]
     assert port["hostPort"] == port["containerPort"] == WEBHOOK_PORT
     assert WEBHOOK_PORT not in RESERVED_HOST_PORTS
     assert port["containerPort"] > 1024  # no NET_BIND_SERVICE needed with every capability dropped
@@ -690,38 +766,51 @@ def test_the_ports_the_install_docs_list_are_the_ones_checked():
     assert {p for p in RESERVED_HOST_PORTS if p < 30000} <= documented
 
 
-@pytest.mark.slow
-def test_webhook_listens_on_the_node_address_only(rendered):
-    webhook = container(rendered["cert-manager"], WEBHOOK)
+@pytest.mark.parametrize("install", names())
+def test_webhook_listens_on_the_node_address_only(rendered, install):
+    webhook = container(rendered[install], WEBHOOK)
     assert flags(webhook["args"][1:])["--host"] == "$(POD_IP)"
     (env,) = [e for e in webhook["env"] if e["name"] == "POD_IP"]
     assert env["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
 
 
-@pytest.mark.slow
-def test_controller_is_a_cilium_managed_pod(rendered):
-    pod = find(rendered["cert-manager"], "Deployment", CONTROLLER)["spec"]["template"]["spec"]
+@pytest.mark.parametrize("install", names())
+def test_controller_is_a_cilium_managed_pod(rendered, install):
+    pod = find(rendered[install], "Deployment", CONTROLLER)["spec"]["template"]["spec"]
     assert not pod.get("hostNetwork")
     taint = {"key": CILIUM_TAINT_KEY, "value": "true", "effect": "NoExecute"}
     assert not any(tolerates(t, taint) for t in pod.get("tolerations", []))
 
 
-@pytest.mark.slow
-def test_controller_runs_with_the_lease_metrics_and_config_flags(rendered):
-    controller = container(rendered["cert-manager"], CONTROLLER)
+# The controller's tunables, written out in the manifests so that they can be changed there.
+CONTROLLER_TUNABLES = {"--grace-period", "--recycle-rate", "--release-after", "--cilium-namespace",
+                       "--cilium-agent-selector"}
+
+
+@pytest.mark.parametrize("install", names())
+def test_controller_flags_are_its_wiring_and_its_tunables_at_their_defaults(rendered, install):
+    controller = container(rendered[install], CONTROLLER)
     assert controller["args"][0] == "controller"
     args = flags(controller["args"][1:])
-    assert set(args) == {"--lease-namespace", "--lease-name", "--metrics-port", "--config"}
+    scope = set(args) & {"--unmanaged-scope", "--unmanaged-action"}  # a scope `all` component's, checked below
+    wiring = {"--lease-namespace", "--lease-name", "--metrics-port", "--config"}
+    assert set(args) - scope == wiring | CONTROLLER_TUNABLES
+    assert bool(scope) is bool(BY_NAME[install].unmanaged and not BY_NAME[install].helm)
     (port,) = controller["ports"]
     assert args["--metrics-port"] == str(port["containerPort"]) == "9090"
     for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
         assert controller[probe]["httpGet"] == {"path": path, "port": port["name"], "scheme": "HTTP"}
+    parsed = vars(cli.build_parser().parse_args(controller["args"]))
+    defaults = vars(cli.build_parser().parse_args(["controller"]))
+    for flag in CONTROLLER_TUNABLES:
+        dest = flag.removeprefix("--").replace("-", "_")
+        assert parsed[dest] == defaults[dest], flag
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize("install", names(certificates="self-managed-job"))
 @pytest.mark.parametrize("kind", ["Job", "CronJob"])
-def test_certs_job_runs_before_cilium_is_ready(rendered, kind):
-    (pod,) = [p for n, p in pod_specs(rendered["self-managed-job"]) if n == f"{kind}/{CERTS_JOB}"]
+def test_certs_job_runs_before_cilium_is_ready(rendered, install, kind):
+    pod = certs_pod(rendered[install], kind)
     assert pod["hostNetwork"] is True
     assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
     taint = {"key": CILIUM_TAINT_KEY, "value": "true", "effect": "NoExecute"}
@@ -735,22 +824,27 @@ def config_text(objects: list[dict[str, Any]]) -> str:
     return str(find(objects, "ConfigMap", "cilium-startup-guard-config")["data"]["config.yaml"])
 
 
-@pytest.mark.slow
-def test_config_map_holds_the_defaults_written_out(rendered):
-    text = config_text(rendered["cert-manager"])
+@pytest.mark.parametrize("install", names())
+def test_config_map_holds_the_defaults_written_out(rendered, install):
+    text = config_text(rendered[install])
     config = parse_config(text, "ConfigMap cilium-startup-guard-config")
     assert config.to_policy() == PolicyConfig()
-    # exemptions: None in ConfigFile() means "the built-in list", which to_policy() compared above.
-    assert config.model_dump(exclude={"exemptions"}) == ConfigFile().model_dump(exclude={"exemptions"})
+    # exemptions: None in ConfigFile() means "the built-in list", which to_policy() compared above; the chart
+    # writes a chosen unmanaged scope into the file (the kustomize components pass flags).
+    dumped = config.model_dump(exclude={"exemptions"})
+    if BY_NAME[install].helm and BY_NAME[install].unmanaged:
+        assert dumped["controller"]["unmanaged"]["scope"] == "all"
+        dumped["controller"]["unmanaged"]["scope"] = "gated"
+    assert dumped == ConfigFile().model_dump(exclude={"exemptions"})
     # Every key is written out, so the file documents every setting.
     written = set(yaml.safe_load(text))
     assert written == {field.alias or name for name, field in ConfigFile.model_fields.items()}
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize("install", names())
 @pytest.mark.parametrize("name", [WEBHOOK, CONTROLLER])
-def test_both_deployments_read_the_config_map(rendered, name):
-    objects = rendered["cert-manager"]
+def test_both_deployments_read_the_config_map(rendered, install, name):
+    objects = rendered[install]
     pod = find(objects, "Deployment", name)["spec"]["template"]["spec"]
     box = container(objects, name)
     (volume,) = [v for v in pod["volumes"] if "configMap" in v]

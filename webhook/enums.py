@@ -1,4 +1,4 @@
-"""The shared vocabulary: policy modes, review endpoints and outcomes, error and refusal reasons.
+"""The shared vocabulary: policy modes, review endpoints and outcomes, error and refusal reasons, unmanaged scope.
 A leaf, stdlib only: bodylimit, protocol and metrics name these without importing the policy or the envelope.
 """
 
@@ -39,3 +39,17 @@ class Refusal(StrEnum):
     BODY_TIMEOUT = "body_timeout"
     HEADER_TOO_LARGE = "header_too_large"
     HEADER_TIMEOUT = "header_timeout"
+
+
+class UnmanagedScope(StrEnum):
+    """Which unmanaged pods the gate controller looks after."""
+
+    GATED = "gated"  # the pods it gates
+    ALL = "all"  # every pod on the pod network in the scoped namespaces
+
+
+class UnmanagedAction(StrEnum):
+    """What the gate controller does with an unmanaged pod."""
+
+    RECYCLE = "recycle"  # evict it, so that its owner recreates it under Cilium
+    OBSERVE = "observe"  # report it (metric, one Event), write nothing to it
