@@ -5,18 +5,21 @@ from __future__ import annotations
 import pytest
 
 from tests.objects import GATE, agent_pod, endpoint, gated_pod, node
-from webhook.controller.rules import PodFacts, pod_facts
+from webhook.controller.rules import parse_time, pod_facts
 from webhook.controller.summaries import (
     AgentSummary,
     EndpointSummary,
     NodeSummary,
+    PodSummary,
     node_of_summary,
+    reboot_boundary,
     summarize_agent,
     summarize_endpoint,
     summarize_node,
     summarize_pod,
 )
 from webhook.policy import CILIUM_TAINT_KEY
+from webhook.unmanaged import owner_facts
 
 
 def full_node(**status: object) -> dict:
@@ -55,15 +58,44 @@ def test_summaries_hold_no_string_of_the_parsed_object():
     assert summary.boot_id == "boot-1" and summary.boot_id is not raw["status"]["nodeInfo"]["bootID"]
     pod = gated_pod("agent-1")
     pod["metadata"]["uid"] = "u-1"
-    facts = summarize_pod(pod, GATE)
+    facts = summarize_pod(pod, GATE).facts
     assert facts.name == "agent-1" and facts.name is not pod["metadata"]["name"]
     assert facts.pod_ip is not pod["status"]["podIP"]
 
 
-def test_a_pod_summary_is_the_rules_facts():
+def test_a_pod_summary_is_the_rules_facts_and_the_owner_facts():
     pod = gated_pod("agent-1", gate_true=True)
     pod["metadata"]["uid"] = "u-1"
-    assert summarize_pod(pod, GATE) == pod_facts(pod, GATE)
+    pod["metadata"]["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "agent",
+                                           "uid": "ds-1", "controller": True}]
+    summary = summarize_pod(pod, GATE)
+    assert summary == PodSummary(pod_facts(pod, GATE), owner_facts(pod))
+
+
+def test_pods_of_one_owner_share_one_owner_value():
+    pods = [gated_pod(f"agent-{i}") for i in range(2)]
+    for pod in pods:
+        pod["metadata"]["ownerReferences"] = [{"kind": "DaemonSet", "name": "agent", "uid": "ds-1", "controller": True}]
+    first, second = (summarize_pod(p, GATE) for p in pods)
+    assert first.owner is second.owner
+
+
+def test_a_reboot_is_a_changed_boot_id_and_its_boundary_the_last_heartbeat():
+    before = summarize_node(full_node(conditions=[{"type": "Ready", "status": "True",
+                                                   "lastHeartbeatTime": "2024-01-01T00:00:00Z"}]))
+    after = summarize_node(full_node(nodeInfo={"bootID": "boot-2"}))
+    assert reboot_boundary(before, after, now=2e9) == parse_time("2024-01-01T00:00:00Z")
+    assert reboot_boundary(before, before, now=2e9) is None
+    assert reboot_boundary(None, after, now=2e9) is None
+
+
+def heartbeat(at: str) -> dict:
+    return full_node(conditions=[{"type": "Ready", "status": "True", "lastHeartbeatTime": at}])
+
+
+def test_a_new_heartbeat_alone_is_no_change():
+    first, later = summarize_node(heartbeat("2024-01-01T00:00:00Z")), summarize_node(heartbeat("2024-01-01T00:05:00Z"))
+    assert first == later and first.heartbeat != later.heartbeat
 
 
 @pytest.mark.parametrize("ready", [True, False])
@@ -85,7 +117,7 @@ def test_an_endpoint_without_a_pod_owner_counts_for_any_pod():
 
 
 def test_pods_and_agents_are_indexed_by_their_node():
-    facts = PodFacts(namespace="ns", name="p", uid="u", node_name="node-a")
-    assert node_of_summary(facts) == "node-a"
+    summary = summarize_pod(gated_pod("p", node="node-a"), GATE)
+    assert node_of_summary(summary) == "node-a"
     assert node_of_summary(AgentSummary(node="node-b", ready=True)) == "node-b"
     assert node_of_summary(NodeSummary()) == ""

@@ -315,16 +315,19 @@ def test_a_cached_list_refused_while_the_cache_initializes_is_raised_with_its_re
 
 
 @pytest.mark.slow
-def test_the_answer_hook_sees_answers_errors_included_and_unreachable_servers(fake_kube: FakeKube,
-                                                                            kubeconfig_path: Path):
-    seen: list[bool] = []
-    client = kube.connect(kubeconfig_path, "fake", retries=0, on_answer=lambda answered, error: seen.append(answered))
+def test_the_answer_hook_sees_each_status_and_unreachable_servers(fake_kube: FakeKube, kubeconfig_path: Path):
+    seen: list[int] = []
+    client = kube.connect(kubeconfig_path, "fake", retries=0, on_answer=lambda status, error: seen.append(status))
     try:
         kube.get_pod(client, "default", "absent")  # 404: an answer
+        fake_kube.fail("GET", "/pods/absent$", status=503)
+        with pytest.raises(kube.ApiError):
+            kube.get_pod(client, "default", "absent")
+        kube.list_all(client, kube.Target(kube.NODES))
         fake_kube.stop()
         with pytest.raises(kube.ApiError) as raised:
             kube.get_pod(client, "default", "absent")
         assert raised.value.status == 0
     finally:
         client.close()
-    assert seen == [True, False]
+    assert seen == [404, 503, 200, 0]

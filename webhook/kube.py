@@ -140,13 +140,13 @@ class Kube:
 
 def connect(kubeconfig: Path | None = None, context: str | None = None, user_agent: str = USER_AGENT,
             retries: int | None = None, pool_size: int = 16,
-            on_answer: Callable[[bool, str], None] | None = None) -> Kube:
+            on_answer: Callable[[int, str], None] | None = None) -> Kube:
     """A client from a kubeconfig file (and context), or the in-cluster service account when none is given.
 
     `retries`: how often urllib3 repeats a failed request; None keeps its default of 3, which repeats a GET that
     timed out, so a command that promises a bound on waiting passes 0. `pool_size`: keep-alive connections
-    kept open. `on_answer(answered, error)` is called after every request: answered when the server sent any
-    HTTP answer, else with the connection or timeout error."""
+    kept open. `on_answer(status, error)` is called after every request with the HTTP status of the answer, 0
+    (and the connection or timeout error) when none came."""
     configuration = client.Configuration()
     if retries is not None:
         configuration.retries = retries
@@ -180,20 +180,20 @@ def connect(kubeconfig: Path | None = None, context: str | None = None, user_age
     return Kube(api_client)
 
 
-def _observed(call_api: Callable[..., Any], on_answer: Callable[[bool, str], None]) -> Callable[..., Any]:
-    """ApiClient.call_api, reporting whether the server answered: every request of every API group passes
-    through it."""
+def _observed(call_api: Callable[..., Any], on_answer: Callable[[int, str], None]) -> Callable[..., Any]:
+    """ApiClient.call_api, reporting how the server answered: every request of every API group passes through
+    it, and it returns error answers too (the caller raises them later)."""
 
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
             response = call_api(*args, **kwargs)
-        except client.ApiException:
-            on_answer(True, "")
+        except client.ApiException as err:
+            on_answer(int(err.status or 0), str(err.reason or ""))
             raise
         except (urllib3.exceptions.HTTPError, OSError) as err:
-            on_answer(False, str(err))
+            on_answer(0, str(err))
             raise
-        on_answer(True, "")
+        on_answer(int(getattr(response, "status", 0) or 0), str(getattr(response, "reason", "") or ""))
         return response
 
     return call

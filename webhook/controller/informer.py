@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from webhook.backoff import Backoff
+from webhook.controller.logthrottle import LogThrottle
+from webhook.controller.summaries import shared
 from webhook.controller.workqueue import Key
 from webhook.kube import ApiError, Gone, WatchEvent
 
@@ -28,8 +30,9 @@ class Stream(Protocol):
 
 
 def object_key(obj: Mapping[str, Any]) -> Key:
+    """(namespace, name), as strings of their own (see summaries.shared): a cache key outlives the parsed object."""
     metadata = obj.get("metadata") or {}
-    return str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
+    return shared(str(metadata.get("namespace") or "")), shared(str(metadata.get("name") or ""))
 
 
 def resource_version(obj: Mapping[str, Any]) -> str:
@@ -69,6 +72,7 @@ class Informer:
         self._indexers = dict(indexers or {})
         self._indices: dict[str, dict[str, set[Key]]] = {name: {} for name in self._indexers}
         self._list_at_version = list_at_version
+        self._log_throttle = LogThrottle()
         self._watch = watch_objects
         self._on_change = on_change
         self._optional = optional
@@ -137,9 +141,12 @@ class Informer:
                     version = None
                     stop.wait(self._absent_recheck)
                     continue
-                log.warning("list or watch failed; retrying", extra={
-                    "informer": self.name, "status": err.status, "error": err.message, "listing": listing})
-                stop.wait(self._backoff.next())
+                left_out = None if err.status == 0 else self._log_throttle.allow(err.status, time.monotonic())
+                if left_out is not None:  # no answer at all: Reachability says so, once per outage
+                    log.warning("list or watch failed; retrying (failures like it are logged once a minute)",
+                                extra={"informer": self.name, "status": err.status, "error": err.message,
+                                       "listing": listing, "left_out_since_last_line": left_out})
+                stop.wait(max(self._backoff.next(), err.retry_after or 0.0))
             except Exception:
                 log.exception("informer failed; retrying", extra={"informer": self.name})
                 stop.wait(self._backoff.next())

@@ -1,24 +1,34 @@
 """Small cache entries: what the gate controller reads of each API object, cut out when the object arrives (a
 transform at insert, like client-go's SetTransform). Pure: plain dicts in, frozen slotted values out; no I/O.
 
-Two rules keep the caches small. A summary holds only what a decision reads: a Node is its taints, readiness and
-boot ID, not ~10 KiB of images and managed fields. And it holds no string of the parsed API object itself:
-values repeated across objects (namespaces, node names, phases) are interned, and the rest are copied, so that
-the parsed object, a whole list of them after a resourceVersion=0 list, can be freed, memory pages and all, once
-it has been summarised (a kept string would pin the allocator's arena it sits in).
+Two rules keep the caches small. A summary holds only what a decision reads: a Node is its taints, readiness,
+boot ID and last heartbeat, not ~10 KiB of images and managed fields. And it holds no string of the parsed API
+object itself: every string is an interned copy, so that the parsed object, a whole list of them after a
+resourceVersion=0 list, can be freed, memory pages and all, once it has been summarised (a kept string would
+pin the allocator's arena it sits in), and a pod, its cache key and its endpoint share one copy of its name and uid.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from webhook.cilium import is_pod_ready
-from webhook.controller.rules import PodFacts, pod_facts
+from webhook.cilium import AgentState, is_pod_ready, judge_agent
+from webhook.controller.rules import PodFacts, parse_time, pod_facts, reboot_time
+from webhook.unmanaged import Owner, OwnerFacts, owner_facts
 
 Taint = tuple[str, str, str]  # key, value, effect
+SHARED_LIMIT = 10_000  # distinct taints or owners shared; past it a cluster just shares less
+
+
+@dataclass(frozen=True, slots=True)
+class PodSummary:
+    """A pod as the controller reads it: the rules' facts and what it says of its controlling owner."""
+
+    facts: PodFacts
+    owner: OwnerFacts
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +38,8 @@ class NodeSummary:
     taints: tuple[Taint, ...] = ()
     ready: bool = False  # the Node's Ready condition
     boot_id: str = ""  # status.nodeInfo.bootID: changes when the node reboots
+    # The Ready condition's lastHeartbeatTime, for a reboot's boundary; a new heartbeat alone is no change.
+    heartbeat: float | None = field(default=None, compare=False)
 
     def has_taint(self, key: str) -> bool:
         return any(taint[0] == key for taint in self.taints)
@@ -49,69 +61,91 @@ class EndpointSummary:
     state: str
 
     def state_for(self, pod_uid: str) -> str | None:
-        """The state, or None when the endpoint belongs to an earlier pod of the same name (see
-        webhook.cilium.endpoint_state, which this mirrors)."""
+        """The state, or None when the endpoint belongs to an earlier pod of the same name (as
+        webhook.cilium.endpoint_state)."""
         if self.owner_uids and pod_uid not in self.owner_uids:
             return None
         return self.state
 
 
+def summarize_pod(pod: Mapping[str, Any], gate_condition: str) -> PodSummary:
+    f = pod_facts(pod, gate_condition)
+    facts = replace(f, namespace=shared(f.namespace), name=shared(f.name), uid=shared(f.uid),
+                    node_name=shared(f.node_name), phase=shared(f.phase), pod_ip=shared(f.pod_ip))
+    return PodSummary(facts, _shared_owner(owner_facts(pod)))
+
+
 def summarize_node(node: Mapping[str, Any]) -> NodeSummary:
     spec, status = node.get("spec") or {}, node.get("status") or {}
     taints = tuple(_shared_taint(t) for t in spec.get("taints") or [] if isinstance(t, Mapping) and t.get("key"))
-    ready = any(isinstance(c, Mapping) and c.get("type") == "Ready" and c.get("status") == "True"
-                for c in status.get("conditions") or [])
-    boot_id = _own(str((status.get("nodeInfo") or {}).get("bootID") or ""))
-    return NodeSummary(taints=taints, ready=ready, boot_id=boot_id)
+    ready_condition = next((c for c in status.get("conditions") or []
+                            if isinstance(c, Mapping) and c.get("type") == "Ready"), {})
+    return NodeSummary(taints=taints, ready=ready_condition.get("status") == "True",
+                       boot_id=shared(str((status.get("nodeInfo") or {}).get("bootID") or "")),
+                       heartbeat=parse_time(ready_condition.get("lastHeartbeatTime")))
 
 
 def summarize_agent(pod: Mapping[str, Any]) -> AgentSummary:
-    node = str((pod.get("spec") or {}).get("nodeName") or "")
-    return AgentSummary(node=sys.intern(node), ready=is_pod_ready(pod))
+    return AgentSummary(node=shared(str((pod.get("spec") or {}).get("nodeName") or "")), ready=is_pod_ready(pod))
 
 
 def summarize_endpoint(endpoint: Mapping[str, Any]) -> EndpointSummary:
     owners = (endpoint.get("metadata") or {}).get("ownerReferences") or []
-    uids = tuple(sys.intern(str(o["uid"])) for o in owners
+    uids = tuple(shared(str(o["uid"])) for o in owners
                  if isinstance(o, Mapping) and o.get("kind") == "Pod" and o.get("uid"))
-    state = str((endpoint.get("status") or {}).get("state") or "")
-    return EndpointSummary(owner_uids=uids, state=sys.intern(state))
+    return EndpointSummary(owner_uids=uids, state=shared(str((endpoint.get("status") or {}).get("state") or "")))
 
 
-def summarize_pod(pod: Mapping[str, Any], gate_condition: str) -> PodFacts:
-    """A gated pod: the facts the rules read (rules.pod_facts), with its strings owned or interned. The uid is
-    interned, so a pod and its endpoint share one string."""
-    f = pod_facts(pod, gate_condition)
-    return PodFacts(
-        namespace=sys.intern(f.namespace), name=_own(f.name), uid=sys.intern(f.uid),
-        node_name=sys.intern(f.node_name), phase=sys.intern(f.phase), pod_ip=_own(f.pod_ip),
-        host_network=f.host_network, started_at=f.started_at, terminating=f.terminating, has_gate=f.has_gate,
-        gate_true=f.gate_true)
+def agent_state(node: NodeSummary | None, agents: Iterable[AgentSummary], taint_key: str) -> AgentState:
+    """webhook.cilium.agent_state, from summaries."""
+    if node is None:
+        return AgentState.UNKNOWN
+    return judge_agent(node.has_taint(taint_key), [agent.ready for agent in agents])
+
+
+def reboot_boundary(old: NodeSummary | None, new: NodeSummary | None, now: float) -> float | None:
+    """rules.reboot_boundary, from summaries."""
+    if old is None or new is None:
+        return None
+    return reboot_time(old.boot_id, new.boot_id, old.heartbeat, now)
 
 
 def node_of_summary(value: Any) -> str:
     """The node a cached pod or agent summary is on: the key of the by-node indexes."""
-    if isinstance(value, PodFacts):
-        return value.node_name
+    if isinstance(value, PodSummary):
+        return value.facts.node_name
     if isinstance(value, AgentSummary):
         return value.node
     return ""
 
 
+def shared(text: str) -> str:
+    """One copy of `text` for every holder (interned), and never the parsed object's own string: interning that
+    one would keep it, and with it the memory of everything parsed around it."""
+    return sys.intern("".join((text, ""))) if text else ""
+
+
 _taints: dict[Taint, Taint] = {}
+_owners: dict[OwnerFacts, OwnerFacts] = {}
 
 
 def _shared_taint(taint: Mapping[str, Any]) -> Taint:
-    # Nodes of a pool carry the same few taints: one tuple each, shared.
+    # Nodes of a pool carry the same few taints: one tuple each.
     value = (str(taint.get("key") or ""), str(taint.get("value") or ""), str(taint.get("effect") or ""))
-    if len(_taints) > 10_000:  # bounded: a cluster with that many distinct taints just shares less
-        _taints.clear()
-    shared = _taints.get(value)
-    if shared is None:
-        shared = _taints[value] = (sys.intern(value[0]), sys.intern(value[1]), sys.intern(value[2]))
-    return shared
+    known = _taints.get(value)
+    if known is None:
+        if len(_taints) >= SHARED_LIMIT:
+            _taints.clear()
+        known = _taints[value] = (shared(value[0]), shared(value[1]), shared(value[2]))
+    return known
 
 
-def _own(text: str) -> str:
-    """A copy of `text` that shares no memory with the parsed API object it came from."""
-    return "".join((text, "")) if text else ""
+def _shared_owner(facts: OwnerFacts) -> OwnerFacts:
+    # The pods of one DaemonSet or ReplicaSet have one owner: one value for all of them.
+    known = _owners.get(facts)
+    if known is None:
+        if len(_owners) >= SHARED_LIMIT:
+            _owners.clear()
+        owner = Owner(shared(facts.owner.kind), shared(facts.owner.name), shared(facts.owner.uid))
+        known = _owners[facts] = replace(facts, owner=owner)
+    return known
