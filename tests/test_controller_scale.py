@@ -163,5 +163,5 @@ def test_a_waiting_pod_that_becomes_managed_leaves_the_line_and_the_next_gets_it
     waiting = [p for p in pods if fake_kube.get("pods", "default", p["metadata"]["name"]) is not None]
     fake_kube.create(endpoint(waiting[0]))  # Cilium manages the first in line after all
     wait_until(lambda: replica.metric("cilium_startup_guard_recycle_waiting") == 2)
+    fake_kube.wait_for(lambda: gate_of(fake_kube, waiting[0]["metadata"]["name"]) == "True")
     assert len(evictions(fake_kube)) == 1
-    assert gate_of(fake_kube, waiting[0]["metadata"]["name"]) == "True"
