@@ -18,8 +18,9 @@ Runs `cilium-startup-guard controller` as a process of its own against tests/fak
               recreated under the same name with a stale endpoint. Lost updates and false conditions are counted.
 - memory:     controller RSS with 2k and 10k gated pods (gates True, endpoints ready), and with 500 and 2500
               nodes and no pods: the slope per pod+endpoint and per Node.
-- unmanaged:  500 gated pods with no endpoint behind --recycle-rate 60 for --unmanaged-seconds: evictions, GETs
-              of pods and endpoints per eviction, log lines.
+- unmanaged:  500 pods with no endpoint behind --recycle-rate 60 for --unmanaged-seconds: half of them gated,
+              half of them ReplicaSet pods (scope all, action recycle, when the controller has --unmanaged-scope);
+              evictions, GETs of pods, endpoints and owners per eviction, log lines.
 
 Every load is bounded in count and time; a wait that times out is reported, never hangs. Exit status 1 when a
 correctness check fails (a lost update, a false condition), else 0: the figures themselves are never judged here.
@@ -125,6 +126,13 @@ class Controller:
                 self.process.wait()
         self._log.close()
         return self.process.returncode
+
+
+def supports(flags: list[str]) -> bool:
+    """Whether `controller` takes these flags (the benchmark also measures older versions of it)."""
+    done = subprocess.run([sys.executable, "-m", "webhook", "controller", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, check=False)
+    return all(flag in done.stdout for flag in flags)
 
 
 def free_port() -> int:
@@ -425,10 +433,21 @@ def run_memory(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 def run_unmanaged(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     fake = FakeKube(write_latency=args.write_latency).start()
     controller = None
+    scope_all = supports(["--unmanaged-scope"])
     try:
-        Cluster(fake, 50, args.unmanaged_pods)
+        gated = args.unmanaged_pods // 2 if scope_all else args.unmanaged_pods
+        cluster = Cluster(fake, 50, gated)
+        if scope_all:
+            owners = [fake.create(objects.replica_set(f"web-{i:03d}", objects.NAMESPACES[i % 5]))
+                      for i in range(args.unmanaged_pods // 20)]
+            for i in range(args.unmanaged_pods - gated):
+                owner = owners[i % len(owners)]
+                fake.create(objects.workload_pod(f"{owner['metadata']['name']}-{i:05d}", owner,
+                                                 cluster.node_names[i % 50], 50_000 + i), share=True)
         fake.compact()
-        controller = Controller(fake, workdir / "unmanaged", grace=1, recycle_rate=60, extra=args.controller_args)
+        extra = ["--unmanaged-scope", "all", "--unmanaged-action", "recycle"] if scope_all else []
+        controller = Controller(fake, workdir / "unmanaged", grace=1, recycle_rate=60,
+                                extra=[*extra, *args.controller_args])
         if not controller.wait_ready():
             raise RuntimeError(f"the controller did not become ready; see {controller.log_path}")
         log_start, start = controller.log_lines(), len(fake.requests)
@@ -437,10 +456,12 @@ def run_unmanaged(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         evictions = sum(1 for a in fake.answers if a.request.path.endswith("/eviction") and a.status == 201)
         pod_gets = sum(1 for r in requests if r.method == "GET" and "/pods/" in r.path and "watch" not in r.query)
         endpoint_gets = sum(1 for r in requests if r.method == "GET" and "/ciliumendpoints/" in r.path)
+        owner_gets = sum(1 for r in requests if r.method == "GET" and "/replicasets/" in r.path)
         messages = controller.log_messages(log_start)
-        result = {"pods": args.unmanaged_pods, "seconds": args.unmanaged_seconds, "evictions": evictions,
-                  "pod_gets": pod_gets, "endpoint_gets": endpoint_gets,
-                  "reads_per_eviction": round((pod_gets + endpoint_gets) / max(1, evictions), 2),
+        result = {"pods": args.unmanaged_pods, "scope_all": scope_all, "seconds": args.unmanaged_seconds,
+                  "evictions": evictions, "pod_gets": pod_gets, "endpoint_gets": endpoint_gets,
+                  "owner_gets": owner_gets,
+                  "reads_per_eviction": round((pod_gets + endpoint_gets + owner_gets) / max(1, evictions), 2),
                   "log_lines": len(messages),
                   "log_messages": _top(messages, 6)}
         print(f"unmanaged: {result}", flush=True)

@@ -227,3 +227,21 @@ def endpoint(pod: dict[str, Any], *, state: str = "ready", owner_uid: str | None
             "named-ports": [{"name": "healthz", "port": 9808, "protocol": "TCP"}],
         },
     }
+
+
+def replica_set(name: str, namespace: str) -> dict[str, Any]:
+    return {"apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4())},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": name}}}, "status": {"replicas": 3}}
+
+
+def workload_pod(name: str, owner: dict[str, Any], node: str, index: int) -> dict[str, Any]:
+    """A pod of a ReplicaSet, not gated: the same size as a gated pod, with no readiness gate or gate label."""
+    pod = gated_pod(name, owner["metadata"]["namespace"], node, index)
+    labels = {k: v for k, v in pod["metadata"]["labels"].items() if k != GATE_LABEL}
+    pod["metadata"] = {**pod["metadata"], "labels": {**labels, "app": owner["metadata"]["name"]},
+                       "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                            "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
+                                            "controller": True, "blockOwnerDeletion": True}]}
+    pod["spec"] = {k: v for k, v in pod["spec"].items() if k != "readinessGates"}
+    return pod

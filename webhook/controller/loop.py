@@ -214,12 +214,22 @@ class GateController:
 
     def _on_pod(self, key: Key, old: PodSummary | None, new: PodSummary | None) -> None:
         waiting = new is not None and new.facts.is_waiting
-        self.metrics.pods_waiting.set(self.books.pod_changed(key, _uid(old), _uid(new), waiting=waiting))
+        gone = self._gone_uid(key, old, new)
+        self.metrics.pods_waiting.set(self.books.pod_changed(key, gone, _uid(new), waiting=waiting))
         self._queue.add(key)
 
     def _on_scoped_pod(self, key: Key, old: PodSummary | None, new: PodSummary | None) -> None:
-        self.books.scoped_pod_changed(_uid(old), _uid(new))
+        self.books.scoped_pod_changed(self._gone_uid(key, old, new), _uid(new))
         self._queue.add(key)
+
+    def _gone_uid(self, key: Key, old: PodSummary | None, new: PodSummary | None) -> str:
+        """The uid of a pod that went away, unless another cache still holds it: a gated pod is in the scope's
+        cache too, and its record (evicted, refused) must last until neither shows it."""
+        uid = _uid(old)
+        if not uid or uid == _uid(new):
+            return ""
+        still = any(_uid(informer.get(key)) == uid for informer in (self.pods, *self.scoped))
+        return "" if still else uid
 
     def _on_endpoint(self, key: Key, old: EndpointSummary | None, new: EndpointSummary | None) -> None:
         self._queue.add(key)  # the pod of the same namespace and name
