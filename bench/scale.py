@@ -481,6 +481,7 @@ def main() -> int:
     parser.add_argument("--controller-arg", action="append", default=[], dest="controller_args",
                         help="one more argument for the controller (repeatable)")
     parser.add_argument("--output", type=Path, help="write the results as JSON here too")
+    parser.add_argument("--logs", type=Path, help="keep the controllers' logs in this directory")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the controller and the fake are stopped
     args.only = [s for s in args.only.split(",") if s]
@@ -502,7 +503,7 @@ def main() -> int:
                                "write_latency_s": args.write_latency, "controller_args": args.controller_args}
     ok = True
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
-        workdir = Path(tmp)
+        workdir = args.logs or Path(tmp)
         if set(args.only) & {"floor", "burst", "trickle", "throttled", "faults"}:
             ok = main_run(args, results, workdir) and ok
         if "memory" in args.only:
