@@ -105,6 +105,11 @@ class Controller:
                 return int(line.split()[1])
         return 0
 
+    def cpu_seconds(self) -> float:
+        """utime + stime of the controller process so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log_lines(self) -> int:
         self._log.flush()
         return len(self.log_path.read_bytes().splitlines())
@@ -282,9 +287,12 @@ def main_run(args: argparse.Namespace, results: dict[str, Any], workdir: Path) -
         patches = Patches(fake)
         if "burst" in wanted:
             created: dict[str, float] = {}
+            cpu = controller.cpu_seconds()
             create_endpoints(fake, burst, created)
             patches.wait_for(created, args.timeout)
             results["burst"] = burst_result = latencies(created, patches.update())
+            burst_result["controller_cpu_ms_per_condition"] = round(
+                (controller.cpu_seconds() - cpu) * 1000 / max(1, len(created)), 2)
             floor_s = results.get("floor", {}).get("seconds")
             if floor_s:
                 burst_result["p99_over_floor"] = round(burst_result.get("p99_s", 0) / floor_s, 2)

@@ -84,3 +84,39 @@ def test_a_replica_that_may_no_longer_write_drops_its_queued_events():
     sender.close()
     thread.join(timeout=5)
     assert sent == [] and verdicts == [Verdict.QUEUED, Verdict.DROPPED]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 0.01  # every look at the clock takes a little time
+        return self.now
+
+
+def test_an_event_waits_while_the_controller_is_busy_and_is_sent_once_it_is_not():
+    busy = [True]
+    sent: list[dict[str, Any]] = []
+    sender = EventSender(sent.append, defer_while=lambda: busy[0], max_defer=60.0)
+    stop = threading.Event()
+    thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
+    thread.start()
+    sender.record(POD, {"n": 1})
+    assert not sender.flush(timeout=0.3) and sent == []  # held back while busy
+    busy[0] = False
+    assert sender.flush(timeout=5) and sent == [{"n": 1}]
+    sender.close()
+    thread.join(timeout=5)
+
+
+def test_an_event_is_not_held_back_longer_than_the_most_it_may_wait():
+    sent: list[dict[str, Any]] = []
+    sender = EventSender(sent.append, defer_while=lambda: True, max_defer=0.2, clock=Clock())
+    stop = threading.Event()
+    thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
+    thread.start()
+    sender.record(POD, {"n": 1})
+    assert sender.flush(timeout=5) and sent == [{"n": 1}]
+    sender.close()
+    thread.join(timeout=5)

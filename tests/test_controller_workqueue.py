@@ -133,3 +133,15 @@ def test_workers_never_hold_the_same_key_at_once():
     for worker in workers:
         worker.join(timeout=10)
     assert not overlaps and processed[0] >= 10
+
+
+def test_busy_while_a_key_is_in_line_or_with_a_worker_but_not_while_one_only_waits_its_delay():
+    queue = RateLimitingQueue()
+    queue.add_after(A, 60)
+    assert not queue.busy()
+    queue.add(B)
+    assert queue.busy()
+    assert queue.get(timeout=0) == B
+    assert queue.busy()
+    queue.done(B)
+    assert not queue.busy()

@@ -331,3 +331,15 @@ def test_the_answer_hook_sees_each_status_and_unreachable_servers(fake_kube: Fak
     finally:
         client.close()
     assert seen == [404, 503, 200, 0]
+
+
+@pytest.mark.slow
+def test_the_proxy_of_the_environment_is_read_once_and_kept(kubeconfig_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    client = kube.connect(kubeconfig_path, "fake")
+    try:
+        monkeypatch.setenv("HTTP_PROXY", "http://other.example:3128")
+        client.api_client.configuration.host = client.api_client.configuration.host  # as the token refresh does
+        assert client.api_client.configuration.proxy == "http://proxy.example:3128"
+    finally:
+        client.close()

@@ -173,6 +173,10 @@ def connect(kubeconfig: Path | None = None, context: str | None = None, user_age
         raise KubeConfigError(f"cannot use {where}: {reason}{hint}") from None
     # The long-lived watches and every other call share this pool.
     configuration.connection_pool_maxsize = pool_size
+    # The config loaders re-apply the server address before every request (their token-refresh hook), and the
+    # client's `host` setter then reads the proxy variables of the whole environment again: a quarter of a
+    # millisecond a call. The environment does not change under a running process: settle the proxy once.
+    configuration.proxy = configuration.proxy
     api_client = client.ApiClient(configuration)
     api_client.user_agent = user_agent
     if on_answer is not None:

@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 CORRELATOR_SIZE = 4096
 DEDUPLICATE_WINDOW = 600.0
 QUEUE_CAPACITY = 1000
+# While the controller has work in hand, an Event waits (at most this long) so that it does not take a write of
+# the API server's from a condition.
+MAX_DEFER = 5.0
 
 EventKey = tuple[str, str]  # (the regarding object's uid, the reason)
 
@@ -64,8 +67,11 @@ class EventSender:
                  correlator: Correlator | None = None, may_send: Callable[[], bool] = lambda: True,
                  on_verdict: Callable[[Verdict], None] = lambda verdict: None,
                  on_failure: Callable[[Exception], None] = lambda err: None,
+                 defer_while: Callable[[], bool] = lambda: False, max_defer: float = MAX_DEFER,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._send = send
+        self._defer_while = defer_while
+        self._max_defer = max_defer
         self._capacity = capacity
         self._correlator = correlator or Correlator()
         self._may_send = may_send
@@ -94,13 +100,20 @@ class EventSender:
         return verdict
 
     def run(self, stop: threading.Event) -> None:
-        """Send queued Events until `stop` is set and close() was called; what is left then is dropped."""
+        """Send queued Events until `stop` is set and close() was called; what is left then is dropped. Each
+        waits while `defer_while()` says the controller has work in hand, for at most `max_defer` seconds."""
         while True:
             with self._cond:
                 while not self._queue and not self._closed:
                     self._cond.wait(0.5)
                 if not self._queue:
                     return
+            deadline = self._clock() + self._max_defer
+            while not self._closed and self._defer_while() and self._clock() < deadline:
+                stop.wait(0.02)
+            with self._cond:
+                if not self._queue:
+                    continue
                 key, event = self._queue.popleft()
                 self._busy = True
             try:

@@ -93,8 +93,10 @@ class GateController:
         self._queue = RateLimitingQueue(o.backoff_initial, o.backoff_max)
         # One bucket for every eviction, gated pods and the rest alike.
         self._turns = EvictionTurns(recycle_bucket(o.recycle_rate, clock()))
+        # Conditions first: an Event waits while workers have pods in hand (at most a few seconds).
         self._events = EventSender(self._send_event, capacity=o.event_queue, may_send=self._may_write,
-                                   on_verdict=self._count_event, on_failure=self._event_failed)
+                                   on_verdict=self._count_event, on_failure=self._event_failed,
+                                   defer_while=self._queue.busy)
         self._log_throttle = LogThrottle()
         self.books = Bookkeeping()
         self._act = Actor(client, o, metrics, self.books, requeue=self._queue.add_after, may_write=self._may_write,

@@ -117,6 +117,11 @@ class RateLimitingQueue:
         with self._cond:
             return self._shutting_down
 
+    def busy(self) -> bool:
+        """A key is in line now or with a worker (keys waiting for their delay do not count)."""
+        with self._cond:
+            return bool(self._ready or self._processing)
+
     def __len__(self) -> int:
         """Keys in line or waiting for their delay; not the ones being processed."""
         with self._cond:
