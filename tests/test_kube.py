@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import urllib3
 
 from tests.fakekube import FakeKube
 from tests.objects import GATE, GATE_LABEL, endpoint, gate_status, gated_pod
@@ -343,3 +344,14 @@ def test_the_proxy_of_the_environment_is_read_once_and_kept(kubeconfig_path: Pat
         assert client.api_client.configuration.proxy == "http://proxy.example:3128"
     finally:
         client.close()
+
+
+def test_an_answer_cut_short_is_an_api_error_without_an_answer():
+    class CutShort:
+        @property
+        def data(self) -> bytes:
+            raise urllib3.exceptions.ProtocolError("Connection broken: IncompleteRead(4038656 bytes read)")
+
+    with pytest.raises(kube.ApiError) as raised:
+        kube._json(CutShort())
+    assert raised.value.status == 0 and "cut short" in raised.value.message

@@ -5,6 +5,7 @@ Imports nothing of the project but errors.py; ApiError.describe() is the one API
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -506,7 +507,11 @@ def _call(function: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def _json(response: Any) -> dict[str, Any]:
-    data = response.data if hasattr(response, "data") else response.read()
+    try:
+        data = response.data if hasattr(response, "data") else response.read()
+    except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as err:
+        # The body is read after the call returned: a connection cut mid-answer (a restarting API server) fails here.
+        raise ApiError(0, f"answer cut short: {err}") from None
     body = orjson.loads(data) if data else {}
     return body if isinstance(body, dict) else {}
 
