@@ -16,8 +16,9 @@ Runs `cilium-startup-guard controller` as a process of its own against tests/fak
 - faults:     the rest of the pods: endpoints in four waves, between them a watch cut with compaction (410), a
               burst of 503s, a restart of the fake; some endpoints not ready, some pods missing theirs, some
               recreated under the same name with a stale endpoint. Lost updates and false conditions are counted.
-- memory:     controller RSS with 2k and 10k gated pods (gates True, endpoints ready), and with 500 and 2500
-              nodes and no pods: the slope per pod+endpoint and per Node.
+- memory:     controller RSS (the median of three starts) with 2k and 10k gated pods (gates True, endpoints
+              ready), and with 500 and 5000 nodes and no pods, without and with a Cilium agent pod each: the slope
+              per pod+endpoint, per Node and per Node with its agent pod.
 - unmanaged:  500 pods with no endpoint behind --recycle-rate 60 for --unmanaged-seconds: half of them gated,
               half of them ReplicaSet pods (scope all, action recycle, when the controller has --unmanaged-scope);
               evictions, GETs of pods, endpoints and owners per eviction, log lines.
@@ -161,12 +162,13 @@ class Cluster:
     """Nodes with a ready Cilium agent each, and gated pods spread over them, in the fake API server."""
 
     def __init__(self, fake: FakeKube, nodes: int, pods: int, *, gate_true: bool = False, endpoints: bool = False,
-                 first_pod: int = 0) -> None:
+                 first_pod: int = 0, agents: bool = True) -> None:
         self.fake = fake
         self.node_names = [f"ip-192-168-{i // 250}-{i % 250}.us-west-2.compute.internal" for i in range(nodes)]
         for i, name in enumerate(self.node_names):
             fake.create(objects.node(name, i), share=True)
-            fake.create(objects.agent_pod(name), share=True)
+            if agents:
+                fake.create(objects.agent_pod(name), share=True)
         self.pods: list[dict[str, Any]] = []
         for i in range(first_pod, first_pod + pods):
             self.add_pod(i, gate_true=gate_true, endpoint=endpoints)
@@ -409,13 +411,17 @@ def _top(messages: list[str], n: int) -> dict[str, int]:
 
 
 def run_memory(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    def rss(nodes: int, pods: int) -> int:
+    def rss(nodes: int, pods: int, agents: bool = True) -> int:
+        """The median of --memory-repeat runs: a controller's RSS moves by a few MiB from one start to the next."""
+        return sorted(rss_once(nodes, pods, agents) for _ in range(args.memory_repeat))[args.memory_repeat // 2]
+
+    def rss_once(nodes: int, pods: int, agents: bool) -> int:
         fake = FakeKube(write_latency=args.write_latency).start()
         controller = None
         try:
-            Cluster(fake, nodes, pods, gate_true=True, endpoints=True)
+            Cluster(fake, nodes, pods, gate_true=True, endpoints=True, agents=agents)
             fake.compact()
-            controller = Controller(fake, workdir / f"memory-{nodes}-{pods}", grace=3600, recycle_rate=5,
+            controller = Controller(fake, workdir / f"memory-{nodes}-{pods}-{agents}", grace=3600, recycle_rate=5,
                                     extra=args.controller_args)
             if not controller.wait_ready():
                 raise RuntimeError(f"the controller did not become ready; see {controller.log_path}")
@@ -429,11 +435,14 @@ def run_memory(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     small, large = args.memory_pods
     few, many = args.memory_nodes
     at_small, at_large = rss(args.nodes, small), rss(args.nodes, large)
+    bare_few, bare_many = rss(few, 0, agents=False), rss(many, 0, agents=False)
     nodes_few, nodes_many = rss(few, 0), rss(many, 0)
     result = {f"rss_{small}_pods_kib": at_small, f"rss_{large}_pods_kib": at_large,
               "kib_per_pod_with_endpoint": round((at_large - at_small) / (large - small), 2),
-              f"rss_{few}_nodes_kib": nodes_few, f"rss_{many}_nodes_kib": nodes_many,
-              "kib_per_node": round((nodes_many - nodes_few) / (many - few), 2)}
+              f"rss_{few}_nodes_kib": bare_few, f"rss_{many}_nodes_kib": bare_many,
+              "kib_per_node": round((bare_many - bare_few) / (many - few), 2),
+              f"rss_{few}_nodes_with_agents_kib": nodes_few, f"rss_{many}_nodes_with_agents_kib": nodes_many,
+              "kib_per_node_with_its_agent_pod": round((nodes_many - nodes_few) / (many - few), 2)}
     print(f"memory: {result}", flush=True)
     return result
 
@@ -503,7 +512,8 @@ def main() -> int:
     args.trickle_rate, args.trickle_seconds = 50, (10 if big else 2)
     args.throttled = 1_000 if big else 40
     args.timeout = 300.0 if big else 60.0
-    args.memory_pods, args.memory_nodes = ((2_000, 10_000), (500, 2_500)) if big else ((100, 400), (20, 100))
+    args.memory_pods, args.memory_nodes = ((2_000, 10_000), (500, 5_000)) if big else ((100, 400), (20, 100))
+    args.memory_repeat = 3 if big else 1
     args.settle = 3.0 if big else 0.5
     args.unmanaged_pods, args.unmanaged_seconds = (500, 30.0) if big else (50, 3.0)
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),

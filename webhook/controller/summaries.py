@@ -81,7 +81,7 @@ def summarize_node(node: Mapping[str, Any]) -> NodeSummary:
     ready_condition = next((c for c in status.get("conditions") or []
                             if isinstance(c, Mapping) and c.get("type") == "Ready"), {})
     return NodeSummary(taints=taints, ready=ready_condition.get("status") == "True",
-                       boot_id=shared(str((status.get("nodeInfo") or {}).get("bootID") or "")),
+                       boot_id=_own(str((status.get("nodeInfo") or {}).get("bootID") or "")),
                        heartbeat=parse_time(ready_condition.get("lastHeartbeatTime")))
 
 
@@ -122,7 +122,12 @@ def node_of_summary(value: Any) -> str:
 def shared(text: str) -> str:
     """One copy of `text` for every holder (interned), and never the parsed object's own string: interning that
     one would keep it, and with it the memory of everything parsed around it."""
-    return sys.intern("".join((text, ""))) if text else ""
+    return sys.intern(_own(text)) if text else ""
+
+
+def _own(text: str) -> str:
+    """A copy of `text` of its own, for a value no other object shares (a boot ID)."""
+    return "".join((text, "")) if text else ""
 
 
 _taints: dict[Taint, Taint] = {}
