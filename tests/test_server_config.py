@@ -10,7 +10,7 @@ from webhook.config import ConfigError, ServerSettings, build_settings, reload_s
 
 def test_defaults_without_a_file():
     assert build_settings().server == ServerSettings()
-    assert ServerSettings().max_body_bytes == 8 * 1024 * 1024
+    assert ServerSettings().max_body_bytes == 3 * 1024 * 1024
 
 
 def test_file_keys_are_camel_case_and_flags_win(tmp_path):

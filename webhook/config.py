@@ -56,12 +56,26 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """Limits and timings of the HTTPS server; read at start-up only (a reload does not change them)."""
+    """Limits and timings of the HTTPS server; read at start-up only (a reload does not change them).
 
-    # kube-apiserver sends object and oldObject: several MiB at most (etcd stores objects up to 1.5 MiB).
-    max_body_bytes: int = 8 * MIB
+    The documentation's "Limits and timeouts" table gives the reasons for each default, with sources.
+    """
+
+    # etcd stores at most 1.5 MiB per object and a review carries two of them (object and oldObject); kube-apiserver
+    # takes write bodies up to the same 3 MiB (its MaxRequestBodyBytes).
+    max_body_bytes: int = 3 * MIB
     # Request line and headers; kube-apiserver sends well under 4 KiB.
     max_header_bytes: int = 64 * 1024
+    # Connections open at once from one source address, and in all. kube-apiserver keeps up to 25 idle
+    # connections per webhook host (client-go's MaxIdleConnsPerHost) and opens more only while more calls are in
+    # flight; each connection costs about 35-50 KiB.
+    max_connections_per_source: int = 128
+    max_connections: int = 1024
+    # From accept to the end of the TLS handshake. kube-apiserver's client gives up after 10 s itself (client-go's
+    # TLSHandshakeTimeout); a handshake on a cluster network takes milliseconds.
+    tls_handshake_timeout: float = 5.0
+    # How long a client may leave the server's send buffers full (not reading the answer) before it is cut off.
+    write_timeout: float = 10.0
     # From connection (or first byte of a request) to the end of its headers, and for the whole body.
     header_timeout: float = 10.0
     body_timeout: float = 10.0
@@ -152,6 +166,12 @@ class _ServerFile(_Strict):
 
     max_body_bytes: StrictInt = Field(default=ServerSettings.max_body_bytes, alias="maxBodyBytes", ge=1024)
     max_header_bytes: StrictInt = Field(default=ServerSettings.max_header_bytes, alias="maxHeaderBytes", ge=1024)
+    max_connections_per_source: StrictInt = Field(default=ServerSettings.max_connections_per_source,
+                                                  alias="maxConnectionsPerSource", ge=1)
+    max_connections: StrictInt = Field(default=ServerSettings.max_connections, alias="maxConnections", ge=1)
+    tls_handshake_timeout: float = Field(default=ServerSettings.tls_handshake_timeout,
+                                         alias="tlsHandshakeTimeoutSeconds", gt=0)
+    write_timeout: float = Field(default=ServerSettings.write_timeout, alias="writeTimeoutSeconds", gt=0)
     header_timeout: float = Field(default=ServerSettings.header_timeout, alias="headerTimeoutSeconds", gt=0)
     body_timeout: float = Field(default=ServerSettings.body_timeout, alias="bodyTimeoutSeconds", gt=0)
     keep_alive_timeout: StrictInt = Field(default=ServerSettings.keep_alive_timeout,
@@ -159,6 +179,12 @@ class _ServerFile(_Strict):
     shutdown_delay: float = Field(default=ServerSettings.shutdown_delay, alias="shutdownDelaySeconds", ge=0)
     shutdown_timeout: float = Field(default=ServerSettings.shutdown_timeout, alias="shutdownTimeoutSeconds", gt=0)
     reload_interval: float = Field(default=ServerSettings.reload_interval, alias="reloadIntervalSeconds", gt=0)
+
+    @model_validator(mode="after")
+    def _caps(self) -> _ServerFile:
+        if self.max_connections_per_source > self.max_connections:
+            raise ValueError("maxConnectionsPerSource must not exceed maxConnections")
+        return self
 
     def to_settings(self) -> ServerSettings:
         return ServerSettings(**self.model_dump())
