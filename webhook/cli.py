@@ -39,7 +39,8 @@ from webhook.policy import Mode
 PROG = "cilium-startup-guard"
 EXIT_USAGE = 2
 # `serve` flags that are ServerSettings fields of the same name.
-SERVER_FLAGS = ("max_body_bytes", "max_header_bytes", "header_timeout", "body_timeout", "keep_alive_timeout",
+SERVER_FLAGS = ("max_body_bytes", "max_header_bytes", "max_connections_per_source", "max_connections",
+                "tls_handshake_timeout", "header_timeout", "body_timeout", "write_timeout", "keep_alive_timeout",
                 "shutdown_delay", "shutdown_timeout", "reload_interval")
 
 log = logging.getLogger(__name__)
@@ -75,10 +76,21 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"refuse larger request bodies with 413 (default {ServerSettings.max_body_bytes})")
     limits.add_argument("--max-header-bytes", type=int, metavar="N",
                         help=f"refuse larger request heads with 431 (default {ServerSettings.max_header_bytes})")
+    limits.add_argument("--max-connections-per-source", type=int, metavar="N",
+                        help="connections open at once from one address (an IPv6 /64); more are reset at once "
+                             f"(default {ServerSettings.max_connections_per_source})")
+    limits.add_argument("--max-connections", type=int, metavar="N",
+                        help=f"connections open at once in all (default {ServerSettings.max_connections})")
+    limits.add_argument("--tls-handshake-timeout", type=float, metavar="S",
+                        help="seconds from accepting a connection to the end of its TLS handshake "
+                             f"(default {ServerSettings.tls_handshake_timeout:g})")
     limits.add_argument("--header-timeout", type=float, metavar="S",
                         help=f"seconds for a request's headers to arrive (default {ServerSettings.header_timeout:g})")
     limits.add_argument("--body-timeout", type=float, metavar="S",
                         help=f"seconds for a request's body to arrive (default {ServerSettings.body_timeout:g})")
+    limits.add_argument("--write-timeout", type=float, metavar="S",
+                        help="seconds a client may leave an answer unread before it is cut off "
+                             f"(default {ServerSettings.write_timeout:g})")
     limits.add_argument("--keep-alive-timeout", type=int, metavar="S",
                         help=f"seconds an idle connection stays open (default {ServerSettings.keep_alive_timeout})")
     limits.add_argument("--shutdown-delay", type=float, metavar="S",

@@ -42,6 +42,16 @@ class Refusal(StrEnum):
     HEADER_TIMEOUT = "header_timeout"
 
 
+class CloseReason(StrEnum):
+    """Why the server closed a connection by itself, outside any request."""
+
+    PER_SOURCE_LIMIT = "per_source_limit"  # at once, on accept
+    TOTAL_LIMIT = "total_limit"  # at once, on accept
+    TLS_HANDSHAKE_TIMEOUT = "tls_handshake_timeout"
+    TLS_HANDSHAKE_FAILED = "tls_handshake_failed"  # not TLS, no common protocol version, or the client left
+    WRITE_TIMEOUT = "write_timeout"  # the client stopped reading an answer
+
+
 class ErrorReason(StrEnum):
     BAD_REQUEST = "bad_request"  # 400, or an AdmissionReview refused with status 400
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # 415
@@ -70,6 +80,11 @@ class Metrics:
                                  ["namespace"], registry=r)
         refused = Counter(f"{PREFIX}_http_refused", "Requests refused before review (size or time limits), by reason.",
                           ["reason"], registry=r)
+        closed = Counter(f"{PREFIX}_connections_closed", "Connections the server closed by itself outside a request, "
+                         "by reason: over a connection cap, TLS handshake too slow or failed, answer not read.",
+                         ["reason"], registry=r)
+        self.connections_open = Gauge(f"{PREFIX}_connections_open",
+                                      "Connections open now, in the TLS handshake or after it.", registry=r)
         config_reloads = Counter(f"{PREFIX}_config_reloads", "Reloads of the configuration file, by result.",
                                  ["result"], registry=r)
         self.config_last_reload_successful = Gauge(
@@ -86,6 +101,7 @@ class Metrics:
         self._errors = {(e, x): errors.labels(e.value, x.value) for e in Endpoint for x in ErrorReason}
         self._latency = {e: latency.labels(e.value) for e in Endpoint}
         self._refused = {x: refused.labels(x.value) for x in Refusal}
+        self._closed = {x: closed.labels(x.value) for x in CloseReason}
         self._config_reloads = {ok: config_reloads.labels("success" if ok else "failure") for ok in (True, False)}
         self._cert_reloads = {ok: cert_reloads.labels("success" if ok else "failure") for ok in (True, False)}
         self._namespaces: set[str] = set()
@@ -115,6 +131,9 @@ class Metrics:
 
     def count_refusal(self, reason: Refusal) -> None:
         self._refused[reason].inc()
+
+    def count_close(self, reason: CloseReason) -> None:
+        self._closed[reason].inc()
 
     def count_config_reload(self, ok: bool) -> None:
         self._config_reloads[ok].inc()
