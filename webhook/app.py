@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from webhook import admission
 from webhook.admission import BadReview, Endpoint, Outcome
-from webhook.bodylimit import BodyLimit, BodyReader
+from webhook.bodylimit import BodyReader
 from webhook.config import Settings
 from webhook.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from webhook.metrics import ErrorReason, Metrics
@@ -25,6 +25,17 @@ log = logging.getLogger(__name__)
 
 JSON_MEDIA_TYPE = "application/json"
 _JSON_CONTENT_TYPE = (b"content-type", JSON_MEDIA_TYPE.encode())
+# Larger answers go out in pieces of this size, each once the client has taken the one before (the protocol
+# pauses writing while the TLS layer holds anything): a client that stops reading holds one piece, not all.
+ANSWER_CHUNK_BYTES = 64 * 1024
+# Fields taken from the request are logged at most as long as Kubernetes lets them be (a longer one cannot come
+# from kube-apiserver): namespace a DNS-1123 label, names DNS-1123 subdomains, kinds DNS-1035 labels once lower-cased
+# (https://github.com/kubernetes/kubernetes/blob/03014f486c86dbe8a7fbe275fe14250854aab219/staging/src/k8s.io/
+# apimachinery/pkg/util/validation/validation.go). An error message is clipped like the answer's status message.
+MAX_NAMESPACE_LENGTH = 63
+MAX_NAME_LENGTH = 253
+MAX_KIND_LENGTH = 63
+MAX_ERROR_LENGTH = admission.MAX_MESSAGE_LENGTH
 
 
 class Runtime:
@@ -68,7 +79,6 @@ def create_app(settings: Settings) -> WebhookApp:
     routes = {f"/{endpoint.value}": ReviewRoute(endpoint, runtime, reader) for endpoint in Endpoint}
     app = WebhookApp(routes, title="cilium-startup-guard", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.runtime = runtime
-    app.add_middleware(BodyLimit, reader=reader)
     for path, route in routes.items():
         app.router.routes.append(Route(path, route, methods=["POST"]))
 
@@ -114,9 +124,15 @@ class ReviewRoute:
         content_type = next((value.decode("latin-1") for name, value in scope["headers"]
                              if name == b"content-type"), "")
         status, answer = handle_review(content_type, body, self.endpoint, self.runtime)
+        del body  # not held while a slow client reads the answer
         await send({"type": "http.response.start", "status": status, "headers": [
             _JSON_CONTENT_TYPE, (b"content-length", str(len(answer)).encode())]})
-        await send({"type": "http.response.body", "body": answer})
+        if len(answer) <= ANSWER_CHUNK_BYTES:
+            await send({"type": "http.response.body", "body": answer})
+            return
+        for start in range(0, len(answer), ANSWER_CHUNK_BYTES):
+            end = start + ANSWER_CHUNK_BYTES
+            await send({"type": "http.response.body", "body": answer[start:end], "more_body": end < len(answer)})
 
 
 def handle_review(content_type: str, body: bytes, endpoint: Endpoint, runtime: Runtime) -> tuple[int, bytes]:
@@ -157,8 +173,8 @@ def _refuse(err: BadReview, endpoint: Endpoint, metrics: Metrics, started: float
     metrics.count_error(endpoint, ErrorReason.BAD_REQUEST)
     metrics.observe_review(endpoint, Outcome.ERROR, time.perf_counter() - started)
     log.warning("bad admission request", extra={
-        "uid": err.uid, "endpoint": endpoint.value, "error": str(err), "outcome": Outcome.ERROR.value,
-        "duration_ms": _elapsed_ms(started)})
+        "uid": err.uid, "endpoint": endpoint.value, "error": clip(str(err), MAX_ERROR_LENGTH),
+        "outcome": Outcome.ERROR.value, "duration_ms": _elapsed_ms(started)})
     if err.uid is None:
         return _answer({"detail": str(err)}, 400)
     return _answer(admission.error_response(err.uid, str(err)))
@@ -167,9 +183,15 @@ def _refuse(err: BadReview, endpoint: Endpoint, metrics: Metrics, started: float
 def _log_decision(review: admission.Review, endpoint: Endpoint, settings: Settings, outcome: Outcome,
                   started: float) -> None:
     log.info("admission decision", extra={"fields": {
-        "uid": review.uid, "endpoint": endpoint.value, "kind": review.kind, "namespace": review.namespace,
-        "name": review.name, "operation": review.operation, "dry_run": review.dry_run,
+        "uid": review.uid, "endpoint": endpoint.value, "kind": clip(review.kind, MAX_KIND_LENGTH),
+        "namespace": clip(review.namespace, MAX_NAMESPACE_LENGTH), "name": clip(review.name, MAX_NAME_LENGTH),
+        "operation": review.operation, "dry_run": review.dry_run,
         "mode": settings.policy.mode.value, "outcome": outcome.value, "duration_ms": _elapsed_ms(started)}})
+
+
+def clip(text: str, limit: int) -> str:
+    """`text`, or its first `limit` - 1 characters and "…" when it is longer than `limit`."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _elapsed_ms(started: float) -> float:

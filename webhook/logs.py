@@ -1,6 +1,7 @@
 """Structured logs: one JSON object a line on stderr. Named logs.py so as not to shadow stdlib logging.
 
-Data goes in `extra=`; keys that LogRecord reserves (such as "name") go in `extra={"fields": {...}}`.
+Data goes in `extra=`; keys that LogRecord reserves (such as "name") go in `extra={"fields": {...}}`. Every line is
+bounded: the message and each text field are clipped, and so is a traceback, whose text may quote the request.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from typing import Any
 import orjson
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and becomes a field.
+# Callers clip request data to Kubernetes' own lengths already; these bounds catch whatever they missed.
+MAX_FIELD_CHARS = 4096
+MAX_EXCEPTION_CHARS = 16384
 _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message", "asctime", "fields",
     "color_message",  # uvicorn's copy of the message with terminal colour codes
@@ -34,17 +38,35 @@ class JsonFormatter(logging.Formatter):
             "time": f"{self._second_text}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": _clip(record.getMessage(), MAX_FIELD_CHARS),
         }
         for key, value in vars(record).items():
             if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
-                entry[key] = value
+                entry[key] = _clip(value, MAX_FIELD_CHARS)
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            entry.update(fields)
+            entry.update((key, _clip(value, MAX_FIELD_CHARS)) for key, value in fields.items())
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+            entry["exception"] = _clip_middle(self.formatException(record.exc_info), MAX_EXCEPTION_CHARS)
+        return orjson.dumps(entry, default=_bounded_str).decode()
+
+
+def _clip(value: Any, limit: int) -> Any:
+    if isinstance(value, str) and len(value) > limit:
+        return value[: limit - 1] + "…"
+    return value
+
+
+def _clip_middle(text: str, limit: int) -> str:
+    # A traceback's first lines say where it started, its last lines what went wrong: keep both ends.
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n…\n{text[-half:]}"
+
+
+def _bounded_str(value: Any) -> str:
+    return str(_clip(str(value), MAX_FIELD_CHARS))
 
 
 def configure_logging(level: str = "info") -> None:
