@@ -56,7 +56,7 @@ SPREAD_SOURCES = [f"127.0.1.{i}" for i in range(1, 65)]
 PROBE_INTERVAL = 0.1
 PROBE_TIMEOUT = 10.0  # kube-apiserver's default webhook timeout
 SETTLE_S = 10.0  # RSS is read this long after the attack ends
-TCP_INFO_STATE_ESTABLISHED = 1
+TCP_OPEN_STATES = (1, 2)  # tcpi_state ESTABLISHED, and SYN_SENT while the server's accept queue is full
 
 
 # --- the server and its memory ------------------------------------------------------------------------------------
@@ -320,7 +320,7 @@ def tls_connect(ws: Workspace, port: int, source: str = HOST, rcvbuf: int | None
 
 
 def tcp_state(sock: socket.socket) -> int:
-    """The kernel's TCP state of `sock` (tcpi_state): 1 established; anything else means the peer closed it."""
+    """The kernel's TCP state of `sock` (tcpi_state); past TCP_OPEN_STATES it means the peer closed it."""
     return int(struct.unpack("B", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1))[0])
 
 
@@ -337,7 +337,7 @@ def wait_closed_by_server(socks: list[socket.socket], started: float, hold: floa
                     state = tcp_state(sock)
                 except OSError:
                     state = 0
-                if state != TCP_INFO_STATE_ESTABLISHED:
+                if state not in TCP_OPEN_STATES:
                     closed[i] = now
         time.sleep(0.05 if len(socks) < 1000 else 0.25)
     return closed
