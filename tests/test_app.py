@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Iterator
@@ -11,7 +12,8 @@ import httpx
 import pytest
 
 from tests.support import AppClient, load_fixture
-from webhook.app import create_app
+from webhook import app as app_module
+from webhook.app import ANSWER_CHUNK_BYTES, create_app
 from webhook.config import Settings
 from webhook.policy import Mode, PolicyConfig
 
@@ -127,3 +129,23 @@ def test_unexpected_exception_follows_failure_mode(monkeypatch: pytest.MonkeyPat
     assert answer["allowed"] is allowed
     assert "secret internals" not in response.text
     assert "Traceback" not in response.text
+
+
+def test_a_large_answer_goes_out_in_pieces_that_add_up_to_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    answer = bytes(range(256)) * 1000  # 256000 bytes: four pieces
+    monkeypatch.setattr(app_module, "handle_review", lambda *_: (200, answer))
+    app = create_app(Settings())
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/mutate", "headers": [(b"content-type", b"application/json")]}
+    asyncio.run(app(scope, receive, send))
+    pieces = [m for m in sent if m["type"] == "http.response.body"]
+    assert [len(p["body"]) for p in pieces] == [ANSWER_CHUNK_BYTES] * 3 + [len(answer) - 3 * ANSWER_CHUNK_BYTES]
+    assert [p.get("more_body", False) for p in pieces] == [True, True, True, False]
+    assert b"".join(p["body"] for p in pieces) == answer

@@ -52,9 +52,17 @@ class JsonFormatter(logging.Formatter):
 
 
 def _clip(value: Any, limit: int) -> Any:
-    if isinstance(value, str) and len(value) > limit:
-        return value[: limit - 1] + "…"
-    return value
+    if isinstance(value, str):
+        return _clip_text(value, limit)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    # A list or mapping (rare: fields are scalars) is kept as it is unless its JSON is too long.
+    text = orjson.dumps(value, default=str).decode()
+    return value if len(text) <= limit else _clip_text(text, limit)
+
+
+def _clip_text(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _clip_middle(text: str, limit: int) -> str:
@@ -66,7 +74,7 @@ def _clip_middle(text: str, limit: int) -> str:
 
 
 def _bounded_str(value: Any) -> str:
-    return str(_clip(str(value), MAX_FIELD_CHARS))
+    return _clip_text(str(value), MAX_FIELD_CHARS)
 
 
 def configure_logging(level: str = "info") -> None:

@@ -50,6 +50,7 @@ class CloseReason(StrEnum):
     TLS_HANDSHAKE_TIMEOUT = "tls_handshake_timeout"
     TLS_HANDSHAKE_FAILED = "tls_handshake_failed"  # not TLS, no common protocol version, or the client left
     WRITE_TIMEOUT = "write_timeout"  # the client stopped reading an answer
+    PIPELINE_LIMIT = "pipeline_limit"  # more requests sent ahead than protocol.MAX_PIPELINED
 
 
 class ErrorReason(StrEnum):
@@ -80,8 +81,9 @@ class Metrics:
                                  ["namespace"], registry=r)
         refused = Counter(f"{PREFIX}_http_refused", "Requests refused before review (size or time limits), by reason.",
                           ["reason"], registry=r)
-        closed = Counter(f"{PREFIX}_connections_closed", "Connections the server closed by itself outside a request, "
-                         "by reason: over a connection cap, TLS handshake too slow or failed, answer not read.",
+        closed = Counter(f"{PREFIX}_connections_closed",
+                         "Connections the server closed by itself outside a request, by reason: over a connection "
+                         "cap, TLS handshake too slow or failed, answer not read, too many pipelined requests.",
                          ["reason"], registry=r)
         self.connections_open = Gauge(f"{PREFIX}_connections_open",
                                       "Connections open now, in the TLS handshake or after it.", registry=r)

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 # Apache's LimitRequestFields default; kube-apiserver sends about six headers. Thousands of tiny headers within
 # the byte limit would each cost a tuple and two bytes objects.
 MAX_HEADER_COUNT = 100
+# Requests queued behind the one being answered. The parser reads every request in a chunk at once, and uvicorn
+# queues each (a scope and a cycle, about 2 KiB): 256 KiB of pipelined GETs would be 7000 of them. Go's HTTP client
+# (kube-apiserver's) and the kubelet's probes never pipeline.
+MAX_PIPELINED = 16
 
 
 @dataclass(frozen=True)
@@ -46,13 +50,18 @@ class _HeadTooLarge(Exception):
     """Raised from a parser callback: httptools stops parsing and feed_data() raises HttpParserCallbackError."""
 
 
+class _TooManyPipelined(Exception):
+    """Raised from on_headers_complete, like _HeadTooLarge."""
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """A head starts when the connection is made or the first byte of the next request arrives; it must be
     complete within `timeout` seconds, `max_bytes` bytes and MAX_HEADER_COUNT headers. The idle time between
     requests is uvicorn's keep-alive timeout, counted from when the answer has been sent, not handed over.
 
     The TLS transport asks this protocol to pause writing as soon as it holds any of the answer that the kernel
-    did not take; a client that leaves it paused for the write timeout is cut off.
+    did not take; a client that leaves it paused for the write timeout is cut off. So is a client that sends more
+    than MAX_PIPELINED requests ahead of its answers.
     """
 
     limits: ClassVar[HeadLimits]
@@ -92,6 +101,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                     isinstance(err.__context__, _HeadTooLarge) or self._head_over_limit()):
                 self._refuse_large_head()
                 return
+            if isinstance(err.__context__, _TooManyPipelined):
+                self.write_limits.on_close(CloseReason.PIPELINE_LIMIT)
+                log.info("connection closed", extra={"reason": CloseReason.PIPELINE_LIMIT.value,
+                                                     "client": _peer(self.client)})
+                self.transport.abort()  # the answers owed cannot all be given: nothing more is sent
+                return
             log.info("invalid HTTP request", extra={"error": str(err)[:200], "client": _peer(self.client)})
             self.send_400_response(f"invalid HTTP request: {err}"[:200])
             return
@@ -125,6 +140,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._end_head()
         super().on_headers_complete()
+        if len(self.pipeline) > MAX_PIPELINED:
+            raise _TooManyPipelined
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
