@@ -104,6 +104,8 @@ class Settings:
     # --mode wins over the file's mode, also after the file is reloaded.
     mode_override: Mode | None = None
     server: ServerSettings = field(default_factory=ServerSettings)
+    # The ServerSettings fields given as flags: they win over the file's server: keys.
+    server_flags: tuple[str, ...] = ()
 
 
 def _is_qualified_name(value: str) -> bool:
@@ -283,20 +285,30 @@ def build_settings(config_file: Path | None = None, mode: Mode | None = None,
         raise ConfigError(f"server settings: {_describe(err)}") from None
     given = {k: v for k, v in overrides.items() if v is not None}
     return Settings(policy=_policy(file, mode), allow_on_error=file.failure_mode == "allow",
-                    config_file=config_file, mode_override=mode, server=server_settings, **given)
+                    config_file=config_file, mode_override=mode, server=server_settings,
+                    server_flags=tuple(sorted(given_server)), **given)
 
 
-def reload_settings(current: Settings) -> Settings:
+def reload_settings(current: Settings) -> tuple[Settings, tuple[str, ...]]:
     """The policy and failure mode re-read from current.config_file, --mode re-applied; the rest is kept
-    (the server: section is read at start-up only).
+    (the server: section is read at start-up only). Also the server: keys whose new values are not in force
+    (they wait for a restart), as spelled in the file.
 
     Raises ConfigError for a file that cannot be used, so that the caller keeps `current`.
     """
     if current.config_file is None:
-        return current
+        return current, ()
     file = load_config(current.config_file)
-    return replace(current, policy=_policy(file, current.mode_override),
-                   allow_on_error=file.failure_mode == "allow")
+    fresh = replace(current, policy=_policy(file, current.mode_override), allow_on_error=file.failure_mode == "allow")
+    return fresh, _server_changes(current, file)
+
+
+def _server_changes(current: Settings, file: ConfigFile) -> tuple[str, ...]:
+    flags = {name: getattr(current.server, name) for name in current.server_flags}
+    wanted = {**file.server.model_dump(), **flags}
+    in_force = vars(current.server)
+    return tuple(_ServerFile.model_fields[name].alias or name for name in _ServerFile.model_fields
+                 if wanted[name] != in_force[name])
 
 
 def _policy(file: ConfigFile, mode: Mode | None) -> PolicyConfig:

@@ -91,7 +91,8 @@ class Metrics:
                                  ["result"], registry=r)
         self.config_last_reload_successful = Gauge(
             f"{PREFIX}_config_last_reload_successful",
-            "1 when the configuration file in force is the one on disk, 0 when the last reload was rejected.",
+            "1 when the configuration in force is the file on disk; 0 when the last reload was rejected or "
+            "changed server: settings, which need a restart.",
             registry=r)
         cert_reloads = Counter(f"{PREFIX}_certificate_reloads", "Reloads of the serving certificate, by result.",
                                ["result"], registry=r)
@@ -137,9 +138,10 @@ class Metrics:
     def count_close(self, reason: CloseReason) -> None:
         self._closed[reason].inc()
 
-    def count_config_reload(self, ok: bool) -> None:
+    def count_config_reload(self, ok: bool, in_force: bool = True) -> None:
+        """`in_force`: the whole file took effect; False when server: changes wait for a restart."""
         self._config_reloads[ok].inc()
-        self.config_last_reload_successful.set(1 if ok else 0)
+        self.config_last_reload_successful.set(1 if ok and in_force else 0)
 
     def count_certificate_reload(self, ok: bool) -> None:
         self._cert_reloads[ok].inc()
