@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 
 from tests.support import AppClient, load_fixture
 from webhook import app as app_module
-from webhook.app import ANSWER_CHUNK_BYTES, create_app
+from webhook.app import ANSWER_CHUNK_BYTES, LARGE_REVIEW_BYTES, create_app
 from webhook.config import Settings
 from webhook.policy import Mode, PolicyConfig
 
@@ -149,3 +150,31 @@ def test_a_large_answer_goes_out_in_pieces_that_add_up_to_it(monkeypatch: pytest
     assert [len(p["body"]) for p in pieces] == [ANSWER_CHUNK_BYTES] * 3 + [len(answer) - 3 * ANSWER_CHUNK_BYTES]
     assert [p.get("more_body", False) for p in pieces] == [True, True, True, False]
     assert b"".join(p["body"] for p in pieces) == answer
+
+
+def _reviewed_on(monkeypatch: pytest.MonkeyPatch, padding: int) -> tuple[str, dict[str, Any]]:
+    """The name of the thread that reviewed a request padded by `padding` bytes, and the answer."""
+    threads: list[str] = []
+    real = app_module.handle_review
+
+    def spy(*args: Any) -> tuple[int, bytes]:
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(app_module, "handle_review", spy)
+    review = load_fixture("daemonset_ebs_csi_node.json")
+    review["request"]["object"]["metadata"]["annotations"]["padding"] = "x" * padding
+    answer = call(Settings(), "POST", "/validate", json=review).json()["response"]
+    assert answer["uid"] == review["request"]["uid"]
+    return threads[0], answer
+
+
+def test_a_large_review_is_reviewed_off_the_event_loop_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    thread, answer = _reviewed_on(monkeypatch, LARGE_REVIEW_BYTES)
+    assert thread.startswith("large-review")
+    assert answer["warnings"]
+
+
+def test_an_ordinary_review_is_reviewed_on_the_event_loop_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    thread, _ = _reviewed_on(monkeypatch, 0)
+    assert thread == threading.main_thread().name

@@ -94,6 +94,7 @@ class GuardServer(uvicorn.Server):
         if self.listener is not None:
             self.listener.close()
         await super().shutdown(sockets)
+        self.runtime.close()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Not uvicorn's: it re-raises the signal after shutdown, so that the process would end by SIGTERM
