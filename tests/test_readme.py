@@ -71,3 +71,12 @@ def test_uninstall_filter_removes_only_our_gate(tmp_path: Path) -> None:
     assert patches["both"]["spec"]["template"]["spec"]["readinessGates"] == [other]
     assert patches["ours"]["spec"]["template"]["spec"]["readinessGates"] == []
     assert patches["ours"]["spec"]["template"]["metadata"]["labels"] == {DEFAULT_GATE_LABEL: None}
+
+
+def test_quick_start_calls_the_review_endpoint_that_serve_suggests(capsys: pytest.CaptureFixture[str]) -> None:
+    from webhook.cli import _print_how_to_call
+
+    documented = re.findall(r"--data @\S+ https://localhost:8443(/\w+)", README)
+    _print_how_to_call("127.0.0.1", Path("certs/ca.crt"), 8443)
+    suggested = re.findall(r"--data @\S+ https://localhost:8443(/\w+)", capsys.readouterr().err)
+    assert documented and documented[0] == suggested[0] == "/validate"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import importlib.metadata
 import logging
 import signal
 import socket
@@ -60,11 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=(
         "Keeps DaemonSet pods from starting before Cilium manages their network."))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the admission webhook over HTTPS")
     serve.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=None, help=f"port to listen on (default {DEFAULT_PORT})")
+    serve.add_argument("--port", type=_port, default=None,
+                       help=f"port to listen on, 1-65535, or 0 for any free one (default {DEFAULT_PORT})")
     serve.add_argument("--tls-cert", type=Path, help="serving certificate (PEM); with --tls-key")
     serve.add_argument("--tls-key", type=Path, help="private key of the serving certificate (PEM)")
     serve.add_argument("--certs-dir", type=Path, default=None,
@@ -239,8 +242,8 @@ def _serve(args: argparse.Namespace) -> int:
         cert, key = settings.certs_dir / certs.CERT_FILE, settings.certs_dir / certs.KEY_FILE
         ca = settings.certs_dir / certs.CA_CERT_FILE
         on_started = functools.partial(_print_how_to_call, settings.host, ca)
-    server = build_server(settings, cert, key, on_started)
     configure_logging(args.log_level)
+    server = build_server(settings, cert, key, on_started)
     server.run()
     return 0 if server.started else 1
 
@@ -251,7 +254,7 @@ def _print_how_to_call(host: str, ca: Path, port: int) -> None:
     print(f"serving {url} (HTTPS only); try:\n"
           f"  curl --cacert {ca} {url}/healthz\n"
           f"  curl --cacert {ca} -H 'Content-Type: application/json' "
-          f"--data @tests/fixtures/daemonset_ebs_csi_node.json {url}/mutate", file=sys.stderr, flush=True)
+          f"--data @tests/fixtures/daemonset_ebs_csi_node.json {url}/validate", file=sys.stderr, flush=True)
 
 
 def _review(args: argparse.Namespace) -> int:
@@ -425,6 +428,13 @@ def _port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"expected a port number (0-65535), got {text!r}")
     return int(text)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("cilium-startup-guard")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def _mode(args: argparse.Namespace) -> Mode | None:
