@@ -54,6 +54,7 @@ class Runtime:
         self.settings = settings
         self.metrics = metrics
         self.draining = False
+        self.large_reviews_done = 0
         self._large_reviews: ThreadPoolExecutor | None = None
 
     def large_reviews(self) -> ThreadPoolExecutor:
@@ -145,6 +146,7 @@ class ReviewRoute:
         else:
             status, answer = await asyncio.get_running_loop().run_in_executor(
                 self.runtime.large_reviews(), handle_review, content_type, body, self.endpoint, self.runtime)
+            self.runtime.large_reviews_done += 1
         del body  # not held while a slow client reads the answer
         await send({"type": "http.response.start", "status": status, "headers": [
             _JSON_CONTENT_TYPE, (b"content-length", str(len(answer)).encode())]})

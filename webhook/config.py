@@ -61,14 +61,17 @@ class ServerSettings:
     The documentation's "Limits and timeouts" table gives the reasons for each default, with sources.
     """
 
-    # etcd stores at most 1.5 MiB per object and a review carries two of them (object and oldObject); kube-apiserver
-    # takes write bodies up to the same 3 MiB (its MaxRequestBodyBytes).
+    # etcd stores at most 1.5 MiB per object (https://etcd.io/docs/v3.5/dev-guide/limit/) and a review carries two
+    # of them (object and oldObject); kube-apiserver takes write bodies up to the same 3 MiB, MaxRequestBodyBytes in
+    # https://github.com/kubernetes/kubernetes/blob/019f335d6b88bcf40180069e160f22f880afd409/staging/src/k8s.io/
+    # apiserver/pkg/server/config.go
     max_body_bytes: int = 3 * MIB
     # Request line and headers; kube-apiserver sends well under 4 KiB.
     max_header_bytes: int = 64 * 1024
     # Connections open at once from one source address, and in all. kube-apiserver keeps up to 25 idle
-    # connections per webhook host (client-go's MaxIdleConnsPerHost) and opens more only while more calls are in
-    # flight; each connection costs about 35-50 KiB.
+    # connections per webhook host and opens more only while more calls are in flight (idleConnsPerHost and
+    # TLSHandshakeTimeout in https://github.com/kubernetes/kubernetes/blob/079d5e5fffad73840943d379bb5e60bc4845bd6a/
+    # staging/src/k8s.io/client-go/transport/cache.go); each connection costs about 35-50 KiB.
     max_connections_per_source: int = 128
     max_connections: int = 1024
     # From accept to the end of the TLS handshake. kube-apiserver's client gives up after 10 s itself (client-go's

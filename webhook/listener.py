@@ -56,6 +56,7 @@ class ConnectionTable:
         self.per_source = per_source
         self.limit = total
         self.total = 0
+        self.released = 0  # connections that have ended since start
         self._by_source: dict[str, int] = {}
 
     def admit(self, source: str) -> Slot | CloseReason:
@@ -79,6 +80,7 @@ class ConnectionTable:
         else:
             del self._by_source[source]
         self.total -= 1
+        self.released += 1
 
 
 class Slot:
@@ -118,7 +120,6 @@ class Listener:
         self.start_http = start_http
         self.on_close = on_close
         self.table = ConnectionTable(limits.per_source, limits.total)
-        self.admitted = 0  # connections let in since start
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiting: dict[int, _Waiting] = {}
         self._handshakes: set[asyncio.Task[None]] = set()
@@ -160,7 +161,6 @@ class Listener:
                 _reset(sock)
                 self.on_close(admitted)
                 continue
-            self.admitted += 1
             sock.setblocking(False)
             waiting = _Waiting(sock, admitted, time.monotonic() + self.limits.handshake_timeout)
             waiting.timer = self._loop.call_later(self.limits.handshake_timeout, self._timed_out, waiting)
