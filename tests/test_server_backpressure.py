@@ -37,3 +37,25 @@ def test_a_client_that_stops_reading_is_cut_off_after_the_write_timeout(tmp_path
     finally:
         server.stop()
 
+
+
+def _tcp_state(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]  # tcpi_state; 1 is ESTABLISHED
+
+
+def test_closing_waits_for_an_unread_client_no_longer_than_the_write_timeout(tmp_path):
+    server = ServerProcess(tmp_path, "--write-timeout", str(WRITE_TIMEOUT))
+    try:
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.connect(("127.0.0.1", server.port))
+        with server.context().wrap_socket(raw, server_hostname="localhost") as conn:
+            # Refused with 413 and closed; the client reads neither the answer nor TLS's close_notify.
+            conn.sendall(b"POST /validate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 16777216\r\n\r\n" + b" " * 65536)
+            started = time.monotonic()
+            while _tcp_state(conn) == 1:
+                assert time.monotonic() - started < 10, "still open: uvloop's 30 s close timeout?"
+                time.sleep(0.05)
+    finally:
+        server.stop()

@@ -37,6 +37,8 @@ class ConnectionLimits:
     per_source: int
     total: int
     handshake_timeout: float
+    # How long closing waits for the client to take what is left and answer TLS's close_notify (uvloop: 30 s).
+    close_timeout: float = 10.0
 
 
 def source_of(address: str) -> str:
@@ -200,7 +202,8 @@ class Listener:
         remaining = max(0.001, waiting.deadline - time.monotonic())
         try:
             await self._loop.connect_accepted_socket(lambda: self.start_http(slot), waiting.sock, ssl=self.context,
-                                                     ssl_handshake_timeout=remaining)
+                                                     ssl_handshake_timeout=remaining,
+                                                     ssl_shutdown_timeout=self.limits.close_timeout)
         except (OSError, EOFError, ValueError) as err:  # ssl.SSLError and ConnectionError are OSErrors
             slot.release()
             late = time.monotonic() >= waiting.deadline - 0.01

@@ -81,8 +81,8 @@ class GuardServer(uvicorn.Server):
             return protocol
 
         self.listener = Listener(self.sockets, self.context, ConnectionLimits(
-            limits.max_connections_per_source, limits.max_connections, limits.tls_handshake_timeout),
-            start_http, metrics.count_close)
+            limits.max_connections_per_source, limits.max_connections, limits.tls_handshake_timeout,
+            close_timeout=limits.write_timeout), start_http, metrics.count_close)
         table = self.listener.table
         metrics.connections_open.set_function(lambda: table.total)
         self.listener.start()
