@@ -60,7 +60,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 STRIPPED_ANNOTATION = "startupguard.io/stripped-tolerations"
 GATE_LABEL = "startupguard.io/gated"
 
-# Issue 6's targets: measured and reported here, never asserted by a test.
+# The performance targets: measured and reported here, never asserted by a test.
 TARGET_CPU_RATIO = 1.5  # webhook CPU per request at 16 connections, over the floor's
 TARGET_P99_MS = 10.0  # at 16 connections
 TARGET_RSS_MIB = 80.0
@@ -525,7 +525,7 @@ def render(summary: dict[str, Any], info: dict[str, Any], options: Options, chec
     lines += _table(rows)
     found = targets(summary, options.connections)
     if found:
-        lines += ["", "targets (issue 6):"]
+        lines += ["", "targets:"]
         lines += [f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']:.3g} "
                   f"(limit {t['limit']:g})" for t in found]
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""Shared fixtures: the fake Kubernetes API server and a real kubernetes client pointed at it."""
+"""Shared fixtures: the fake Kubernetes API server and a real kubernetes client pointed at it; and the rule that a
+test using them is marked slow, so that `pytest -m "not slow"` stays the fast inner loop."""
 
 from __future__ import annotations
 
@@ -9,6 +10,17 @@ import pytest
 import yaml
 
 from tests.fakekube import FakeKube
+
+# Each of these starts the fake API server.
+FAKE_API_SERVER = frozenset({"fake_kube", "kubeconfig_path", "kube_client"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [item.nodeid for item in items if FAKE_API_SERVER & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError("these tests start the fake API server but are not marked slow "
+                                f"(@pytest.mark.slow): {', '.join(unmarked)}")
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ def gate_status(pod: dict[str, Any] | None) -> str | None:
 
 
 # The controller's API calls as (apiGroup, resource, verb): every one cluster-wide except leases, which live in
-# --lease-namespace. tests/test_controller.py checks the calls against it, tests/test_manifests.py the RBAC.
+# --lease-namespace. tests/test_controller_loop.py checks the calls against it, tests/test_manifests.py the RBAC.
 CONTROLLER_RBAC = {
     ("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"),
     ("", "pods/status", "patch"),

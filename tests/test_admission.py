@@ -18,7 +18,8 @@ from webhook.admission import (
     json_pointer,
     parse_review,
 )
-from webhook.policy import Decision, Edit, Mode, PolicyConfig
+from webhook.enums import Mode
+from webhook.policy import Decision, Edit, PolicyConfig
 
 
 def review_body(**request: Any) -> bytes:

@@ -16,7 +16,8 @@ from tests.support import AppClient, load_fixture
 from webhook import app as app_module
 from webhook.app import ANSWER_CHUNK_BYTES, LARGE_REVIEW_BYTES, create_app
 from webhook.config import Settings
-from webhook.policy import Mode, PolicyConfig
+from webhook.enums import Mode
+from webhook.policy import PolicyConfig
 
 JSON = {"Content-Type": "application/json"}
 

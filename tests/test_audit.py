@@ -220,7 +220,7 @@ EXAMPLE = Report(
 )
 
 
-def test_json_is_exactly_the_issue_schema():
+def test_json_is_exactly_the_documented_schema():
     report = json.loads(render_json(EXAMPLE))
     assert list(report) == ["daemonsets", "node_noexecute_taints"]
     assert report["daemonsets"][0] == {

@@ -29,6 +29,7 @@ def _bench_module():
     return module
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("generator", [
     "python",
     pytest.param("wrk", marks=pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")),

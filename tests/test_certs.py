@@ -9,6 +9,7 @@ import stat
 import threading
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 
 from webhook import certs
@@ -79,12 +80,14 @@ def handshake(directory: Path, server_hostname: str) -> str:
         listener.close()
 
 
+@pytest.mark.slow
 def test_tls_handshake_verifies_against_the_generated_ca(tmp_path: Path) -> None:
     directory = make_certs(tmp_path)
     assert handshake(directory, "cilium-startup-guard-webhook.cilium-startup-guard.svc").startswith("TLSv1.")
     assert handshake(directory, "localhost")
 
 
+@pytest.mark.slow
 def test_tls_handshake_fails_for_a_name_not_in_the_certificate(tmp_path: Path) -> None:
     directory = make_certs(tmp_path)
     try:

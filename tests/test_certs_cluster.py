@@ -24,6 +24,7 @@ from tests.fakekube import FakeKube, Request, authorization, is_granted
 from tests.manifest_render import ROOT, render
 from tests.objects import CERTS_JOB_GRANTS
 from webhook import certs, cli, cluster_certs
+from webhook.cli import certs as certs_verb
 from webhook.logs import JsonFormatter
 
 NS = certs.DEFAULT_NAMESPACE
@@ -41,7 +42,7 @@ WRITES = ("POST", "PUT", "PATCH", "DELETE")
 @pytest.fixture(autouse=True)
 def quiet_logging(monkeypatch: pytest.MonkeyPatch) -> None:
     # main() would otherwise point the root logger at this test's captured stderr for the rest of the run.
-    monkeypatch.setattr(cli, "configure_logging", lambda level="info": None)
+    monkeypatch.setattr(certs_verb, "configure_logging", lambda level="info": None)
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +152,7 @@ def one_line(err: str) -> str:
 
 # --- what a run does -------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_first_run_creates_both_secrets_and_sets_ca_bundle_in_every_webhook(fake_kube, kube_client, installed):
     install(fake_kube, installed)
     before = {r: fake_kube.get(r, "", NAME) for r in (MUTATING, VALIDATING)}
@@ -178,6 +180,7 @@ def test_first_run_creates_both_secrets_and_sets_ca_bundle_in_every_webhook(fake
         ("PATCH", "mutatingwebhookconfigurations"), ("PATCH", "validatingwebhookconfigurations")]
 
 
+@pytest.mark.slow
 def test_second_run_writes_nothing(fake_kube, kube_client, installed):
     install(fake_kube, installed)
     cluster_certs.run(kube_client, options())
@@ -192,6 +195,7 @@ def test_second_run_writes_nothing(fake_kube, kube_client, installed):
     assert (secret(fake_kube, SECRET), secret(fake_kube, CA_SECRET), ca_bundles(fake_kube)) == before
 
 
+@pytest.mark.slow
 def test_serving_certificate_due_is_renewed_under_the_same_ca_and_ca_bundle_stays(fake_kube, kube_client,
                                                                                    installed):
     # A serving certificate with 20 days left, inside the 30-day window.
@@ -210,6 +214,7 @@ def test_serving_certificate_due_is_renewed_under_the_same_ca_and_ca_bundle_stay
     assert update.body["metadata"]["resourceVersion"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("why", ["ca-due", "force"])
 def test_a_new_ca_is_trusted_beside_the_old_one_before_any_pod_serves_its_certificate(fake_kube, kube_client,
                                                                                        installed, why):
@@ -237,6 +242,7 @@ def test_a_new_ca_is_trusted_beside_the_old_one_before_any_pod_serves_its_certif
     assert [authorization(r)[4] for r in writes(fake_kube)] == [CA_SECRET, NAME, NAME, SECRET]
 
 
+@pytest.mark.slow
 def test_an_update_keeps_what_others_set_and_sends_no_server_fields(fake_kube, kube_client, installed):
     old = certs.renew(certs.StoredCerts(), *SANS, now=NOW - certs.SERVING_VALIDITY + 20 * DAY)
     install(fake_kube, installed, old)
@@ -261,6 +267,7 @@ def test_an_update_keeps_what_others_set_and_sends_no_server_fields(fake_kube, k
     assert secret(fake_kube, SECRET)["tls.crt"] != old.bundle.cert_pem
 
 
+@pytest.mark.slow
 def test_a_ca_bundle_someone_removed_is_set_again_without_touching_the_secrets(fake_kube, kube_client, installed):
     old = certs.renew(certs.StoredCerts(), *SANS, now=NOW)
     install(fake_kube, installed, old)
@@ -289,6 +296,7 @@ def test_ca_bundle_patch_names_only_the_webhooks_that_lack_it_and_carries_the_re
 
 # --- the Job may start before the webhook configurations exist --------------------------------------------------
 
+@pytest.mark.slow
 def test_configurations_that_appear_late_are_waited_for_then_patched(fake_kube, kube_client, installed):
     late = configurations(installed)
     timer = threading.Timer(0.3, lambda: [fake_kube.create(c) for c in late])
@@ -301,6 +309,7 @@ def test_configurations_that_appear_late_are_waited_for_then_patched(fake_kube, 
     assert set(ca_bundles(fake_kube).values()) == {secret(fake_kube, SECRET)["ca.crt"]}
 
 
+@pytest.mark.slow
 def test_configurations_that_never_appear_fail_with_one_line(fake_kube, kubeconfig_path, monkeypatch, capsys):
     monkeypatch.setattr(cluster_certs, "CONFIGURATION_WAIT", 0.4)
     assert main(kubeconfig_path) == 1
@@ -312,6 +321,7 @@ def test_configurations_that_never_appear_fail_with_one_line(fake_kube, kubeconf
 
 # --- concurrent writers ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_conflicting_update_is_read_again_and_decided_again(fake_kube, kube_client, installed):
     old = certs.renew(certs.StoredCerts(), *SANS, now=NOW - certs.SERVING_VALIDITY + 20 * DAY)
     install(fake_kube, installed, old)
@@ -328,6 +338,7 @@ def test_conflicting_update_is_read_again_and_decided_again(fake_kube, kube_clie
     assert issued_by(secret(fake_kube, SECRET)["tls.crt"], old.bundle.ca_cert_pem)
 
 
+@pytest.mark.slow
 def test_concurrent_first_runs_settle_on_one_ca(fake_kube, kube_client, installed):
     install(fake_kube, installed)
     other = certs.renew(certs.StoredCerts(), *SANS, now=NOW)
@@ -343,6 +354,7 @@ def test_concurrent_first_runs_settle_on_one_ca(fake_kube, kube_client, installe
     assert set(ca_bundles(fake_kube).values()) == {other.bundle.ca_cert_pem}
 
 
+@pytest.mark.slow
 def test_configuration_changed_under_the_patch_is_read_again(fake_kube, kube_client, installed):
     install(fake_kube, installed)
 
@@ -357,6 +369,7 @@ def test_configuration_changed_under_the_patch_is_read_again(fake_kube, kube_cli
     assert set(ca_bundles(fake_kube).values()) == {secret(fake_kube, SECRET)["ca.crt"]}
 
 
+@pytest.mark.slow
 def test_a_secret_deleted_under_the_update_is_created_again(fake_kube, kube_client, installed):
     old = certs.renew(certs.StoredCerts(), *SANS, now=NOW - certs.SERVING_VALIDITY + 20 * DAY)
     install(fake_kube, installed, old)
@@ -367,6 +380,7 @@ def test_a_secret_deleted_under_the_update_is_created_again(fake_kube, kube_clie
     assert issued_by(secret(fake_kube, SECRET)["tls.crt"], old.bundle.ca_cert_pem)
 
 
+@pytest.mark.slow
 def test_a_forced_ca_is_made_once_even_when_a_conflict_follows(fake_kube, kube_client, installed):
     old = certs.renew(certs.StoredCerts(), *SANS, now=NOW)
     install(fake_kube, installed, old)
@@ -379,6 +393,7 @@ def test_a_forced_ca_is_made_once_even_when_a_conflict_follows(fake_kube, kube_c
 
 # --- failures: one line, non-zero ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, path", [
     pytest.param("GET", "/secrets/", id="read-secret"),
     pytest.param("POST", "/secrets$", id="create-secret"),
@@ -389,9 +404,11 @@ def test_forbidden_exits_1_with_one_line(fake_kube, kubeconfig_path, installed, 
     fake_kube.fail(method, path, 403, times=None)
     assert main(kubeconfig_path) == 1
     line = one_line(capsys.readouterr().err)
-    assert line.startswith("cilium-startup-guard certs: error: cannot ") and "forbidden" in line
+    assert line.startswith("cilium-startup-guard certs: error: no permission to ") and "(403)" in line
+    assert "manifests/overlays/self-managed-job" in line
 
 
+@pytest.mark.slow  # waits out the client's retries against a closed port
 def test_unreachable_api_server_exits_1_with_one_line(tmp_path, capsys, monkeypatch):
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.setenv(name, "127.0.0.1")
@@ -401,7 +418,7 @@ def test_unreachable_api_server_exits_1_with_one_line(tmp_path, capsys, monkeypa
               "contexts": [{"name": "fake", "context": {"cluster": "c", "user": "u"}}]}
     (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
     assert main(tmp_path / "kubeconfig") == 1
-    assert "no answer from the API server" in one_line(capsys.readouterr().err)
+    assert "cannot reach the Kubernetes API server http://127.0.0.1:1: " in one_line(capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("content", [
@@ -437,6 +454,7 @@ def job_args(installed: list[dict[str, Any]], kind: str) -> list[str]:
     return list(container["args"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["Job", "CronJob"])
 def test_the_overlays_args_do_the_job(fake_kube, kubeconfig_path, installed, kind):
     install(fake_kube, installed)
@@ -446,6 +464,7 @@ def test_the_overlays_args_do_the_job(fake_kube, kubeconfig_path, installed, kin
     assert set(ca_bundles(fake_kube).values()) == {secret(fake_kube, SECRET)["ca.crt"]}
 
 
+@pytest.mark.slow
 def test_every_call_is_covered_by_the_jobs_rbac(fake_kube, kube_client, installed):
     install(fake_kube, installed)
     cluster_certs.run(kube_client, options())  # get, create, patch
@@ -456,6 +475,7 @@ def test_every_call_is_covered_by_the_jobs_rbac(fake_kube, kube_client, installe
     assert {c[:4] for c in calls} == {g[:4] for g in CERTS_JOB_GRANTS}
 
 
+@pytest.mark.slow
 def test_logs_are_json_and_carry_no_key_material(fake_kube, kube_client, installed, caplog):
     install(fake_kube, installed)
     with caplog.at_level(logging.INFO, logger="webhook.cluster_certs"):
@@ -471,6 +491,7 @@ def test_logs_are_json_and_carry_no_key_material(fake_kube, kube_client, install
             assert base64.b64encode(key).decode()[:40] not in line
 
 
+@pytest.mark.slow
 def test_local_certs_never_import_the_kubernetes_client(tmp_path):
     script = ("import sys, webhook.cli\n"
               f"webhook.cli.main(['certs', '--out-dir', {str(tmp_path)!r}])\n"

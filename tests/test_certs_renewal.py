@@ -209,6 +209,7 @@ def test_keys_are_written_for_the_owner_only(tmp_path):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o600
 
 
+@pytest.mark.slow
 def test_component_makes_the_secret_and_both_ca_bundles(tmp_path):
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "hooks.yaml").write_text(yaml.safe_dump_all([

@@ -14,8 +14,9 @@ import pytest
 from tests.fakekube import FakeKube
 from tests.objects import agent_pod, endpoint, gate_status, gated_pod, node
 from webhook import cli
+from webhook.cli import controller as controller_verb
 
-ISSUE_FLAGS = {"--kubeconfig", "--context", "--config", "--grace-period", "--recycle-rate", "--release-after",
+FLAGS = {"--kubeconfig", "--context", "--config", "--grace-period", "--recycle-rate", "--release-after",
                "--metrics-port", "--lease-namespace", "--lease-name", "--cilium-namespace",
                "--cilium-agent-selector", "--dry-run", "--release-all"}
 REPO = Path(__file__).resolve().parent.parent
@@ -24,17 +25,18 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(autouse=True)
 def quiet_logging(monkeypatch: pytest.MonkeyPatch) -> None:
     # main() would otherwise point the root logger at this test's captured stderr for the rest of the run.
-    monkeypatch.setattr(cli, "configure_logging", lambda level="info": None)
+    monkeypatch.setattr(controller_verb, "configure_logging", lambda level="info": None)
 
 
-def test_controller_takes_exactly_the_flags_of_the_issue():
-    parser = cli._parser()
+def test_controller_takes_exactly_its_documented_flags():
+    parser = cli.build_parser()
     [commands] = [a for a in parser._actions if a.dest == "command"]
     controller = commands.choices["controller"]
     flags = {s for a in controller._actions for s in a.option_strings} - {"-h", "--help"}
-    assert flags == ISSUE_FLAGS
+    assert flags == FLAGS
 
 
+@pytest.mark.slow
 def test_serve_and_review_never_import_the_kubernetes_client(tmp_path: Path):
     manifest = tmp_path / "ds.yaml"
     manifest.write_text("apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: x, namespace: y}\n"
@@ -46,6 +48,7 @@ def test_serve_and_review_never_import_the_kubernetes_client(tmp_path: Path):
     assert result.stdout.strip().endswith("CLEAN"), result.stderr
 
 
+@pytest.mark.slow
 def test_release_all_from_the_command_line(fake_kube: FakeKube, kubeconfig_path: Path):
     fake_kube.create(gated_pod("a"))
     fake_kube.create(gated_pod("b", phase="Pending", node=""))
@@ -60,6 +63,7 @@ def test_controller_outside_a_cluster_without_kubeconfig_exits_2(monkeypatch, ca
     assert "--kubeconfig" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_controller_refuses_lease_timings_out_of_order(tmp_path: Path, kubeconfig_path: Path, capsys):
     config = tmp_path / "config.yaml"
     config.write_text("controller:\n  leaseDurationSeconds: 15\n  renewDeadlineSeconds: 20\n", encoding="utf-8")
@@ -78,6 +82,7 @@ def test_controller_rejects_bad_flag_values(flag, value, capsys):
     assert exited.value.code == 2
 
 
+@pytest.mark.slow
 def test_controller_process_sets_gates_and_releases_its_lease_on_sigterm(fake_kube: FakeKube,
                                                                          kubeconfig_path: Path):
     fake_kube.create(node("node-a"))

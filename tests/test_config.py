@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from webhook.cli import main
-from webhook.config import ConfigError, build_settings, parse_config
-from webhook.policy import DEFAULT_EXEMPTIONS, Exemption, Mode
+from webhook.config import build_settings, parse_config
+from webhook.enums import Mode
+from webhook.errors import ConfigError
+from webhook.policy import DEFAULT_EXEMPTIONS, Exemption
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -91,6 +93,7 @@ def test_cli_exits_2_with_one_line_on_a_bad_config(tmp_path: Path, capsys: pytes
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_serve_process_exits_2_on_unknown_key(tmp_path: Path) -> None:
     path = write(tmp_path, "mode: warn\nstrict: true\n")
     result = subprocess.run([sys.executable, "-m", "webhook", "serve", "--config", str(path), "--port", "0",

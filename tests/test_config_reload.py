@@ -9,11 +9,12 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 
 from tests.support import AppClient, ServerProcess, daemonset_review
 from webhook.app import create_app
 from webhook.config import build_settings
-from webhook.policy import Mode
+from webhook.enums import Mode
 from webhook.reload import ConfigReloader, FileWatcher, fingerprint
 
 CONFIG = "policy.yaml"
@@ -162,6 +163,7 @@ def _strips(answer: dict) -> bool:
     return any(op["path"].startswith("/spec/template/spec/tolerations") for op in patch)
 
 
+@pytest.mark.slow
 def test_real_server_reloads_a_configmap_and_rejects_a_broken_one(tmp_path):
     mount = tmp_path / "config"
     path = _configmap(mount, "mode: warn\n", 0)

@@ -38,6 +38,7 @@ def test_label_selectors(selector, labels, expected):
     assert all(test(labels) for test in parse_label_selector(selector)) is expected
 
 
+@pytest.mark.slow
 def test_discovery_lists_groups_resources_and_subresources(fake_kube: FakeKube):
     status, groups = call(fake_kube, "GET", "/apis")
     assert status == 200
@@ -46,12 +47,14 @@ def test_discovery_lists_groups_resources_and_subresources(fake_kube: FakeKube):
     assert {"pods", "pods/status", "pods/eviction", "nodes"} <= {r["name"] for r in core["resources"]}
 
 
+@pytest.mark.slow
 def test_a_removed_resource_is_gone_from_discovery_and_paths(fake_kube: FakeKube):
     fake_kube.remove_resource("ciliumendpoints.cilium.io")
     assert call(fake_kube, "GET", "/apis/cilium.io/v2")[0] == 404
     assert call(fake_kube, "GET", "/apis/cilium.io/v2/ciliumendpoints")[0] == 404
 
 
+@pytest.mark.slow
 def test_create_assigns_uid_version_and_generated_name(fake_kube: FakeKube):
     status, secret = call(fake_kube, "POST", "/api/v1/namespaces/ns/secrets",
                           {"apiVersion": "v1", "kind": "Secret", "metadata": {"generateName": "tls-"}})
@@ -62,6 +65,7 @@ def test_create_assigns_uid_version_and_generated_name(fake_kube: FakeKube):
     assert call(fake_kube, "POST", "/api/v1/namespaces/ns/secrets", again)[0] == 409
 
 
+@pytest.mark.slow
 def test_cluster_scoped_and_group_resources_share_the_store_rules(fake_kube: FakeKube):
     hook = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
             "metadata": {"name": "guard"}, "webhooks": []}
@@ -71,6 +75,7 @@ def test_cluster_scoped_and_group_resources_share_the_store_rules(fake_kube: Fak
     assert status == 200 and "namespace" not in got["metadata"]
 
 
+@pytest.mark.slow
 def test_json_merge_patch_on_pod_status_replaces_the_whole_conditions_list(fake_kube: FakeKube):
     # Why the controller never sends one: the kubelet's conditions would be wiped.
     fake_kube.create(gated_pod("p"))
@@ -79,6 +84,7 @@ def test_json_merge_patch_on_pod_status_replaces_the_whole_conditions_list(fake_
     assert [c["type"] for c in fake_kube.get("pods", "default", "p")["status"]["conditions"]] == [GATE]
 
 
+@pytest.mark.slow
 def test_json_patch_test_operation_failing_answers_422(fake_kube: FakeKube):
     fake_kube.create(gated_pod("p"))
     patch = [{"op": "test", "path": "/metadata/uid", "value": "other"},
@@ -88,6 +94,7 @@ def test_json_patch_test_operation_failing_answers_422(fake_kube: FakeKube):
     assert status == 422
 
 
+@pytest.mark.slow
 def test_status_subresource_writes_only_status(fake_kube: FakeKube):
     fake_kube.create(gated_pod("p"))
     patch = {"metadata": {"labels": {"new": "x"}}, "status": {"phase": "Failed"}}
@@ -97,6 +104,7 @@ def test_status_subresource_writes_only_status(fake_kube: FakeKube):
     assert pod["status"]["phase"] == "Failed" and "new" not in pod["metadata"]["labels"]
 
 
+@pytest.mark.slow
 def test_an_expired_continue_token_answers_410(fake_kube: FakeKube):
     for i in range(3):
         fake_kube.create(gated_pod(f"p{i}"))
@@ -107,6 +115,7 @@ def test_an_expired_continue_token_answers_410(fake_kube: FakeKube):
     assert (status, body["reason"]) == (410, "Expired")
 
 
+@pytest.mark.slow
 def test_delete_honours_the_uid_precondition(fake_kube: FakeKube):
     fake_kube.create(gated_pod("p"))
     status, _ = call(fake_kube, "DELETE", "/api/v1/namespaces/default/pods/p", {"preconditions": {"uid": "old"}})
@@ -114,6 +123,7 @@ def test_delete_honours_the_uid_precondition(fake_kube: FakeKube):
     assert fake_kube.get("pods", "default", "p") is not None
 
 
+@pytest.mark.slow
 def test_graceful_pod_deletion_leaves_the_pod_terminating(fake_kube: FakeKube):
     fake_kube.graceful_pod_deletion = True
     fake_kube.create(gated_pod("p"))
@@ -123,6 +133,7 @@ def test_graceful_pod_deletion_leaves_the_pod_terminating(fake_kube: FakeKube):
     assert fake_kube.get("pods", "default", "p") is None
 
 
+@pytest.mark.slow
 def test_eviction_of_a_pending_pod_ignores_the_budget(fake_kube: FakeKube):
     fake_kube.create(gated_pod("p", phase="Pending"))
     fake_kube.block_evictions("default")
@@ -130,6 +141,7 @@ def test_eviction_of_a_pending_pod_ignores_the_budget(fake_kube: FakeKube):
     assert call(fake_kube, "POST", "/api/v1/namespaces/default/pods/p/eviction", eviction)[0] == 201
 
 
+@pytest.mark.slow
 def test_events_v1_validation_rejects_an_incomplete_event(fake_kube: FakeKube):
     event = {"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "default"},
              "eventTime": "2024-01-01T00:00:00Z", "reason": "X", "type": "Normal"}
@@ -138,18 +150,21 @@ def test_events_v1_validation_rejects_an_incomplete_event(fake_kube: FakeKube):
     assert "reportingController" in body["message"] and "eventTime" in body["message"]
 
 
+@pytest.mark.slow
 def test_injected_faults_answer_then_clear(fake_kube: FakeKube):
     fake_kube.fail("GET", "/api/v1/nodes$", status=503, times=1)
     assert call(fake_kube, "GET", "/api/v1/nodes")[0] == 503
     assert call(fake_kube, "GET", "/api/v1/nodes")[0] == 200
 
 
+@pytest.mark.slow
 def test_every_request_is_recorded_with_its_query(fake_kube: FakeKube):
     call(fake_kube, "GET", "/api/v1/pods?labelSelector=a%3D1&limit=5")
     [request] = fake_kube.calls("GET", "^/api/v1/pods$")
     assert request.query == {"labelSelector": "a=1", "limit": "5"}
 
 
+@pytest.mark.slow
 def test_a_patch_that_carries_a_stale_resource_version_answers_409(fake_kube: FakeKube):
     stored = fake_kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "ns"}})
     path = "/api/v1/namespaces/ns/configmaps/c"
@@ -161,6 +176,7 @@ def test_a_patch_that_carries_a_stale_resource_version_answers_409(fake_kube: Fa
     assert fake_kube.get("configmaps", "ns", "c")["data"] == {"a": "1"}
 
 
+@pytest.mark.slow
 def test_strategic_merge_patch_merges_webhooks_by_name(fake_kube: FakeKube):
     hooks = [{"name": "a.example.io", "clientConfig": {"service": {"name": "s", "namespace": "ns"}}},
              {"name": "b.example.io", "clientConfig": {"url": "https://b.example.io"}}]
@@ -174,6 +190,7 @@ def test_strategic_merge_patch_merges_webhooks_by_name(fake_kube: FakeKube):
                                                                           "caBundle": "Q0E="}}]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("secret, old_type, status", [
     pytest.param({"type": "kubernetes.io/tls", "data": {"tls.crt": "QQ=="}}, None, 422, id="tls-without-key"),
     pytest.param({"data": {"x": "not base64!"}}, None, 400, id="bad-base64"),

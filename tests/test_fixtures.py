@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 from tests.support import FIXTURES
-from webhook.admission import Endpoint, build_response, decide, parse_review
-from webhook.policy import DEFAULT_GATE_LABEL, STRIPPED_ANNOTATION, Mode, PolicyConfig, assess
+from webhook.admission import build_response, decide, parse_review
+from webhook.enums import Endpoint, Mode
+from webhook.policy import DEFAULT_GATE_LABEL, STRIPPED_ANNOTATION, PolicyConfig, assess
 
 REVIEWS = sorted(p.name for p in FIXTURES.glob("*.json"))
 CASES = [(name, mode) for name in REVIEWS for mode in Mode]

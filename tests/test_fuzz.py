@@ -8,15 +8,19 @@ from typing import Any
 
 import jsonpatch
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support import AppClient, daemonset_review
 from webhook import admission
-from webhook.admission import BadReview, Endpoint
+from webhook.admission import BadReview
 from webhook.app import create_app
 from webhook.config import build_settings
-from webhook.policy import Mode, PolicyConfig
+from webhook.enums import Endpoint, Mode
+from webhook.policy import PolicyConfig
+
+pytestmark = pytest.mark.slow  # hundreds of generated examples each
 
 json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False) | st.text(
     max_size=12)

@@ -14,6 +14,29 @@ from tests.support import SilentServer, kubeconfig_for, load_fixture
 from webhook import kube
 
 
+@pytest.mark.parametrize("status, message, expected", [
+    pytest.param(0, "Max retries exceeded: Connection refused",
+                 "cannot reach the Kubernetes API server https://k:6443: Max retries exceeded: Connection refused",
+                 id="unreachable"),
+    pytest.param(0, "Read timed out. (read timeout=2)", "no answer from the Kubernetes API server https://k:6443 "
+                 "within 2 s", id="timed-out"),
+    pytest.param(401, "Unauthorized", "the Kubernetes API server https://k:6443 does not accept the credentials "
+                 "(401): Unauthorized", id="unauthorized"),
+    pytest.param(403, 'nodes is forbidden: User "x"\ncannot list', 'no permission to list nodes (403): nodes is '
+                 'forbidden: User "x" cannot list (see the ClusterRole)', id="forbidden-on-one-line"),
+    pytest.param(500, "etcd is down", "cannot list nodes (500): etcd is down", id="other"),
+])
+def test_an_api_error_is_described_on_one_line(status: int, message: str, expected: str):
+    err = kube.ApiError(status, message)
+    assert err.describe("list nodes", server="https://k:6443", timeout=2, rbac="see the ClusterRole") == expected
+
+
+def test_a_timeout_without_a_known_bound_keeps_the_clients_words():
+    err = kube.ApiError(0, "Read timed out.")
+    assert err.describe("read Secret a/b") == "no answer from the Kubernetes API server: Read timed out."
+
+
+@pytest.mark.slow
 def test_connect_uses_the_kubeconfig_context(kubeconfig_path: Path, fake_kube: FakeKube):
     client = kube.connect(kubeconfig_path, "fake")
     try:
@@ -23,6 +46,7 @@ def test_connect_uses_the_kubeconfig_context(kubeconfig_path: Path, fake_kube: F
     assert fake_kube.calls("GET", "/api/v1/namespaces/default/pods/absent")
 
 
+@pytest.mark.slow
 def test_connect_names_an_unknown_context(kubeconfig_path: Path):
     with pytest.raises(kube.KubeConfigError, match="nope"):
         kube.connect(kubeconfig_path, "nope")
@@ -34,6 +58,7 @@ def test_connect_without_kubeconfig_outside_a_cluster_asks_for_one(monkeypatch: 
         kube.connect(None)
 
 
+@pytest.mark.slow
 def test_list_all_follows_continue_tokens(fake_kube: FakeKube, kube_client):
     for i in range(5):
         fake_kube.create(gated_pod(f"pod-{i}"))
@@ -47,6 +72,7 @@ def test_list_all_follows_continue_tokens(fake_kube: FakeKube, kube_client):
     assert "continue" not in pages[0].query and all(p.query.get("continue") for p in pages[1:])
 
 
+@pytest.mark.slow
 def test_list_selects_by_field(fake_kube: FakeKube, kube_client):
     fake_kube.create(gated_pod("on-a", node="node-a"))
     fake_kube.create(gated_pod("on-b", node="node-b"))
@@ -54,6 +80,7 @@ def test_list_selects_by_field(fake_kube: FakeKube, kube_client):
     assert [p["metadata"]["name"] for p in items] == ["on-b"]
 
 
+@pytest.mark.slow
 def test_watch_streams_changes_after_the_listed_version(fake_kube: FakeKube, kube_client):
     target = kube.Target(kube.PODS, namespace="default")
     _, version = kube.list_all(kube_client, target)
@@ -75,6 +102,7 @@ def test_watch_streams_changes_after_the_listed_version(fake_kube: FakeKube, kub
     assert events == [("ADDED", "p"), ("MODIFIED", "p"), ("DELETED", "p")]
 
 
+@pytest.mark.slow
 def test_watch_from_a_compacted_version_raises_gone(fake_kube: FakeKube, kube_client):
     target = kube.Target(kube.PODS)
     _, version = kube.list_all(kube_client, target)
@@ -84,6 +112,7 @@ def test_watch_from_a_compacted_version_raises_gone(fake_kube: FakeKube, kube_cl
         list(kube.watch(kube_client, target, version, timeout_seconds=5))
 
 
+@pytest.mark.slow
 def test_a_dropped_watch_raises_api_error(fake_kube: FakeKube, kube_client):
     _, version = kube.list_all(kube_client, kube.Target(kube.PODS))
     stream = kube.watch(kube_client, kube.Target(kube.PODS), version, timeout_seconds=30)
@@ -97,6 +126,7 @@ def gate_patch(uid: str) -> dict:
     return {"metadata": {"uid": uid}, "status": {"conditions": [{"type": GATE, "status": "True"}]}}
 
 
+@pytest.mark.slow
 def test_patch_pod_status_merges_conditions_by_type(fake_kube: FakeKube, kube_client):
     pod = fake_kube.create(gated_pod("p"))
     kube.patch_pod_status(kube_client, "default", "p", gate_patch(pod["metadata"]["uid"]))
@@ -106,6 +136,7 @@ def test_patch_pod_status_merges_conditions_by_type(fake_kube: FakeKube, kube_cl
     assert fake_kube.calls("PATCH")[0].content_type == "application/strategic-merge-patch+json"
 
 
+@pytest.mark.slow
 def test_patch_pod_status_refuses_another_pods_uid(fake_kube: FakeKube, kube_client):
     fake_kube.create(gated_pod("p"))
     with pytest.raises(kube.ApiError) as raised:
@@ -114,6 +145,7 @@ def test_patch_pod_status_refuses_another_pods_uid(fake_kube: FakeKube, kube_cli
     assert gate_status(fake_kube.get("pods", "default", "p")) is None
 
 
+@pytest.mark.slow
 def test_evict_pod_posts_an_eviction_with_the_uid(fake_kube: FakeKube, kube_client):
     pod = fake_kube.create(gated_pod("p"))
     kube.evict_pod(kube_client, "default", "p", pod["metadata"]["uid"])
@@ -123,6 +155,7 @@ def test_evict_pod_posts_an_eviction_with_the_uid(fake_kube: FakeKube, kube_clie
     assert body["deleteOptions"]["preconditions"]["uid"] == pod["metadata"]["uid"]
 
 
+@pytest.mark.slow
 def test_evict_pod_refused_by_a_budget_reports_429_and_retry_after(fake_kube: FakeKube, kube_client):
     pod = fake_kube.create(gated_pod("p"))
     fake_kube.block_evictions("default", retry_after=45)
@@ -132,12 +165,14 @@ def test_evict_pod_refused_by_a_budget_reports_429_and_retry_after(fake_kube: Fa
     assert fake_kube.get("pods", "default", "p") is not None
 
 
+@pytest.mark.slow
 def test_has_resource_follows_discovery(fake_kube: FakeKube, kube_client):
     assert kube.has_resource(kube_client, kube.CILIUM_ENDPOINTS)
     fake_kube.remove_resource("ciliumendpoints.cilium.io")
     assert not kube.has_resource(kube_client, kube.CILIUM_ENDPOINTS)
 
 
+@pytest.mark.slow
 def test_get_cilium_endpoint_reads_the_endpoint_or_none(fake_kube: FakeKube, kube_client):
     pod = fake_kube.create(gated_pod("p"))
     assert kube.get_cilium_endpoint(kube_client, "default", "p") is None
@@ -145,6 +180,7 @@ def test_get_cilium_endpoint_reads_the_endpoint_or_none(fake_kube: FakeKube, kub
     assert kube.get_cilium_endpoint(kube_client, "default", "p")["status"]["state"] == "ready"
 
 
+@pytest.mark.slow
 def test_create_event_passes_the_body_through_untouched(fake_kube: FakeKube, kube_client):
     # A MicroTime with zero microseconds: a round trip through the client's models would drop the fraction.
     event = {"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "p.1", "namespace": "default"},
@@ -155,6 +191,7 @@ def test_create_event_passes_the_body_through_untouched(fake_kube: FakeKube, kub
     assert fake_kube.calls("POST", "/events$")[0].body == event
 
 
+@pytest.mark.slow
 def test_replace_lease_conflicts_on_a_stale_resource_version(fake_kube: FakeKube, kube_client):
     lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
              "metadata": {"name": "l", "namespace": "default"}, "spec": {"holderIdentity": "a"}}
@@ -166,6 +203,7 @@ def test_replace_lease_conflicts_on_a_stale_resource_version(fake_kube: FakeKube
     assert kube.get_lease(kube_client, "default", "l")["spec"]["holderIdentity"] == "b"
 
 
+@pytest.mark.slow
 def test_list_all_timeout_bounds_a_server_that_never_answers_with_one_attempt(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
@@ -183,6 +221,7 @@ def test_list_all_timeout_bounds_a_server_that_never_answers_with_one_attempt(
         assert server.connections == 1  # urllib3's default would have tried four times
 
 
+@pytest.mark.slow
 def test_has_resource_timeout_bounds_a_server_that_never_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     with SilentServer() as server:
@@ -196,6 +235,7 @@ def test_has_resource_timeout_bounds_a_server_that_never_answers(tmp_path: Path,
         assert time.monotonic() - started < 2.0
 
 
+@pytest.mark.slow
 def test_list_all_lists_daemonsets_of_every_namespace(fake_kube: FakeKube, kube_client):
     for namespace in ("kube-system", "monitoring"):
         ds = load_fixture("daemonset_node_exporter.json")["request"]["object"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from webhook.enums import CloseReason
 from webhook.listener import ConnectionTable, Slot, source_of
-from webhook.metrics import CloseReason
 
 
 def _admit(table: ConnectionTable, source: str) -> Slot:

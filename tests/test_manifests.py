@@ -20,6 +20,7 @@ from tests.manifest_render import KUBECTL, OVERLAYS, ROOT, build, normalized, pr
 from tests.objects import CERTS_JOB_GRANTS, CONTROLLER_RBAC
 from webhook import certs, cli
 from webhook.app import create_app
+from webhook.cli import certs as certs_verb
 from webhook.config import ConfigFile, Settings, parse_config
 from webhook.policy import CILIUM_TAINT_KEY, PolicyConfig, is_blanket_noexecute
 
@@ -208,11 +209,13 @@ def pyproject() -> dict[str, Any]:
 
 # --- rendering ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_renders_exactly_the_expected_objects(rendered, overlay):
     assert {(o["kind"], o["metadata"]["name"]) for o in rendered[overlay]} == EXPECTED_OBJECTS[overlay]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_namespaced_objects_live_in_the_webhook_namespace(rendered, overlay):
     for obj in rendered[overlay]:
@@ -220,6 +223,7 @@ def test_namespaced_objects_live_in_the_webhook_namespace(rendered, overlay):
         assert namespace == (None if obj["kind"] in CLUSTER_SCOPED else NAMESPACE), obj["metadata"]["name"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(KUBECTL is None, reason="compares the fallback loader with kubectl kustomize")
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_fallback_loader_renders_what_kubectl_renders(manifests, overlay):
@@ -242,6 +246,7 @@ def test_generated_certificates_are_ignored_by_git():
 
 # --- Service -> Deployment -> webhook wiring ---------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_service_routes_to_the_webhook_container_port(rendered, overlay):
     objects = rendered[overlay]
@@ -259,6 +264,7 @@ def test_service_routes_to_the_webhook_container_port(rendered, overlay):
     assert flags(container(objects, WEBHOOK)["args"][1:])["--port"] == str(WEBHOOK_PORT)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_webhook_configurations_call_the_service(rendered, overlay):
     service = find(rendered[overlay], "Service", WEBHOOK)
@@ -270,6 +276,7 @@ def test_webhook_configurations_call_the_service(rendered, overlay):
         assert "url" not in hook["clientConfig"]
 
 
+@pytest.mark.slow
 def test_service_name_is_the_one_the_certificates_are_made_for(rendered):
     service = find(rendered["cert-manager"], "Service", WEBHOOK)
     assert (service["metadata"]["name"], service["metadata"]["namespace"]) == (
@@ -278,6 +285,7 @@ def test_service_name_is_the_one_the_certificates_are_made_for(rendered):
     assert certs.DEFAULT_WEBHOOK_CONFIGURATION == WEBHOOK_CONFIGURATION
 
 
+@pytest.mark.slow
 def test_every_webhook_and_probe_path_is_a_route_of_the_app(rendered):
     routes = {(route.path, method) for route in create_app(Settings()).routes
               for method in getattr(route, "methods", ())}
@@ -294,6 +302,7 @@ def test_every_webhook_and_probe_path_is_a_route_of_the_app(rendered):
         assert get["port"] == webhook["ports"][0]["name"]
 
 
+@pytest.mark.slow
 def test_webhook_serves_the_mounted_certificate(rendered):
     deployment = find(rendered["self-managed"], "Deployment", WEBHOOK)
     pod = deployment["spec"]["template"]["spec"]
@@ -311,6 +320,7 @@ def test_webhook_serves_the_mounted_certificate(rendered):
 
 # --- admission registration ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_webhooks_see_daemonset_create_and_update_only(rendered, overlay):
     for kind, hook in webhooks(rendered[overlay]):
@@ -323,6 +333,7 @@ def test_webhooks_see_daemonset_create_and_update_only(rendered, overlay):
         assert hook["name"].count(".") >= 2  # kube-apiserver wants a fully qualified name
 
 
+@pytest.mark.slow
 def test_mutating_webhook_is_reinvoked_if_needed(rendered):
     objects = rendered["cert-manager"]
     hooks = find(objects, "MutatingWebhookConfiguration", WEBHOOK_CONFIGURATION)["webhooks"]
@@ -332,12 +343,14 @@ def test_mutating_webhook_is_reinvoked_if_needed(rendered):
     assert all("reinvocationPolicy" not in h for h in validating)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_failure_policy_is_ignore_except_in_strict(rendered, overlay):
     expected = "Fail" if overlay == "strict" else "Ignore"
     assert {hook["failurePolicy"] for _, hook in webhooks(rendered[overlay])} == {expected}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_namespace_selector_leaves_out_the_webhook_namespace_only(rendered, overlay):
     for _, hook in webhooks(rendered[overlay]):
@@ -347,6 +360,7 @@ def test_namespace_selector_leaves_out_the_webhook_namespace_only(rendered, over
             assert selector_matches(selector, {"kubernetes.io/metadata.name": other})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_object_selector_skips_cilium_daemonsets_but_not_others(rendered, overlay):
     for _, hook in webhooks(rendered[overlay]):
@@ -358,6 +372,7 @@ def test_object_selector_skips_cilium_daemonsets_but_not_others(rendered, overla
         assert selector_matches(selector, {})
 
 
+@pytest.mark.slow
 def test_object_selector_skips_only_daemonsets_the_policy_exempts(rendered):
     config = parse_config(config_text(rendered["cert-manager"]), "ConfigMap")
     exempted = {dict(e.labels).get("k8s-app") for e in config.to_policy().exemptions}
@@ -369,6 +384,7 @@ def test_object_selector_skips_only_daemonsets_the_policy_exempts(rendered):
 
 # --- certificates and caBundle ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", ["cert-manager", "strict"])
 def test_cert_manager_injects_the_ca_of_the_serving_certificate(rendered, overlay):
     objects = rendered[overlay]
@@ -382,6 +398,7 @@ def test_cert_manager_injects_the_ca_of_the_serving_certificate(rendered, overla
         assert all("caBundle" not in hook["clientConfig"] for hook in configuration["webhooks"])
 
 
+@pytest.mark.slow
 def test_cert_manager_certificate_covers_the_name_kube_apiserver_calls(rendered):
     objects = rendered["cert-manager"]
     serving = find(objects, "Certificate", WEBHOOK)["spec"]
@@ -398,6 +415,7 @@ def test_cert_manager_certificate_covers_the_name_kube_apiserver_calls(rendered)
     assert ca_certificate["privateKey"]["rotationPolicy"] == "Never"
 
 
+@pytest.mark.slow
 def test_self_managed_secret_and_ca_bundle_belong_together(rendered):
     objects = rendered["self-managed"]
     secret = find(objects, "Secret", TLS_SECRET)
@@ -416,6 +434,7 @@ def test_self_managed_secret_and_ca_bundle_belong_together(rendered):
     assert "annotations" not in find(objects, "MutatingWebhookConfiguration", WEBHOOK_CONFIGURATION)["metadata"]
 
 
+@pytest.mark.slow
 def test_self_managed_job_leaves_secret_and_ca_bundle_to_the_job(rendered):
     objects = rendered["self-managed-job"]
     assert not [o for o in objects if o["kind"] == "Secret"]
@@ -423,6 +442,7 @@ def test_self_managed_job_leaves_secret_and_ca_bundle_to_the_job(rendered):
         assert "caBundle" not in hook["clientConfig"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["Job", "CronJob"])
 def test_certs_job_uses_the_in_cluster_interface(rendered, kind):
     # cilium-startup-guard certs --in-cluster --namespace NS --service NAME --secret NAME
@@ -445,12 +465,13 @@ def test_certs_job_uses_the_in_cluster_interface(rendered, kind):
     assert pod["serviceAccountName"] == CERTS_JOB
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["Job", "CronJob"])
 def test_cli_parses_the_certs_job_args_into_an_in_cluster_run(rendered, kind):
     (pod,) = [p for n, p in pod_specs(rendered["self-managed-job"]) if n == f"{kind}/{CERTS_JOB}"]
     (job,) = pod["containers"]
-    args = cli._parser().parse_args(job["args"])
-    assert args.run is cli._certs
+    args = cli.build_parser().parse_args(job["args"])
+    assert args.run is certs_verb.run
     assert args.in_cluster and not args.force and not args.kustomize
     assert args.kubeconfig is None and args.context is None  # in the pod: its ServiceAccount
     assert args.namespace == "$(POD_NAMESPACE)"  # the kubelet expands it from the downward API
@@ -460,6 +481,7 @@ def test_cli_parses_the_certs_job_args_into_an_in_cluster_run(rendered, kind):
 
 # --- RBAC ------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_controller_rbac_is_exactly_its_api_calls(rendered, overlay):
     assert grants(rendered[overlay], CONTROLLER) == CONTROLLER_GRANTS
@@ -469,10 +491,12 @@ def test_controller_rbac_matches_the_calls_the_controller_makes():
     assert {(group, resource, verb) for _, group, resource, verb, _ in CONTROLLER_GRANTS} == CONTROLLER_RBAC
 
 
+@pytest.mark.slow
 def test_certs_job_rbac_is_exactly_its_api_calls(rendered):
     assert grants(rendered["self-managed-job"], CERTS_JOB) == CERTS_JOB_GRANTS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_webhook_has_no_rbac_and_no_token(rendered, overlay):
     objects = rendered[overlay]
@@ -483,6 +507,7 @@ def test_webhook_has_no_rbac_and_no_token(rendered, overlay):
     assert pod["automountServiceAccountToken"] is False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_no_rbac_wildcards_or_builtin_roles(rendered, overlay):
     objects = rendered[overlay]
@@ -500,6 +525,7 @@ def test_no_rbac_wildcards_or_builtin_roles(rendered, overlay):
             assert ref["name"] not in ("cluster-admin", "admin", "edit", "view")
 
 
+@pytest.mark.slow
 def test_lease_rbac_names_the_lease_the_controller_uses(rendered):
     args = flags(container(rendered["cert-manager"], CONTROLLER)["args"][1:])
     assert args["--lease-name"] == LEASE
@@ -510,6 +536,7 @@ def test_lease_rbac_names_the_lease_the_controller_uses(rendered):
 
 # --- pod security ------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_pod_and_container_is_locked_down(rendered, overlay):
     pods = list(pod_specs(rendered[overlay]))
@@ -532,6 +559,7 @@ def test_every_pod_and_container_is_locked_down(rendered, overlay):
                 assert set(box["resources"][bound]) == {"cpu", "memory"}, (name, bound)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_container_runs_this_version_as_the_image_user(rendered, overlay):
     version = pyproject()["project"]["version"]
@@ -550,6 +578,7 @@ def dockerfile_uid() -> int:
 
 # --- availability and safe bootstrap ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_webhook_runs_two_replicas_spread_and_protected_by_a_pdb(rendered):
     objects = rendered["cert-manager"]
     for name in (WEBHOOK, CONTROLLER):
@@ -564,6 +593,7 @@ def test_webhook_runs_two_replicas_spread_and_protected_by_a_pdb(rendered):
         assert all(selector_matches(c["labelSelector"], labels) for c in spread)
 
 
+@pytest.mark.slow
 def test_webhook_runs_on_the_host_network_before_cilium_is_ready(rendered):
     pod = find(rendered["cert-manager"], "Deployment", WEBHOOK)["spec"]["template"]["spec"]
     assert pod["hostNetwork"] is True
@@ -575,6 +605,7 @@ def test_webhook_runs_on_the_host_network_before_cilium_is_ready(rendered):
     assert all(t.get("key") == CILIUM_TAINT_KEY for t in pod["tolerations"])
 
 
+@pytest.mark.slow
 def test_webhook_host_port_clashes_with_no_node_service(rendered):
     (port,) = container(rendered["cert-manager"], WEBHOOK)["ports"]
     assert port["hostPort"] == port["containerPort"] == WEBHOOK_PORT
@@ -582,6 +613,7 @@ def test_webhook_host_port_clashes_with_no_node_service(rendered):
     assert port["containerPort"] > 1024  # no NET_BIND_SERVICE needed with every capability dropped
 
 
+@pytest.mark.slow
 def test_webhook_listens_on_the_node_address_only(rendered):
     webhook = container(rendered["cert-manager"], WEBHOOK)
     assert flags(webhook["args"][1:])["--host"] == "$(POD_IP)"
@@ -589,6 +621,7 @@ def test_webhook_listens_on_the_node_address_only(rendered):
     assert env["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
 
 
+@pytest.mark.slow
 def test_controller_is_a_cilium_managed_pod(rendered):
     pod = find(rendered["cert-manager"], "Deployment", CONTROLLER)["spec"]["template"]["spec"]
     assert not pod.get("hostNetwork")
@@ -596,7 +629,8 @@ def test_controller_is_a_cilium_managed_pod(rendered):
     assert not any(tolerates(t, taint) for t in pod.get("tolerations", []))
 
 
-def test_controller_flags_are_those_of_issue_3(rendered):
+@pytest.mark.slow
+def test_controller_runs_with_the_lease_metrics_and_config_flags(rendered):
     controller = container(rendered["cert-manager"], CONTROLLER)
     assert controller["args"][0] == "controller"
     args = flags(controller["args"][1:])
@@ -607,6 +641,7 @@ def test_controller_flags_are_those_of_issue_3(rendered):
         assert controller[probe]["httpGet"] == {"path": path, "port": port["name"], "scheme": "HTTP"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["Job", "CronJob"])
 def test_certs_job_runs_before_cilium_is_ready(rendered, kind):
     (pod,) = [p for n, p in pod_specs(rendered["self-managed-job"]) if n == f"{kind}/{CERTS_JOB}"]
@@ -623,6 +658,7 @@ def config_text(objects: list[dict[str, Any]]) -> str:
     return str(find(objects, "ConfigMap", "cilium-startup-guard-config")["data"]["config.yaml"])
 
 
+@pytest.mark.slow
 def test_config_map_holds_the_defaults_written_out(rendered):
     text = config_text(rendered["cert-manager"])
     config = parse_config(text, "ConfigMap cilium-startup-guard-config")
@@ -634,6 +670,7 @@ def test_config_map_holds_the_defaults_written_out(rendered):
     assert written == {field.alias or name for name, field in ConfigFile.model_fields.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [WEBHOOK, CONTROLLER])
 def test_both_deployments_read_the_config_map(rendered, name):
     objects = rendered["cert-manager"]

@@ -16,6 +16,8 @@ import yaml
 
 from tests.manifest_render import OVERLAYS, prepare, render_overlays
 
+pytestmark = pytest.mark.slow  # checkov
+
 CHECKOV = Path(sys.executable).with_name("checkov")
 SKIP_ANNOTATION = "checkov.io/skip"
 

@@ -6,11 +6,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import AppClient, daemonset_review
-from webhook.admission import Endpoint
 from webhook.app import create_app
 from webhook.config import build_settings
+from webhook.enums import Endpoint, Mode
 from webhook.metrics import MAX_NAMESPACES, OTHER_NAMESPACE, Metrics
-from webhook.policy import Mode
 
 PREFIX = "cilium_startup_guard_"
 

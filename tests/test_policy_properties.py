@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import jsonpatch
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +22,8 @@ from webhook.policy import (
     mutate,
     validate,
 )
+
+pytestmark = pytest.mark.slow  # hundreds of generated examples each
 
 NARROWED = [{"operator": "Exists", "effect": "NoSchedule"}, {"operator": "Exists", "effect": "PreferNoSchedule"}]
 REPLACEMENT = {"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoExecute"}

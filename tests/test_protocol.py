@@ -12,8 +12,8 @@ import orjson
 import uvicorn
 from uvicorn.server import ServerState
 
+from webhook.enums import CloseReason, Refusal
 from webhook.listener import ConnectionTable, Slot
-from webhook.metrics import CloseReason, Refusal
 from webhook.protocol import (
     MAX_HEADER_COUNT,
     MAX_PIPELINED,
@@ -150,9 +150,9 @@ def test_a_request_the_parser_refuses_gets_a_json_400():
 
 def test_a_client_that_leaves_writing_paused_is_cut_off_after_the_write_timeout():
     async def scenario() -> Harness:
-        h = Harness(write_timeout=0.05)
+        h = Harness(write_timeout=0.02)
         h.protocol.pause_writing()
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.1)
         return h
 
     h = _run(scenario)
@@ -162,12 +162,12 @@ def test_a_client_that_leaves_writing_paused_is_cut_off_after_the_write_timeout(
 
 def test_a_client_that_takes_the_answer_in_time_is_not_cut_off():
     async def scenario() -> Harness:
-        h = Harness(write_timeout=0.1)
-        for _ in range(4):  # paused for 0.04 s at a time: 0.16 s in all, but never 0.1 s at once
+        h = Harness(write_timeout=0.06)
+        for _ in range(4):  # paused for 0.03 s at a time: 0.12 s in all, but never 0.06 s at once
             h.protocol.pause_writing()
-            await asyncio.sleep(0.04)
+            await asyncio.sleep(0.03)
             h.protocol.resume_writing()
-        await asyncio.sleep(0.15)
+        await asyncio.sleep(0.08)
         return h
 
     h = _run(scenario)
@@ -185,7 +185,7 @@ def test_the_tls_layer_pauses_the_protocol_as_soon_as_it_holds_unsent_data():
 def test_the_keep_alive_timer_starts_once_the_answer_has_been_sent():
     async def scenario() -> tuple[bool, bool]:
         h = Harness(keep_alive=1, write_timeout=60)
-        h.protocol.timeout_keep_alive = 0.05  # uvicorn's Config takes whole seconds
+        h.protocol.timeout_keep_alive = 0.03  # uvicorn's Config takes whole seconds
 
         def hold_back() -> None:  # the TLS layer keeps the end of the answer, which the client has not taken
             if h.transport.written.endswith(ANSWER):
@@ -193,11 +193,11 @@ def test_the_keep_alive_timer_starts_once_the_answer_has_been_sent():
 
         h.transport.on_write = hold_back
         h.protocol.data_received(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.12)
         closed_while_unsent = h.transport.closed
         h.transport.on_write = None
         h.protocol.resume_writing()  # the client took the rest
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.12)
         return closed_while_unsent, h.transport.closed
 
     closed_while_unsent, closed_after = _run(scenario)
@@ -237,7 +237,7 @@ def test_requests_pipelined_up_to_the_cap_are_all_answered():
     async def scenario() -> Harness:
         h = Harness()
         h.protocol.data_received(_pipelined(1 + MAX_PIPELINED))
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.05)
         return h
 
     h = _run(scenario)

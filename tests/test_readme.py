@@ -74,7 +74,7 @@ def test_uninstall_filter_removes_only_our_gate(tmp_path: Path) -> None:
 
 
 def test_quick_start_calls_the_review_endpoint_that_serve_suggests(capsys: pytest.CaptureFixture[str]) -> None:
-    from webhook.cli import _print_how_to_call
+    from webhook.cli.serve import _print_how_to_call
 
     documented = re.findall(r"--data @\S+ https://localhost:8443(/\w+)", README)
     _print_how_to_call("127.0.0.1", Path("certs/ca.crt"), 8443)

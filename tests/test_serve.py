@@ -13,6 +13,8 @@ import pytest
 
 from tests.support import ServerProcess, load_fixture
 
+pytestmark = pytest.mark.slow  # a `serve` process
+
 
 def test_serve_makes_dev_certs_and_answers_mutate_over_verified_tls(tmp_path: Path) -> None:
     review = load_fixture("daemonset_ebs_csi_node.json")

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 import uvloop
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -20,6 +21,8 @@ from webhook.config import build_settings
 from webhook.listener import ConnectionLimits, Listener, Slot
 from webhook.protocol import GuardedHttpToolsProtocol
 from webhook.server import TRIM_AFTER_CONNECTIONS, build_server
+
+pytestmark = pytest.mark.slow  # a `serve` process or server
 
 
 def test_importing_the_server_and_the_app_loads_no_kubernetes_client() -> None:

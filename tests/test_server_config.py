@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from webhook.cli import main
-from webhook.config import ConfigError, ServerSettings, build_settings, reload_settings
+from webhook.config import ServerSettings, build_settings, reload_settings
+from webhook.errors import ConfigError
 
 
 def test_defaults_without_a_file():

@@ -12,8 +12,8 @@ from tests.support import AppClient, daemonset_review, nested, with_value
 from webhook import admission
 from webhook.app import create_app
 from webhook.config import build_settings
+from webhook.enums import Mode
 from webhook.logs import JsonFormatter
-from webhook.policy import Mode
 
 JSON = {"Content-Type": "application/json"}
 SECRET_MARKER = "do-not-log-this-value"

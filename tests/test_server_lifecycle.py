@@ -9,6 +9,8 @@ import pytest
 
 from tests.support import ServerProcess, daemonset_review, http_request, read_response
 
+pytestmark = pytest.mark.slow  # a `serve` process
+
 
 def _wait_for_log(server: ServerProcess, text: str, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout

@@ -12,6 +12,8 @@ import pytest
 
 from tests.support import ServerProcess, daemonset_review, http_request, read_response
 
+pytestmark = pytest.mark.slow  # a `serve` process
+
 MIB = 1024 * 1024
 
 

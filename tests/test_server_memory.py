@@ -1,6 +1,6 @@
 """Memory of a real server under a 16 MiB body and under 200 concurrent connections.
 
-The figures are printed (run with -s to see them; the README quotes them); only what the issue requires is
+The figures are printed (run with -s to see them; the performance docs quote them); only the memory bound is
 asserted: a body over the limit is not read whole, so the process does not grow by its size.
 """
 
@@ -14,6 +14,8 @@ import orjson
 import pytest
 
 from tests.support import ServerProcess, daemonset_review, read_response
+
+pytestmark = pytest.mark.slow  # a `serve` process
 
 MIB = 1024 * 1024
 BODY = 16 * MIB

@@ -17,6 +17,8 @@ import pytest
 from tests.support import ServerProcess, client_context, daemonset_review, http_request, make_certs
 from webhook import certs
 
+pytestmark = pytest.mark.slow  # a `serve` process
+
 
 def _secret_mount(mount: Path, bundle_dir: Path, generation: int) -> None:
     """Lay out or update `mount` as kubelet does for a Secret: files are symlinks into ..data, and ..data is

@@ -9,12 +9,12 @@ import base64
 import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import orjson
 
 from webhook import policy
+from webhook.enums import Endpoint, Outcome
 from webhook.policy import Decision, Edit, PolicyConfig
 
 API_VERSION = "admission.k8s.io/v1"
@@ -24,19 +24,6 @@ MAX_UID_LENGTH = 256
 # kube-apiserver may truncate single warnings over 256 characters and drops them past 4096 in all.
 MAX_WARNING_LENGTH = 256
 MAX_MESSAGE_LENGTH = 1024
-
-
-class Endpoint(StrEnum):
-    MUTATE = "mutate"
-    VALIDATE = "validate"
-
-
-class Outcome(StrEnum):
-    ALLOWED = "allowed"
-    WARNED = "warned"
-    PATCHED = "patched"
-    DENIED = "denied"
-    ERROR = "error"
 
 
 class BadReview(ValueError):

@@ -17,11 +17,12 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from webhook import admission
-from webhook.admission import BadReview, Endpoint, Outcome
+from webhook.admission import BadReview
 from webhook.bodylimit import BodyReader
 from webhook.config import Settings
+from webhook.enums import Endpoint, ErrorReason, Outcome
 from webhook.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from webhook.metrics import ErrorReason, Metrics
+from webhook.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

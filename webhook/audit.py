@@ -1,9 +1,5 @@
-"""`audit`: every DaemonSet of a live cluster under the webhook's policy, how many of its pods Cilium does not
-manage today, and the NoExecute taints the nodes carry.
-
-Issue 5 item 1 is the contract; the README documents the table and the JSON. `build_report` is pure: API objects
-as plain dicts in, a Report out. `collect` gathers those lists through webhook.kube (the one module that imports
-the kubernetes client), every list paginated.
+"""`audit`: every DaemonSet of a live cluster under the webhook's policy, its pods Cilium does not manage, and
+the nodes' NoExecute taints. `build_report` is pure; `collect` lists through webhook.kube, never the client itself.
 """
 
 from __future__ import annotations
@@ -20,11 +16,12 @@ from webhook.cilium import AgentState, agent_state, endpoint_state, is_cilium_ta
 from webhook.config import DEFAULT_AGENT_SELECTOR, DEFAULT_AUDIT_TIMEOUT, DEFAULT_CILIUM_NAMESPACE
 from webhook.kube import ApiError, Kube, Target
 from webhook.policy import ExemptReason, PolicyConfig
-from webhook.review import dump_json, format_columns
+from webhook.report import dump_json, format_columns
 
 NOEXECUTE = "NoExecute"
 # Only Running pods can be unmanaged; the server-side filter keeps finished Job pods out of the transfer.
 RUNNING_PODS = "status.phase=Running"
+AUDIT_RBAC = "the audit ClusterRole in docs/review-and-audit.md grants it"
 
 _T = TypeVar("_T")
 
@@ -261,24 +258,10 @@ def _call(client: Kube, options: AuditOptions, what: str, call: Callable[[], _T]
     try:
         return call()
     except ApiError as err:
-        raise AuditError(_describe(client, options, err, what), err.status) from None
+        raise AuditError(err.describe(f"list {what}", server=kube.server_url(client), timeout=options.timeout,
+                                      rbac=AUDIT_RBAC), err.status) from None
     except orjson.JSONDecodeError:  # a 200 answer that is not JSON
         raise AuditError(f"listing {what}: the answer from {kube.server_url(client)} is not JSON; is it a "
                          f"Kubernetes API server?") from None
 
 
-def _describe(client: Kube, options: AuditOptions, err: ApiError, what: str) -> str:
-    server, message = kube.server_url(client), _one_line(err.message)
-    if err.status == 0:
-        if "timed out" in message.lower():
-            return f"no answer from the Kubernetes API server {server} within {options.timeout:g} s (--timeout)"
-        return f"cannot reach the Kubernetes API server {server}: {message}"
-    if err.status == 401:
-        return f"the Kubernetes API server {server} does not accept the credentials (401): {message}"
-    if err.status == 403:
-        return f"no permission to list {what} (the README's ClusterRole for audit grants it): {message}"
-    return f"listing {what} failed with {err.status}: {message}"
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

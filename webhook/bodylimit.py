@@ -12,7 +12,7 @@ from collections.abc import Callable
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from webhook.metrics import Refusal
+from webhook.enums import Refusal
 
 
 class BodyReader:

@@ -1,10 +1,5 @@
-"""A CA and a serving certificate for the webhook, made with the `cryptography` package.
-
-Building returns PEM bytes; writing files is separate. Key material is never logged.
-Renewal (`renew`) reuses a CA that is still good, so the caBundle kube-apiserver trusts stays valid; a CA
-that must change is published beside its predecessor until that one expires. `renew` is the one decision for
-both stores: a directory (`read_stored`, `write_renewal`) and the two Secrets of `certs --in-cluster`
-(`stored_from_secrets`, `secret_data`; the API calls are in cluster_certs.py).
+"""A CA and a serving certificate for the webhook: build, store in a directory or Secret data, renew.
+Pure of I/O but for the directory store; imports no kubernetes client (cluster_certs.py makes the API calls).
 """
 
 from __future__ import annotations
@@ -216,6 +211,8 @@ def secret_data(renewal: Renewal) -> SecretData:
     )
 
 
+# `renew` is the one decision for both stores: a directory (`read_stored`, `write_renewal`) and the two Secrets
+# of `certs --in-cluster` (`stored_from_secrets`, `secret_data`). Key material is never logged.
 def renew(stored: StoredCerts, dns_names: list[str], ip_addresses: list[str],
           renew_before: datetime.timedelta = DEFAULT_RENEW_BEFORE, now: datetime.datetime | None = None,
           force: bool = False) -> Renewal:

@@ -1,5 +1,5 @@
-"""What Cilium's own objects say, read from plain API dicts: is the agent on a node ready, does a pod have its
-CiliumEndpoint, is a taint Cilium's. Pure and stdlib only; shared by the gate controller and `audit`.
+"""What Cilium's own objects say, read from plain API dicts: agent ready on a node, a pod's CiliumEndpoint, a taint.
+Pure and stdlib only; shared by the gate controller and `audit`.
 """
 
 from __future__ import annotations

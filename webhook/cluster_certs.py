@@ -1,9 +1,5 @@
-"""`cilium-startup-guard certs --in-cluster`: the CA and serving certificate kept in two Secrets, and caBundle
-in both webhook configurations, through kube.py.
-
-The renewal rules are `certs.renew`'s, the same as for a directory: this module reads the Secrets, writes back
-what the renewal changed and publishes the CA bundle. It imports kube, so the kubernetes client: load it lazily.
-Key material is never logged.
+"""`certs --in-cluster`: the CA and serving certificate kept in two Secrets, and caBundle in both webhook
+configurations, through webhook.kube (so it loads the kubernetes client: import it lazily). Never logs keys.
 """
 
 from __future__ import annotations
@@ -18,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from webhook import certs, kube
-from webhook.informer import Backoff
+from webhook.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +27,7 @@ MAX_BACKOFF = 8.0
 ATTEMPTS = 5
 CONFIGURATIONS = (("MutatingWebhookConfiguration", kube.MUTATING_WEBHOOK_CONFIGURATIONS),
                   ("ValidatingWebhookConfiguration", kube.VALIDATING_WEBHOOK_CONFIGURATIONS))
+CERTS_RBAC = "the certs ServiceAccount needs the RBAC of manifests/overlays/self-managed-job"
 LABELS = {"app.kubernetes.io/name": "cilium-startup-guard", "app.kubernetes.io/part-of": "cilium-startup-guard",
           "app.kubernetes.io/managed-by": "cilium-startup-guard-certs"}
 
@@ -109,7 +106,7 @@ def publish_ca_bundle(client: kube.Kube, name: str, ca_bundle_pem: bytes, wait: 
             if patch is None:
                 break
             try:
-                with _failing_as(f"cannot patch {kind} {name}", passing=(404, 409)):
+                with _failing_as(client, f"patch {kind} {name}", passing=(404, 409)):
                     kube.patch_webhook_configuration(client, resource, name, patch)
             except kube.ApiError:  # changed or deleted since it was read: read it again
                 log.info("webhook configuration changed; reading again", extra={"fields": {
@@ -143,7 +140,7 @@ def _wait_for(client: kube.Kube, kind: str, resource: kube.Resource, name: str, 
               wait: float) -> dict[str, Any]:
     backoff = Backoff(FIRST_BACKOFF, MAX_BACKOFF)
     while True:
-        with _failing_as(f"cannot read {kind} {name}"):
+        with _failing_as(client, f"read {kind} {name}"):
             configuration = kube.get_webhook_configuration(client, resource, name)
         if configuration is not None:
             return configuration
@@ -158,7 +155,7 @@ def _wait_for(client: kube.Kube, kind: str, resource: kube.Resource, name: str, 
 
 
 def _read_secret(client: kube.Kube, namespace: str, name: str) -> dict[str, Any] | None:
-    with _failing_as(f"cannot read Secret {namespace}/{name}"):
+    with _failing_as(client, f"read Secret {namespace}/{name}"):
         return kube.get_secret(client, namespace, name)
 
 
@@ -173,12 +170,12 @@ def _write_secret(client: kube.Kube, namespace: str, name: str, current: Mapping
             body = {"apiVersion": "v1", "kind": "Secret",
                     "metadata": {"name": name, "namespace": namespace, "labels": LABELS},
                     "type": certs.TLS_SECRET_TYPE, "data": data}
-            with _failing_as(f"cannot create Secret {namespace}/{name}", passing=(409,)):
+            with _failing_as(client, f"create Secret {namespace}/{name}", passing=(409,)):
                 kube.create_secret(client, namespace, body)
             log.info("created Secret", extra={"fields": fields})
         else:
             body = {**current, "data": {**(current.get("data") or {}), **data}}
-            with _failing_as(f"cannot update Secret {namespace}/{name}", passing=(404, 409)):
+            with _failing_as(client, f"update Secret {namespace}/{name}", passing=(404, 409)):
                 kube.replace_secret(client, namespace, name, body)
             log.info("updated Secret", extra={"fields": {**fields, "keys": sorted(data)}})
     except kube.ApiError:
@@ -186,26 +183,15 @@ def _write_secret(client: kube.Kube, namespace: str, name: str, current: Mapping
 
 
 @contextlib.contextmanager
-def _failing_as(action: str, passing: tuple[int, ...] = ()) -> Iterator[None]:
+def _failing_as(client: kube.Kube, action: str, passing: tuple[int, ...] = ()) -> Iterator[None]:
     """Turn an API failure into a CertsError that says what failed; statuses in `passing` go to the caller."""
     try:
         yield
     except kube.ApiError as err:
         if err.status in passing:
             raise
-        raise CertsError(f"{action}: {_reason(err)}") from None
-
-
-def _reason(err: kube.ApiError) -> str:
-    message = " ".join(err.message.split())  # one line, whatever the server sent
-    if err.status == 403:
-        return (f"forbidden: {message} (the certs ServiceAccount needs the RBAC of "
-                f"manifests/overlays/self-managed-job)")
-    if err.status == 401:
-        return f"unauthorized: {message}"
-    if err.status == 0:
-        return f"no answer from the API server: {message}"
-    return f"{err.status}: {message}"
+        server = kube.server_url(client)
+        raise CertsError(err.describe(action, server=server, rbac=CERTS_RBAC)) from None
 
 
 def _data(secret: Mapping[str, Any] | None) -> dict[str, str] | None:

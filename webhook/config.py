@@ -1,7 +1,5 @@
-"""Settings: built-in defaults < the --config YAML file < command-line flags.
-
-The file is untrusted input and is checked with pydantic; everything past this module gets frozen
-dataclasses. Nothing here runs at import time.
+"""Settings: built-in defaults < the --config YAML file (checked with pydantic) < command-line flags.
+Reads files only when asked, nothing at import; imports no FastAPI, no uvicorn, no kubernetes client.
 """
 
 from __future__ import annotations
@@ -14,12 +12,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 
+from webhook.enums import Mode
+from webhook.errors import ConfigError, describe_yaml_error
 from webhook.policy import (
     CILIUM_TAINT_KEY,
     DEFAULT_GATE_CONDITION,
     DEFAULT_GATE_LABEL,
     Exemption,
-    Mode,
     PolicyConfig,
     is_blanket_noexecute,
 )
@@ -27,7 +26,7 @@ from webhook.policy import (
 DEFAULT_CERTS_DIR = Path("certs")
 DEFAULT_PORT = 8443
 MIB = 1024 * 1024
-# Gate controller flags (issue 3).
+# Gate controller flags.
 DEFAULT_GRACE_PERIOD = 60.0
 DEFAULT_RECYCLE_RATE = 5.0  # evictions per minute, cluster-wide
 # Ten minutes, Kubernetes' default progressDeadlineSeconds: past it a rollout counts as stuck anyway, and a Cilium
@@ -37,9 +36,9 @@ DEFAULT_METRICS_PORT = 9090
 DEFAULT_LEASE_NAME = "cilium-startup-guard-controller"
 DEFAULT_CILIUM_NAMESPACE = "kube-system"
 DEFAULT_AGENT_SELECTOR = "k8s-app=cilium"
-# `audit` (issue 5): how long each API request may take, connecting included.
+# `audit`: how long each API request may take, connecting included.
 DEFAULT_AUDIT_TIMEOUT = 10.0
-# Gate controller leader election, client-go's usual timings (issue 3); the config file may change them.
+# Gate controller leader election, client-go's usual timings; the config file may change them.
 DEFAULT_LEASE_DURATION = 15
 DEFAULT_RENEW_DEADLINE = 10.0
 DEFAULT_RETRY_PERIOD = 2.0
@@ -48,10 +47,6 @@ DEFAULT_RETRY_PERIOD = 2.0
 _NAME = r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]"
 _PREFIX = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
 _QUALIFIED_NAME = re.compile(rf"({_PREFIX}/)?{_NAME}")
-
-
-class ConfigError(Exception):
-    """A configuration that cannot be used; the message is one line meant for the person who wrote it."""
 
 
 @dataclass(frozen=True)
@@ -254,9 +249,7 @@ def parse_config(text: str, source: str) -> ConfigFile:
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where is not None else ""
-        raise ConfigError(f"config file {source}: not valid YAML{line}: {getattr(err, 'problem', err)}") from None
+        raise ConfigError(f"config file {source}: {describe_yaml_error(err)}") from None
     if document is None:
         document = {}
     if not isinstance(document, dict):

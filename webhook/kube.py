@@ -1,9 +1,5 @@
 """The Kubernetes adapter: the only module that imports the `kubernetes` client. Thin calls, no decisions.
-
-Objects go in and come out as the API's JSON (plain dicts): responses are read raw (`_preload_content=False`)
-and bodies of group resources go through CustomObjectsApi, which passes dicts through untouched. A round trip
-through the client's models would drop fields we do not own and re-spell MicroTime values (it writes
-`isoformat()`, which the API server rejects when the microseconds are zero).
+Imports nothing of the project but errors.py; ApiError.describe() is the one API-error formatter.
 """
 
 from __future__ import annotations
@@ -23,10 +19,14 @@ from kubernetes import client, config
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.watch.watch import iter_resp_lines
 
-from webhook.config import ConfigError
+from webhook.errors import ConfigError, describe_yaml_error
 
 log = logging.getLogger(__name__)
 
+# Objects go in and come out as the API's JSON (plain dicts): responses are read raw (`_preload_content=False`)
+# and bodies of group resources go through CustomObjectsApi, which passes dicts through untouched. A round trip
+# through the client's models would drop fields we do not own and re-spell MicroTime values (it writes
+# `isoformat()`, which the API server rejects when the microseconds are zero).
 USER_AGENT = "cilium-startup-guard"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 CONNECT_TIMEOUT = 10.0
@@ -42,6 +42,23 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.retry_after = retry_after
+
+    def describe(self, action: str, *, server: str = "", timeout: float | None = None, rbac: str = "") -> str:
+        """The one line a person reads: why `action` (say "list nodes") failed, whatever the server sent.
+
+        `server` names the API server, `timeout` the bound the caller set on the request, and `rbac` says where
+        the permissions are granted, for a 403."""
+        message = " ".join(self.message.split())
+        api = f"the Kubernetes API server {server}" if server else "the Kubernetes API server"
+        if self.status == 0:
+            if "timed out" in message.lower():
+                return f"no answer from {api}" + (f" within {timeout:g} s" if timeout else f": {message}")
+            return f"cannot reach {api}: {message}"
+        if self.status == 401:
+            return f"{api} does not accept the credentials (401): {message}"
+        if self.status == 403:
+            return f"no permission to {action} (403): {message}" + (f" ({rbac})" if rbac else "")
+        return f"cannot {action} ({self.status}): {message}"
 
 
 class Gone(ApiError):
@@ -127,9 +144,12 @@ def connect(kubeconfig: Path | None = None, context: str | None = None, user_age
     except (ConfigException, OSError, ValueError, TypeError, AttributeError, KeyError, yaml.YAMLError) as err:
         where = f"kubeconfig {kubeconfig}" if kubeconfig is not None else "in-cluster configuration"
         hint = "" if kubeconfig is not None else " (not running in a pod? pass --kubeconfig PATH)"
-        reason = " ".join(str(err).split())  # one line: YAML errors span several
-        if not isinstance(err, (ConfigException, OSError)):
-            reason = f"not a kubeconfig file ({reason})"
+        if isinstance(err, yaml.YAMLError):
+            reason = describe_yaml_error(err)
+        elif isinstance(err, (ConfigException, OSError)):
+            reason = " ".join(str(err).split())
+        else:
+            reason = f"not a kubeconfig file ({' '.join(str(err).split())})"
         raise KubeConfigError(f"cannot use {where}: {reason}{hint}") from None
     # Four long-lived watches plus the worker's calls share this pool.
     configuration.connection_pool_maxsize = 16

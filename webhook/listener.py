@@ -1,9 +1,8 @@
-"""Accepts the HTTPS server's connections: a cap per source address and in total, and TLS started only once the
-client has sent its first bytes, all within a handshake timeout.
+"""Accepts the HTTPS server's connections: caps per source address and in total, TLS started on the client's first
+bytes within a handshake timeout. No FastAPI, nothing of uvicorn: the HTTP protocol comes from a factory.
 
 Over a cap a connection is reset at once, never queued, and counted. Until its first bytes arrive a connection
-costs its socket and a poll handle, about 1 KiB; OpenSSL's state for the handshake (about 50 KiB, mostly record
-buffers) is made only then. No FastAPI here, and nothing of uvicorn: the HTTP protocol comes from a factory.
+costs its socket and a poll handle, about 1 KiB; OpenSSL's handshake state (about 50 KiB) is made only then.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from webhook.metrics import CloseReason
+from webhook.enums import CloseReason
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,5 @@
-"""Structured logs: one JSON object a line on stderr. Named logs.py so as not to shadow stdlib logging.
-
-Data goes in `extra=`; keys that LogRecord reserves (such as "name") go in `extra={"fields": {...}}`. Every line is
-bounded: the message and each text field are clipped, and so is a traceback, whose text may quote the request.
+"""Structured logs: one JSON object a line on stderr, every line bounded (named logs.py: not to shadow logging).
+Imports nothing of the project. Data goes in `extra=`; keys LogRecord reserves ("name") in `extra={"fields": {...}}`.
 """
 
 from __future__ import annotations

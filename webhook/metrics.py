@@ -1,13 +1,10 @@
-"""Prometheus metrics of one app, in a registry the app owns (tests create several apps side by side).
-
-prometheus-client only: no FastAPI here. The admission path calls pre-bound children, so that counting a
-request costs a lock and an addition, not a label lookup.
+"""Prometheus metrics of the webhook, in a registry each app owns (tests create several apps side by side).
+prometheus-client and enums only: no FastAPI, no policy.
 """
 
 from __future__ import annotations
 
 import re
-from enum import StrEnum
 
 from prometheus_client import (
     CollectorRegistry,
@@ -20,7 +17,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from webhook.admission import Endpoint, Outcome
+from webhook.enums import CloseReason, Endpoint, ErrorReason, Outcome, Refusal
 
 PREFIX = "cilium_startup_guard"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -33,32 +30,8 @@ OTHER_NAMESPACE = "other"
 _NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
-class Refusal(StrEnum):
-    """Why a request was refused before the app reviewed it."""
-
-    BODY_TOO_LARGE = "body_too_large"
-    BODY_TIMEOUT = "body_timeout"
-    HEADER_TOO_LARGE = "header_too_large"
-    HEADER_TIMEOUT = "header_timeout"
-
-
-class CloseReason(StrEnum):
-    """Why the server closed a connection by itself, outside any request."""
-
-    PER_SOURCE_LIMIT = "per_source_limit"  # at once, on accept
-    TOTAL_LIMIT = "total_limit"  # at once, on accept
-    TLS_HANDSHAKE_TIMEOUT = "tls_handshake_timeout"
-    TLS_HANDSHAKE_FAILED = "tls_handshake_failed"  # not TLS, no common protocol version, or the client left
-    WRITE_TIMEOUT = "write_timeout"  # the client stopped reading an answer
-    PIPELINE_LIMIT = "pipeline_limit"  # more requests sent ahead than protocol.MAX_PIPELINED
-
-
-class ErrorReason(StrEnum):
-    BAD_REQUEST = "bad_request"  # 400, or an AdmissionReview refused with status 400
-    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # 415
-    INTERNAL = "internal"  # an exception in the webhook: answered per failureMode
-
-
+# The admission path calls pre-bound children, so that counting a request costs a lock and an addition, not a
+# label lookup.
 class Metrics:
     def __init__(self) -> None:
         # No *_created series: they double the exposition and say nothing here (process-wide setting).

@@ -1,6 +1,5 @@
-"""The admission policy: a DaemonSet (plain dict) and a PolicyConfig in, a Decision out.
-
-DESIGN.md "Policy semantics" is the contract. Stdlib imports only: no HTTP, no Kubernetes client, no I/O.
+"""The admission policy: a DaemonSet (plain dict) and a PolicyConfig in, a Decision out; docs/policy.md is the contract.
+Stdlib and enums.py only: no HTTP, no Kubernetes client, no I/O.
 """
 
 from __future__ import annotations
@@ -10,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
+
+from webhook.enums import Mode
 
 CILIUM_TAINT_KEY = "node.cilium.io/agent-not-ready"
 SKIP_ANNOTATION = "startupguard.io/skip"
@@ -30,12 +31,6 @@ POD_SPEC_PATH = ("spec", "template", "spec")
 TOLERATIONS_PATH = ("spec", "template", "spec", "tolerations")
 READINESS_GATES_PATH = ("spec", "template", "spec", "readinessGates")
 TEMPLATE_METADATA_PATH = ("spec", "template", "metadata")
-
-
-class Mode(StrEnum):
-    WARN = "warn"
-    STRIP = "strip"
-    DENY = "deny"
 
 
 class ExemptReason(StrEnum):

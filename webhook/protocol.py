@@ -19,8 +19,8 @@ import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from webhook.enums import CloseReason, Refusal
 from webhook.listener import Slot
-from webhook.metrics import CloseReason, Refusal
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,5 @@
-"""Watches files and reloads what depends on them: one poller for the serving certificate and the config file.
-
-A mounted Secret or ConfigMap changes by a symlink swap of its `..data` directory; files copied by hand are
-often replaced one after the other. Polling the identity of each resolved file (path, device, inode, mtime,
-size) sees all of these, needs no inotify, and costs a few stat() calls a second. No FastAPI here.
+"""Watches the serving certificate and the config file, and reloads what depends on them when they change.
+Imports no FastAPI and no uvicorn: the server hands it what to reload.
 """
 
 from __future__ import annotations
@@ -14,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from webhook.config import ConfigError, Settings, reload_settings
+from webhook.config import Settings, reload_settings
+from webhook.errors import ConfigError
 from webhook.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -52,6 +50,9 @@ class _Watch:
     last: Fingerprint
 
 
+# A mounted Secret or ConfigMap changes by a symlink swap of its `..data` directory; files copied by hand are
+# often replaced one after the other. Polling the identity of each resolved file (path, device, inode, mtime,
+# size) sees all of these, needs no inotify, and costs a few stat() calls a second.
 class FileWatcher:
     """Calls a watch's reload() once for each new fingerprint of its files.
 

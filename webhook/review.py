@@ -1,23 +1,22 @@
 """`review`: the webhook's policy run offline on manifests or recorded AdmissionReviews, as CI would.
-
-Reads files (multi-document YAML such as `helm template` output, JSON, AdmissionReviews); reports per
-DaemonSet; `--fix` applies the same JSON Patch the webhook would return. No Kubernetes API is called.
+Calls no Kubernetes API and imports no HTTP server; `--fix` applies the JSON Patch the webhook would return.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import jsonpatch
-import orjson
 import yaml
 
 from webhook import admission, policy
+from webhook.errors import describe_yaml_error
 from webhook.policy import PolicyConfig
+from webhook.report import dump_json, format_columns
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -66,9 +65,7 @@ def load_documents(paths: list[str], stdin: TextIO) -> list[Document]:
         try:
             parsed = [d for d in yaml.safe_load_all(text) if d is not None]
         except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            line = f" line {mark.line + 1}" if mark is not None else ""
-            raise ReviewInputError(f"{name}:{line} not valid YAML or JSON: {getattr(err, 'problem', err)}") from None
+            raise ReviewInputError(f"{name}: {describe_yaml_error(err, 'YAML or JSON')}") from None
         for index, content in enumerate(parsed, start=1):
             source = name if len(parsed) == 1 else f"{name}#{index}"
             documents += _documents_in(source, content)
@@ -125,19 +122,6 @@ def render_json(results: list[Result], config: PolicyConfig) -> str:
     report = {"mode": config.mode.value, "daemonsets": [r.as_json() for r in results],
               "summary": _summary(results)}
     return dump_json(report)
-
-
-def format_columns(rows: Sequence[Sequence[str]]) -> list[str]:
-    """Rows as columns two spaces apart, the first row a header; the last column is not padded (it may be long).
-    Shared with `audit`."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return ["  ".join([*(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)), row[-1]]).rstrip()
-            for row in rows]
-
-
-def dump_json(report: Any) -> str:
-    """A report as indented JSON with a final newline. Shared with `audit`."""
-    return orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n"
 
 
 def exit_status(results: list[Result]) -> int:

@@ -23,7 +23,8 @@ from uvicorn.config import STARTUP_FAILURE
 
 from webhook import listener
 from webhook.app import Runtime, create_app
-from webhook.config import ConfigError, Settings
+from webhook.config import Settings
+from webhook.errors import ConfigError
 from webhook.listener import ConnectionLimits, Listener, Slot
 from webhook.protocol import HeadLimits, WriteLimits, guarded_protocol
 from webhook.reload import ConfigReloader, FileWatcher

@@ -1,10 +1,5 @@
 """TLS for the server: a context per certificate, and hot reload of a rotated certificate without a restart.
-
-The listening socket keeps one SSLContext for its lifetime. Rather than load a new certificate into that live
-context (load_cert_chain sets the certificate and then the key, and a failure between the two would leave
-it with no usable key), each reload builds a complete new context, and the listener's SNI callback, which
-OpenSSL runs for every ClientHello (with or without a server name), moves the new connection onto the newest
-context. Connections already open keep the certificate they were made with. No key material is logged.
+Imports no FastAPI and no uvicorn; never logs key material.
 """
 
 from __future__ import annotations
@@ -55,6 +50,11 @@ def describe_certificate(pem: bytes) -> CertificateInfo:
     )
 
 
+# The listening socket keeps one SSLContext for its lifetime. Rather than load a new certificate into that live
+# context (load_cert_chain sets the certificate and then the key, and a failure between the two would leave
+# it with no usable key), each reload builds a complete new context, and the listener's SNI callback, which
+# OpenSSL runs for every ClientHello (with or without a server name), moves the new connection onto the newest
+# context. Connections already open keep the certificate they were made with.
 class CertificateStore:
     """The serving certificate in use; new TLS connections are handed the newest one that loaded."""
 

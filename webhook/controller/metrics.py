@@ -1,7 +1,5 @@
 """The gate controller's Prometheus metrics and its plain-HTTP /metrics, /healthz and /readyz.
-
-Each controller owns a registry (not the process-wide default), so tests can run several in one process.
-Counters carry dry_run="true" when a --dry-run replica counts what it would have done.
+prometheus-client and the stdlib HTTP server only: no FastAPI, no kubernetes client.
 """
 
 from __future__ import annotations
@@ -18,6 +16,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 WAIT_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1800, 3600)
 
 
+# Each controller owns a registry (not the process-wide default), so tests can run several in one process.
+# Counters carry dry_run="true" when a --dry-run replica counts what it would have done.
 class ControllerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, *, dry_run: bool = False) -> None:
         self.registry = registry or CollectorRegistry()

@@ -146,6 +146,7 @@ def test_malformed_daemonset_is_reported_and_exits_2(capsys: pytest.CaptureFixtu
     assert "spec.template.spec.tolerations: expected a list" in out
 
 
+@pytest.mark.slow
 def test_python_m_webhook_behaves_like_the_console_script() -> None:
     args = ["review", "--output", "json", str(MANIFESTS)]
     module = subprocess.run([sys.executable, "-m", "webhook", *args], capture_output=True, text=True, timeout=60)

@@ -1,26 +1,22 @@
-"""List-then-watch caches and the controller's work queue. No decisions; Kubernetes calls come in as callables.
-
-Robust watching (issue 3, item 3): list, then watch from the list's resourceVersion; list again on 410 Gone
-and every `relist_period`; reconnect with backoff on any other error; a resource that is not served (404)
-is reported, cached as empty, and looked for again.
+"""List-then-watch caches of API objects for the gate controller; no decisions.
+Kubernetes calls come in as callables: it imports only kube's error and event types, never the client.
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
+from webhook.backoff import Backoff
+from webhook.controller.workqueue import Key
 from webhook.kube import ApiError, Gone, WatchEvent
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (namespace, name); namespace is "" for cluster-scoped objects
 OnChange = Callable[[Key, "dict[str, Any] | None", "dict[str, Any] | None"], None]
 
 
@@ -38,22 +34,9 @@ def resource_version(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("resourceVersion") or "")
 
 
-class Backoff:
-    """Exponential delays with jitter, so that replicas and informers do not retry in step."""
-
-    def __init__(self, initial: float, maximum: float) -> None:
-        self.initial, self.maximum = initial, maximum
-        self._next = initial
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self.maximum, self._next * 2)
-        return delay * random.uniform(0.8, 1.2)
-
-    def reset(self) -> None:
-        self._next = self.initial
-
-
+# List, then watch from the list's resourceVersion; list again on 410 Gone and every `relist_period`; reconnect
+# with backoff on any other error; a resource that is not served (404) is reported, cached as empty, and looked
+# for again.
 class Informer:
     def __init__(
         self,
@@ -197,59 +180,3 @@ class Informer:
         self._available = available
         if self._on_availability is not None:
             self._on_availability(available)
-
-
-class WorkQueue:
-    """Keys waiting to be reconciled: each at most once in line; delayed keys wait in a heap until due."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._ready: deque[Key] = deque()
-        self._queued: set[Key] = set()
-        self._delayed: list[tuple[float, int, Key]] = []
-        self._sequence = 0
-        self._closed = False
-
-    def add(self, key: Key) -> None:
-        with self._cond:
-            if key not in self._queued:
-                self._queued.add(key)
-                self._ready.append(key)
-                self._cond.notify()
-
-    def add_after(self, key: Key, delay: float) -> None:
-        if delay <= 0:
-            self.add(key)
-            return
-        with self._cond:
-            self._sequence += 1
-            heapq.heappush(self._delayed, (time.monotonic() + delay, self._sequence, key))
-            self._cond.notify()
-
-    def get(self, timeout: float) -> Key | None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                now = time.monotonic()
-                while self._delayed and self._delayed[0][0] <= now:
-                    _, _, key = heapq.heappop(self._delayed)
-                    if key not in self._queued:
-                        self._queued.add(key)
-                        self._ready.append(key)
-                if self._ready:
-                    key = self._ready.popleft()
-                    self._queued.discard(key)
-                    return key
-                if self._closed or now >= deadline:
-                    return None
-                wake = min(deadline, self._delayed[0][0]) if self._delayed else deadline
-                self._cond.wait(max(0.0, wake - now))
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._ready) + len(self._delayed)

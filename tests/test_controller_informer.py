@@ -1,45 +1,18 @@
-"""The list-then-watch cache and the work queue."""
+"""The list-then-watch cache, with the real kubernetes client against the fake API server."""
 
 from __future__ import annotations
 
 import threading
-import time
+
+import pytest
 
 from tests.fakekube import FakeKube
 from tests.objects import gated_pod
 from webhook import kube
-from webhook.informer import Backoff, Informer, WorkQueue
+from webhook.backoff import Backoff
+from webhook.controller.informer import Informer
 
-
-def test_queue_holds_a_key_once():
-    queue = WorkQueue()
-    queue.add(("ns", "a"))
-    queue.add(("ns", "a"))
-    assert queue.get(timeout=0) == ("ns", "a")
-    assert queue.get(timeout=0) is None
-
-
-def test_delayed_key_is_handed_out_when_due():
-    queue = WorkQueue()
-    queue.add_after(("ns", "late"), 0.2)
-    queue.add(("ns", "now"))
-    assert queue.get(timeout=0) == ("ns", "now")
-    assert queue.get(timeout=0.05) is None
-    assert queue.get(timeout=1) == ("ns", "late")
-
-
-def test_closed_queue_hands_out_nothing():
-    queue = WorkQueue()
-    queue.close()
-    started = time.monotonic()
-    assert queue.get(timeout=5) is None
-    assert time.monotonic() - started < 1
-
-
-def test_backoff_doubles_up_to_the_maximum():
-    backoff = Backoff(1.0, 4.0)
-    delays = [backoff.next() for _ in range(4)]
-    assert [round(d / base) for d, base in zip(delays, (1, 2, 4, 4), strict=True)] == [1, 1, 1, 1]
+pytestmark = pytest.mark.slow  # the fake API server
 
 
 def test_relist_after_410_reports_objects_deleted_meanwhile(fake_kube: FakeKube, kube_client):

@@ -1,14 +1,15 @@
-"""The gate controller end to end: the real kubernetes client against the fake API server.
+"""The gate controller's loop end to end: the real kubernetes client against the fake API server.
 
-Timings are shrunk (grace 0.4 s, lease 2 s) so the whole file runs in seconds; the decisions themselves are
-tested without any I/O in test_controller_decision.py.
+Timings are shrunk (grace 0.4 s, lease 2 s) so the whole file runs in seconds; the rules themselves are tested
+without any I/O in test_controller_rules.py. A test that expects nothing to happen waits for the worker to have
+planned it (a positive signal a stalled worker would not give) rather than sleeping.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -19,16 +20,19 @@ import pytest
 from tests.fakekube import FakeKube, Request, rbac_of
 from tests.objects import CILIUM_NAMESPACE, CONTROLLER_RBAC, GATE, agent_pod, endpoint, gate_status, gated_pod, node
 from webhook import kube
-from webhook.controller import ControllerOptions, GateController, GatePolicy, release_all
-from webhook.controller_metrics import ControllerMetrics, ProbeServer
-from webhook.lease import LeaseConfig
+from webhook.controller.lease import LeaseConfig
+from webhook.controller.loop import ControllerOptions, GateController
+from webhook.controller.metrics import ControllerMetrics
+from webhook.controller.rules import Action, Timings
+
+pytestmark = pytest.mark.slow  # the fake API server, and a controller's threads
 
 GRACE = 0.4
 
 
 def options(identity: str = "replica-a", **changes: Any) -> ControllerOptions:
     base = ControllerOptions(
-        policy=GatePolicy(grace_period=GRACE, release_after=0),
+        timings=Timings(grace_period=GRACE, release_after=0),
         recycle_rate=600,
         lease=LeaseConfig("default", "guard", identity, lease_duration=2, renew_deadline=1.2, retry_period=0.1),
         identity=identity,
@@ -116,14 +120,27 @@ def events(fake: FakeKube, reason: str) -> list[dict[str, Any]]:
     return [e for e in fake.list("events.events.k8s.io") if e["reason"] == reason]
 
 
+def planned(replica: Replica, action: Action, reason: str, times: int = 1) -> None:
+    """Wait until the worker has planned `action` for `reason` at least `times` times in all."""
+    wait_until(lambda: replica.controller.books.plans(action, reason) >= times)
+
+
+def logged(caplog: pytest.LogCaptureFixture, message: str, pod: str | None = None) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage() == message and pod in (None, getattr(r, "pod", None))]
+
+
+def lease_reads_by(fake: FakeKube, identity: str) -> int:
+    return len([r for r in fake.calls("GET", "/leases/guard$") if r.user_agent == f"cilium-startup-guard/{identity}"])
+
+
 # --- setting the gate ---
 
 
 def test_endpoint_appearing_sets_the_condition_within_a_second(fake_kube: FakeKube, start, record_property):
     cluster(fake_kube)
     pods = [fake_kube.create(gated_pod(f"agent-{i}")) for i in range(10)]
-    replica = start(options(policy=GatePolicy(grace_period=60, release_after=0)))
-    time.sleep(0.2)
+    replica = start(options(timings=Timings(grace_period=60, release_after=0)))
+    planned(replica, Action.WAIT, "grace-period", times=10)
     assert all(gate_of(fake_kube, p["metadata"]["name"]) is None for p in pods)
     latencies = []
     for pod in pods:  # one at a time: each is the time from one endpoint's creation to its pod's condition
@@ -137,7 +154,7 @@ def test_endpoint_appearing_sets_the_condition_within_a_second(fake_kube: FakeKu
                "max_ms": round(latencies[-1] * 1000, 1)}
     record_property("endpoint_to_condition", summary)
     print(f"\nendpoint created -> gate condition True, {len(latencies)} pods: {summary}")
-    assert latencies[-1] < 1.0  # the issue asks for "within a second or two"; no poll interval is involved
+    assert latencies[-1] < 1.0  # "within a second or two" is the promise; no poll interval is involved
     wait_until(lambda: replica.metric("cilium_startup_guard_gate_conditions_set_total", dry_run="false") == 10)
 
 
@@ -164,15 +181,20 @@ def test_condition_patch_keeps_the_kubelets_conditions(fake_kube: FakeKube, star
     assert patch.body["metadata"]["uid"] == pod["metadata"]["uid"]
 
 
-def test_pod_gone_or_replaced_answer_is_dropped_not_retried(fake_kube: FakeKube, start):
+def test_pod_gone_or_replaced_answer_is_dropped_not_retried(fake_kube: FakeKube, start, caplog):
+    caplog.set_level(logging.INFO, logger="webhook.controller.loop")
     cluster(fake_kube)
     pod = fake_kube.create(gated_pod("agent-1"))
     fake_kube.fail("PATCH", "/pods/agent-1/status$", status=422, times=None)
     start()
     fake_kube.create(endpoint(pod))
-    fake_kube.wait_for(lambda: fake_kube.calls("PATCH"))
-    time.sleep(0.5)
-    assert len(fake_kube.calls("PATCH")) == 1
+    wait_until(lambda: logged(caplog, "pod gone or replaced; dropped", "agent-1"))
+    # The worker has moved on to another pod, so it is done with this one: a retry would have been logged.
+    other = fake_kube.create(gated_pod("agent-2"))
+    fake_kube.create(endpoint(other))
+    fake_kube.wait_for(lambda: gate_of(fake_kube, "agent-2") == "True")
+    assert not logged(caplog, "API call failed; will retry", "agent-1")
+    assert len(fake_kube.calls("PATCH", "/pods/agent-1/status$")) == 1
 
 
 def test_end_to_end_pod_started_before_cilium_waits_then_is_set(fake_kube: FakeKube, start):
@@ -181,7 +203,7 @@ def test_end_to_end_pod_started_before_cilium_waits_then_is_set(fake_kube: FakeK
     cluster(fake_kube, tainted=True, agent_ready=False)
     pod = fake_kube.create(gated_pod("ebs-csi-node-x"))
     replica = start()
-    time.sleep(GRACE * 3)
+    planned(replica, Action.WAIT, "not-ready")
     assert gate_of(fake_kube, "ebs-csi-node-x") is None and not evictions(fake_kube)
     assert replica.metric("cilium_startup_guard_pods_waiting") == 1
     fake_kube.modify("pods", CILIUM_NAMESPACE, "cilium-node-a",
@@ -203,7 +225,7 @@ def test_unmanaged_pod_after_grace_with_agent_ready_is_evicted_once(fake_kube: F
     pod = fake_kube.create(gated_pod("agent-1"))
     replica = start()
     fake_kube.wait_for(lambda: evictions(fake_kube))
-    time.sleep(GRACE * 3)
+    planned(replica, Action.SKIP, "terminating")  # it has seen the pod on its way out, and left it alone
     [eviction] = evictions(fake_kube)
     assert eviction.body["deleteOptions"]["preconditions"]["uid"] == pod["metadata"]["uid"]
     assert fake_kube.get("pods", "default", "agent-1")["metadata"]["deletionTimestamp"]
@@ -215,42 +237,47 @@ def test_unmanaged_pod_after_grace_with_agent_ready_is_evicted_once(fake_kube: F
 def test_pod_is_not_evicted_before_the_grace_period(fake_kube: FakeKube, start):
     cluster(fake_kube)
     fake_kube.create(gated_pod("agent-1"))
-    start(options(policy=GatePolicy(grace_period=30, release_after=0)))
-    time.sleep(0.5)
+    replica = start(options(timings=Timings(grace_period=30, release_after=0)))
+    planned(replica, Action.WAIT, "grace-period")
     assert not evictions(fake_kube)
 
 
 def test_pod_on_a_node_whose_agent_is_not_ready_is_not_evicted(fake_kube: FakeKube, start):
     cluster(fake_kube, agent_ready=False)
     fake_kube.create(gated_pod("agent-1"))
-    start()
-    time.sleep(GRACE * 3)
+    replica = start()
+    planned(replica, Action.WAIT, "not-ready")
     assert not evictions(fake_kube)
 
 
 def test_pod_on_a_node_that_still_has_the_cilium_taint_is_not_evicted(fake_kube: FakeKube, start):
     cluster(fake_kube, tainted=True)
     fake_kube.create(gated_pod("agent-1"))
-    start()
-    time.sleep(GRACE * 3)
+    replica = start()
+    planned(replica, Action.WAIT, "not-ready")
     assert not evictions(fake_kube)
 
 
 def test_pod_on_a_node_without_a_cilium_agent_is_not_evicted(fake_kube: FakeKube, start):
     fake_kube.create(node("fargate-ip-10-0-0-1"))
     fake_kube.create(gated_pod("agent-1", node="fargate-ip-10-0-0-1"))
-    start()
-    time.sleep(GRACE * 3)
+    replica = start()
+    planned(replica, Action.WAIT, "no-agent")
     assert not evictions(fake_kube)
 
 
-def test_pod_deleted_before_its_eviction_is_dropped(fake_kube: FakeKube, start):
+def test_pod_deleted_before_its_eviction_is_dropped(fake_kube: FakeKube, start, caplog):
+    caplog.set_level(logging.INFO, logger="webhook.controller.loop")
     cluster(fake_kube)
     fake_kube.create(gated_pod("agent-1"))
     fake_kube.fail("GET", "/namespaces/default/pods/agent-1$", status=404, times=None)
     start()
-    fake_kube.wait_for(lambda: fake_kube.calls("GET", "/pods/agent-1$"))
-    time.sleep(GRACE * 2)
+    wait_until(lambda: logged(caplog, "pod gone before recycling", "agent-1"))
+    # The worker has moved on to another pod, so it is done with this one: a retry would have been logged.
+    other = fake_kube.create(gated_pod("agent-2"))
+    fake_kube.create(endpoint(other))
+    fake_kube.wait_for(lambda: gate_of(fake_kube, "agent-2") == "True")
+    assert not logged(caplog, "API call failed; will retry", "agent-1")
     assert not evictions(fake_kube)
     assert len(fake_kube.calls("GET", "/pods/agent-1$")) == 1
 
@@ -282,13 +309,15 @@ def test_refused_eviction_waits_at_least_the_retry_floor(fake_kube: FakeKube, st
     assert time.monotonic() - first >= 0.9  # Retry-After (1 s) is longer than the floor and wins
 
 
-def test_recycling_rate_limit_holds(fake_kube: FakeKube, start):
+def test_recycling_rate_limit_holds(fake_kube: FakeKube, start, caplog):
+    caplog.set_level(logging.INFO, logger="webhook.controller.loop")
     cluster(fake_kube)
     for i in range(5):
         fake_kube.create(gated_pod(f"agent-{i}"))
     start(options(recycle_rate=2))  # two a minute, burst two
     fake_kube.wait_for(lambda: len(evictions(fake_kube)) >= 2)
-    time.sleep(GRACE * 3)
+    # The other three were each held back by the limit, once, until a token is due in about 30 s.
+    wait_until(lambda: len({r.pod for r in logged(caplog, "recycling rate limit reached; waiting")}) == 3)
     assert len(evictions(fake_kube)) == 2
     assert len(fake_kube.list("pods", "default")) == 3
 
@@ -322,12 +351,14 @@ def test_two_controllers_elect_one_leader_which_alone_writes(fake_kube: FakeKube
     cluster(fake_kube)
     a = start(options("replica-a"))
     b = start(options("replica-b"), lead=False)
-    time.sleep(0.3)
+    wait_until(lambda: lease_reads_by(fake_kube, "replica-b") >= 2)  # b has tried, and found the lease held
     assert a.controller.leading and not b.controller.leading
     pod = fake_kube.create(gated_pod("agent-1"))
     fake_kube.create(endpoint(pod))
     fake_kube.wait_for(lambda: gate_of(fake_kube, "agent-1") == "True")
-    time.sleep(0.2)
+    reads = lease_reads_by(fake_kube, "replica-b")
+    wait_until(lambda: lease_reads_by(fake_kube, "replica-b") >= reads + 2)  # b is alive, and still standing by
+    assert not b.controller.leading
     patchers = {r.user_agent for r in fake_kube.calls("PATCH")}
     assert patchers == {"cilium-startup-guard/replica-a"}
     assert (a.metric("cilium_startup_guard_leader"), b.metric("cilium_startup_guard_leader")) == (1, 0)
@@ -370,7 +401,12 @@ def test_dry_run_changes_nothing_and_counts_once(fake_kube: FakeKube, start):
     replica = start(options(dry_run=True, lease=None))
     wait_until(lambda: replica.metric("cilium_startup_guard_pods_recycled_total", dry_run="true") == 1)
     wait_until(lambda: replica.metric("cilium_startup_guard_gate_conditions_set_total", dry_run="true") == 1)
-    time.sleep(GRACE * 2)
+    books = replica.controller.books
+    recycles, sets = books.plans(Action.RECYCLE, "unmanaged"), books.plans(Action.SET_CONDITION, "endpoint-ready")
+    for name in ("managed", "unmanaged"):  # a change to each pod makes the worker plan both again
+        fake_kube.modify("pods", "default", name, lambda p: p["metadata"]["labels"].update(touched="yes"))
+    planned(replica, Action.RECYCLE, "unmanaged", recycles + 1)
+    planned(replica, Action.SET_CONDITION, "endpoint-ready", sets + 1)
     assert len(writes(fake_kube)) == before
     assert not fake_kube.calls(path="/leases")
     assert replica.metric("cilium_startup_guard_pods_recycled_total", dry_run="true") == 1
@@ -412,7 +448,7 @@ def test_the_ciliumendpoints_resource_appearing_restores_normal_behaviour(fake_k
 def test_maximum_wait_releases_the_gate_with_a_warning(fake_kube: FakeKube, start):
     cluster(fake_kube, agent_ready=False)
     fake_kube.create(gated_pod("agent-1"))
-    replica = start(options(policy=GatePolicy(grace_period=GRACE, release_after=1.0)))
+    replica = start(options(timings=Timings(grace_period=GRACE, release_after=1.0)))
     fake_kube.wait_for(lambda: gate_of(fake_kube, "agent-1") == "True", timeout=4)
     [event] = wait_until(lambda: events(fake_kube, "GateReleased"))
     assert "--release-after" in event["note"]
@@ -427,49 +463,15 @@ def test_host_network_pod_gate_is_released_not_recycled(fake_kube: FakeKube, sta
     assert not evictions(fake_kube)
 
 
-# --- release-all ---
+# --- probes ---
 
 
-def test_release_all_sets_every_gated_pod_true(fake_kube: FakeKube, kube_client):
-    fake_kube.create(gated_pod("running"))
-    fake_kube.create(gated_pod("pending", phase="Pending", node=""))
-    fake_kube.create(gated_pod("done", gate_true=True))
-    assert release_all(kube_client, options(lease=None)) == 0
-    assert {p["metadata"]["name"]: gate_status(p) for p in fake_kube.list("pods")} == {
-        "running": "True", "pending": "True", "done": "True"}
-    assert len(fake_kube.calls("PATCH")) == 2
-    assert not fake_kube.calls(path="/leases")
-
-
-def test_release_all_exits_1_when_a_pod_cannot_be_released(fake_kube: FakeKube, kube_client):
-    fake_kube.create(gated_pod("stuck"))
-    fake_kube.create(gated_pod("fine"))
-    fake_kube.fail("PATCH", "/pods/stuck/status$", status=500, times=None)
-    assert release_all(kube_client, options(lease=None)) == 1
-    assert gate_of(fake_kube, "fine") == "True"
-
-
-# --- metrics and probes ---
-
-
-def test_probe_server_serves_metrics_health_and_readiness(fake_kube: FakeKube, start):
+def test_controller_is_ready_once_synced_and_healthy_while_its_threads_run(fake_kube: FakeKube, start):
     cluster(fake_kube)
-    replica = start()
-    server = ProbeServer(replica.metrics, "127.0.0.1", 0, healthy=replica.controller.is_healthy,
-                         ready=replica.controller.is_ready).start()
-    try:
-        base = f"http://127.0.0.1:{server.port}"
-        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        for name in ("cilium_startup_guard_gate_conditions_set_total", "cilium_startup_guard_pods_recycled_total",
-                     "cilium_startup_guard_pods_waiting", "cilium_startup_guard_gate_wait_seconds_bucket",
-                     "cilium_startup_guard_leader 1.0"):
-            assert name in text
-        for path in ("/healthz", "/readyz"):
-            with urllib.request.urlopen(base + path, timeout=5) as response:
-                assert response.status == 200
-    finally:
-        server.close()
+    replica = start()  # waits for is_ready()
+    assert replica.controller.is_healthy()
+    assert replica.stop() == 0
+    assert not replica.controller.is_healthy()
 
 
 # --- RBAC: the calls made are exactly the ones the README documents ---

@@ -1,8 +1,5 @@
 """Leader election on a coordination.k8s.io/v1 Lease, after client-go's leaderelection package.
-
-Pure parts (`LeaseRecord`, `is_held_by_other`, `claim`, `released`) take clock readings as arguments. Expiry is
-measured on this replica's monotonic clock from the moment it *saw* the record change, never from the
-renewTime written by another machine, so clock skew between nodes cannot hand out two leases.
+API calls through webhook.kube only; imports nothing else of the controller but rules' time spelling.
 """
 
 from __future__ import annotations
@@ -12,14 +9,19 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from webhook import kube
 from webhook.config import DEFAULT_LEASE_DURATION, DEFAULT_RENEW_DEADLINE, DEFAULT_RETRY_PERIOD
+from webhook.controller.rules import micro_time
 from webhook.kube import ApiError, Kube
 
 log = logging.getLogger(__name__)
+
+
+# Pure parts (`LeaseRecord`, `is_held_by_other`, `claim`, `released`) take clock readings as arguments. Expiry
+# is measured on this replica's monotonic clock from the moment it *saw* the record change, never from the
+# renewTime written by another machine, so clock skew between nodes cannot hand out two leases.
 
 
 @dataclass(frozen=True)
@@ -79,11 +81,6 @@ def released(record: LeaseRecord, now_wall: float) -> dict[str, Any]:
     stamp = micro_time(now_wall)
     return {"holderIdentity": "", "leaseDurationSeconds": 1, "acquireTime": stamp, "renewTime": stamp,
             "leaseTransitions": record.transitions}
-
-
-def micro_time(epoch: float) -> str:
-    """metav1.MicroTime: always six fractional digits and a Z, which is all the API server parses."""
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaderElector:
