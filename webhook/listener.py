@@ -29,6 +29,9 @@ ACCEPT_PAUSE_S = 0.5
 # IPv6 hosts usually hold a whole /64: it counts as one source.
 IPV6_SOURCE_PREFIX = 64
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST and leaves no TIME_WAIT behind
+# The kernel's send buffer per connection (Linux doubles it). Autotuned, it grows to tcp_wmem's 4 MiB for a client
+# that does not read: kernel memory the pod's cgroup pays for. Answers to kube-apiserver are a few KB.
+SEND_BUFFER_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,8 @@ class Listener:
                 self.on_close(admitted)
                 continue
             sock.setblocking(False)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
             waiting = _Waiting(sock, admitted, time.monotonic() + self.limits.handshake_timeout)
             waiting.timer = self._loop.call_later(self.limits.handshake_timeout, self._timed_out, waiting)
             self._waiting[sock.fileno()] = waiting

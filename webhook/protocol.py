@@ -10,7 +10,11 @@ by bodylimit.BodyReader. Errors the parser finds are answered with the same JSON
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
+import struct
+import termios
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -60,8 +64,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     requests is uvicorn's keep-alive timeout, counted from when the answer has been sent, not handed over.
 
     The TLS transport asks this protocol to pause writing as soon as it holds any of the answer that the kernel
-    did not take; a client that leaves it paused for the write timeout is cut off. So is a client that sends more
-    than MAX_PIPELINED requests ahead of its answers.
+    did not take; a client that leaves it paused for the write timeout, without the kernel's send queue shrinking
+    meanwhile, is cut off. So is a client that sends more than MAX_PIPELINED requests ahead of its answers.
     """
 
     limits: ClassVar[HeadLimits]
@@ -75,6 +79,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_size = 0  # bytes of the URL and headers the parser has handed over
         self._header_count = 0
         self._write_timer: asyncio.TimerHandle | None = None
+        self._unsent_at_check: int | None = None
         self._keep_alive_when_sent = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -154,6 +159,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def pause_writing(self) -> None:
         super().pause_writing()
         if self._write_timer is None:
+            self._unsent_at_check = _unsent_bytes(self.transport)
             self._write_timer = self.loop.call_later(self.write_limits.timeout, self._write_timed_out)
 
     def resume_writing(self) -> None:
@@ -212,6 +218,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _write_timed_out(self) -> None:
         self._write_timer = None
+        unsent = _unsent_bytes(self.transport)
+        if unsent is not None and self._unsent_at_check is not None and unsent < self._unsent_at_check:
+            # The kernel's queue shrank: the client is reading, only slowly. The kernel wakes the transport only
+            # once a good part of its send buffer is free, so a slow reader can leave writing paused for long.
+            self._unsent_at_check = unsent
+            self._write_timer = self.loop.call_later(self.write_limits.timeout, self._write_timed_out)
+            return
         self.write_limits.on_close(CloseReason.WRITE_TIMEOUT)
         log.info("connection closed", extra={"reason": CloseReason.WRITE_TIMEOUT.value, "client": _peer(self.client)})
         self.transport.abort()  # close() would wait to flush what the client does not read
@@ -221,6 +234,18 @@ def guarded_protocol(limits: HeadLimits, write_limits: WriteLimits) -> type[Guar
     """A protocol class bound to the limits: uvicorn instantiates the class it is given, with its own arguments."""
     return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,),
                 {"limits": limits, "write_limits": write_limits})
+
+
+def _unsent_bytes(transport: asyncio.BaseTransport) -> int | None:
+    """Bytes in the kernel's send queue of the connection's socket (not yet sent or not yet acknowledged), or None
+    when the transport has no socket to ask."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        unsent: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        return unsent
+    return None
 
 
 def _peer(client: tuple[str, int] | None) -> str | None:
