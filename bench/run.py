@@ -4,8 +4,10 @@
                                   [--cold-starts N] [--repeat N] [--generator auto|wrk|python] [--output FILE]
 
 Starts each server on 127.0.0.1 (a free port, TLS with a throwaway CA) pinned to one core (sched_setaffinity, as
-taskset does), and loads it from another core with the EBS CSI node DaemonSet review
-(tests/fixtures/daemonset_ebs_csi_node.json, a fresh uid on every request) at 1, 16 and 64 keep-alive connections,
+taskset does), and loads it from another core with each review in turn, a fresh uid on every request: the EBS CSI
+node DaemonSet (tests/fixtures/daemonset_ebs_csi_node.json, stripped) and one of its pods as the DaemonSet
+controller creates it (tests/fixtures/pod_daemonset_ebs_csi_node.json, gated: pod creation is a hot path), at 1, 16
+and 64 keep-alive connections,
 with `wrk` when it is installed and bench/loadgen.py otherwise. The floor (bench/floor.py) is a bare ASGI app on
 the same uvicorn that parses the body and answers "allowed". Before anything is counted, each server's answers are
 checked: the uid is echoed and, for the webhook, the patch decodes and applies (jsonpatch) and gives the expected
@@ -52,8 +54,22 @@ from webhook import certs
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
-FIXTURE = ROOT / "tests" / "fixtures" / "daemonset_ebs_csi_node.json"
-EXPECTED = ROOT / "tests" / "fixtures" / "expected" / "daemonset_ebs_csi_node.yaml"
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+@dataclass(frozen=True)
+class ReviewKind:
+    """A review the servers are loaded with, and where its patch writes (the pod spec and the pod metadata)."""
+
+    fixture: str
+    pod_spec: tuple[str, ...]
+    pod_metadata: tuple[str, ...]
+
+
+REVIEWS = {
+    "daemonset": ReviewKind("daemonset_ebs_csi_node", ("spec", "template", "spec"), ("spec", "template", "metadata")),
+    "pod": ReviewKind("pod_daemonset_ebs_csi_node", ("spec",), ("metadata",)),
+}
 PLACEHOLDER = "00000000-0000-4000-8000-000000000000"  # as in loadgen.py and post.lua
 SERVERS = ("webhook", "floor")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -159,20 +175,22 @@ class Workspace:
     body: Path  # the review with PLACEHOLDER as its uid
     review: dict[str, Any]
     expected: dict[str, Any]  # mutate.strip.after of the fixture's expected outcome
+    kind: ReviewKind
 
     @staticmethod
-    def make(directory: Path) -> Workspace:
+    def make(directory: Path, kind: ReviewKind = REVIEWS["daemonset"]) -> Workspace:
+        directory.mkdir(parents=True, exist_ok=True)
         ca_cert, ca_key = certs.build_ca()
         dns_names, ips = certs.default_sans()
         cert, key = certs.build_serving_cert(ca_cert, ca_key, dns_names, ips)
         certs.write_bundle(certs.CertificateBundle(ca_cert, ca_key, cert, key), directory)
-        review = orjson.loads(FIXTURE.read_bytes())
+        review = orjson.loads((FIXTURES / f"{kind.fixture}.json").read_bytes())
         template = {**review, "request": {**review["request"], "uid": PLACEHOLDER}}
         body = directory / "review.json"
         body.write_bytes(orjson.dumps(template))
-        expected = yaml.safe_load(EXPECTED.read_text())["mutate"]["strip"]["after"]
+        expected = yaml.safe_load((FIXTURES / "expected" / f"{kind.fixture}.yaml").read_text())["mutate"]["strip"]
         return Workspace(directory, directory / certs.CA_CERT_FILE, directory / certs.CERT_FILE,
-                         directory / certs.KEY_FILE, body, review, expected)
+                         directory / certs.KEY_FILE, body, review, expected["after"], kind)
 
 
 @dataclass
@@ -295,12 +313,12 @@ def _check_patch(answer: dict[str, Any], uid: str, ws: Workspace) -> dict[str, A
         patched: dict[str, Any] = jsonpatch.apply_patch(ws.review["request"]["object"], operations)
     except (ValueError, jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
         raise CheckFailed(f"the patch does not decode or apply: {err}") from None
-    template = patched["spec"]["template"]
+    pod_spec, pod_metadata = _at(patched, ws.kind.pod_spec), _at(patched, ws.kind.pod_metadata)
     stripped = patched["metadata"].get("annotations", {}).get(STRIPPED_ANNOTATION)
     found = {
-        "tolerations": template["spec"].get("tolerations"),
-        "readinessGates": template["spec"].get("readinessGates"),
-        "gatedLabel": template["metadata"].get("labels", {}).get(GATE_LABEL) == "true",
+        "tolerations": pod_spec.get("tolerations", []),
+        "readinessGates": pod_spec.get("readinessGates", []),
+        "gatedLabel": pod_metadata.get("labels", {}).get(GATE_LABEL) == "true",
         "strippedAnnotation": None if stripped is None else json.loads(stripped),
     }
     expected = ws.expected
@@ -308,6 +326,12 @@ def _check_patch(answer: dict[str, Any], uid: str, ws: Workspace) -> dict[str, A
         if value != expected[key]:
             raise CheckFailed(f"patched object: {key} is {value!r}, expected {expected[key]!r}")
     return patched
+
+
+def _at(obj: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    for key in path:
+        obj = obj.get(key) or {}
+    return obj
 
 
 # --- the load ----------------------------------------------------------------------------------------------------
@@ -488,15 +512,19 @@ def targets(summary: dict[str, Any], connections: Sequence[int]) -> list[dict[st
     return [{"target": what, "measured": value, "limit": limit, "met": value <= limit} for what, value, limit in found]
 
 
-def render(summary: dict[str, Any], info: dict[str, Any], options: Options, checked: dict[str, int]) -> str:
-    lines = [f"machine: {info['cpus']} cores, {info['cpu_model']}, Python {info['python']}; "
-             f"load generator: {info['generator']}",
-             ("pinning: server on CPU {server_cpu}, load generator on CPU {load_cpu}".format(**info)
-              if info["server_cpu"] is not None else "pinning: none (fewer than 2 cores): figures are not comparable"),
-             f"{options.duration:g} s per step after {options.warmup:g} s of warm-up, "
-             f"{options.repeat} run(s): medians, (min-max) when repeated; "
-             f"answers checked before the load: {checked}",
-             ""]
+def render_machine(info: dict[str, Any], options: Options) -> str:
+    return "\n".join([
+        f"machine: {info['cpus']} cores, {info['cpu_model']}, Python {info['python']}; "
+        f"load generator: {info['generator']}",
+        ("pinning: server on CPU {server_cpu}, load generator on CPU {load_cpu}".format(**info)
+         if info["server_cpu"] is not None else "pinning: none (fewer than 2 cores): figures are not comparable"),
+        f"{options.duration:g} s per step after {options.warmup:g} s of warm-up, "
+        f"{options.repeat} run(s): medians, (min-max) when repeated"])
+
+
+def render(summary: dict[str, Any], review: str, options: Options, checked: dict[str, int]) -> str:
+    lines = [f"{review} review (tests/fixtures/{REVIEWS[review].fixture}.json); "
+             f"answers checked before the load: {checked}", ""]
     header = ("conns", "server", "req/s", "p50 ms", "p99 ms", "CPU us/req", "server busy", "load busy",
               "others on core")
     rows: list[tuple[str, ...]] = [header]
@@ -590,32 +618,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    runs: list[dict[str, ServerRun]] = []
+    results: dict[str, Any] = {}
+    print(render_machine(info, options))
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        ws = Workspace.make(Path(tmp))
-        body_bytes = len(ws.body.read_bytes())
-        try:
-            for index in range(options.repeat):
-                say(f"run {index + 1} of {options.repeat}")
-                # Alternate the order, so that neither server always runs on a warmer (or busier) machine.
-                order = SERVERS if index % 2 == 0 else SERVERS[::-1]
-                runs.append({name: run_server(name, ws, options, say) for name in order})
-        except CheckFailed as err:
-            say(f"check failed: {err}")
-            if output is not None:
-                output.write_text(json.dumps({"ok": False, "error": str(err), "machine": info}, indent=2))
-            return 1
-    summary = summarise(runs, options.connections)
-    checked = {name: sum(run[name].checked for run in runs) for name in SERVERS}
-    print(render(summary, info, options, checked))
+        for review, kind in REVIEWS.items():
+            ws = Workspace.make(Path(tmp) / review, kind)
+            runs: list[dict[str, ServerRun]] = []
+            try:
+                for index in range(options.repeat):
+                    say(f"{review} review: run {index + 1} of {options.repeat}")
+                    # Alternate the order, so that neither server always runs on a warmer (or busier) machine.
+                    order = SERVERS if index % 2 == 0 else SERVERS[::-1]
+                    runs.append({name: run_server(name, ws, options, say) for name in order})
+            except CheckFailed as err:
+                say(f"check failed: {err}")
+                if output is not None:
+                    output.write_text(json.dumps({"ok": False, "error": str(err), "machine": info}, indent=2))
+                return 1
+            summary = summarise(runs, options.connections)
+            checked = {name: sum(run[name].checked for run in runs) for name in SERVERS}
+            print("\n" + render(summary, review, options, checked))
+            results[review] = {
+                "body_bytes": len(ws.body.read_bytes()), "checked": checked, "summary": summary,
+                "targets": targets(summary, options.connections),
+                "runs": [{name: _as_json(run[name]) for name in SERVERS} for run in runs]}
     if output is not None:
         output.write_text(json.dumps({
             "ok": True, "machine": info,
             "settings": {"connections": options.connections, "duration_s": options.duration,
-                         "warmup_s": options.warmup, "cold_starts": options.cold_starts, "repeat": options.repeat,
-                         "body_bytes": body_bytes},
-            "checked": checked, "summary": summary, "targets": targets(summary, options.connections),
-            "runs": [{name: _as_json(run[name]) for name in SERVERS} for run in runs],
+                         "warmup_s": options.warmup, "cold_starts": options.cold_starts, "repeat": options.repeat},
+            "reviews": results,
         }, indent=2))
     return 0
 

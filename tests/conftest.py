@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from tests.fakekube import FakeKube
+from tests.installs import RenderedInstalls
 
 # Each of these starts the fake API server.
 FAKE_API_SERVER = frozenset({"fake_kube", "kubeconfig_path", "kube_client"})
@@ -47,3 +48,9 @@ def kube_client(kubeconfig_path: Path) -> Iterator[object]:
     client = kube.connect(kubeconfig_path, "fake")
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def rendered_installs(tmp_path_factory: pytest.TempPathFactory) -> RenderedInstalls:
+    """Every install (kustomize overlays and Helm chart variants, tests/installs.py) by name, each rendered once."""
+    return RenderedInstalls(tmp_path_factory.mktemp("installs"))

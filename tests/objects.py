@@ -117,7 +117,7 @@ def with_taints(the_node: dict[str, Any], *taints: dict[str, str]) -> dict[str, 
     return the_node
 
 
-# What `audit` calls, as (apiGroup, resource, verb): the README's ClusterRole for audit grants exactly these.
+# What `audit` calls, as (apiGroup, resource, verb): the ClusterRole in docs/review-and-audit.md grants exactly these.
 AUDIT_RBAC = {
     ("apps", "daemonsets", "list"), ("", "pods", "list"), ("", "nodes", "list"),
     ("cilium.io", "ciliumendpoints", "list"),

@@ -20,6 +20,7 @@ from webhook.admission import (
 )
 from webhook.enums import Mode
 from webhook.policy import Decision, Edit, PolicyConfig
+from webhook.workloads import Kind
 
 
 def review_body(**request: Any) -> bytes:
@@ -76,7 +77,7 @@ def test_parse_reads_the_request() -> None:
     assert (review.uid, review.group, review.version, review.kind) == (
         "705ab4f5-6393-11e8-b7cc-42010a800002", "apps", "v1", "DaemonSet")
     assert review.dry_run
-    assert review.is_daemonset_write
+    assert review.workload_kind is Kind.DAEMONSET
 
 
 @pytest.mark.parametrize("request_fields", [

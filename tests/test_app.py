@@ -74,8 +74,9 @@ def test_mutate_returns_a_patch_for_the_ebs_csi_node(strip: Settings) -> None:
     assert answer["response"]["uid"] == review["request"]["uid"]
     assert answer["response"]["patchType"] == "JSONPatch"
     ops = json.loads(base64.b64decode(answer["response"]["patch"]))
-    assert {"op": "replace", "path": "/spec/template/spec/tolerations/0",
-            "value": {"operator": "Exists", "effect": "NoSchedule"}} in ops
+    assert {"op": "replace", "path": "/spec/template/spec/tolerations",
+            "value": [{"operator": "Exists", "effect": "NoSchedule"},
+                      {"operator": "Exists", "effect": "PreferNoSchedule"}]} in ops
 
 
 def test_validate_denies_in_deny_mode() -> None:
@@ -131,6 +132,18 @@ def test_unexpected_exception_follows_failure_mode(monkeypatch: pytest.MonkeyPat
     assert answer["allowed"] is allowed
     assert "secret internals" not in response.text
     assert "Traceback" not in response.text
+
+
+def test_a_daemonset_pod_is_gated_and_logged_by_its_generated_name_prefix(caplog: pytest.LogCaptureFixture) -> None:
+    review = load_fixture("pod_daemonset_ebs_csi_node.json")
+    with caplog.at_level("INFO", logger="webhook.app"):
+        answer = call(Settings(), "POST", "/mutate", json=review).json()["response"]
+    ops = json.loads(base64.b64decode(answer["patch"]))
+    assert {"op": "add", "path": "/spec/readinessGates",
+            "value": [{"conditionType": "startupguard.io/cilium-ready"}]} in ops
+    (record,) = [r for r in caplog.records if r.getMessage() == "admission decision"]
+    fields = record.fields  # type: ignore[attr-defined]
+    assert (fields["kind"], fields["name"], fields["outcome"]) == ("Pod", "ebs-csi-node-", "patched")
 
 
 def test_a_large_answer_goes_out_in_pieces_that_add_up_to_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,6 +26,7 @@ from webhook.audit import (
 )
 from webhook.cilium import AgentState
 from webhook.policy import CILIUM_TAINT_KEY, SKIP_ANNOTATION, ExemptReason, PolicyConfig
+from webhook.workloads import Kind
 
 CONFIG = PolicyConfig()
 CILIUM_TAINT = {"key": CILIUM_TAINT_KEY, "value": "true", "effect": "NoExecute"}
@@ -225,7 +226,8 @@ def test_json_is_exactly_the_documented_schema():
     assert list(report) == ["daemonsets", "node_noexecute_taints"]
     assert report["daemonsets"][0] == {
         "namespace": "kube-system", "name": "ebs-csi-node", "finding": True,
-        "blanket_tolerations": [{"operator": "Exists"}], "exempt_reason": None, "gated": False, "unmanaged_pods": 3}
+        "blanket_tolerations": [{"operator": "Exists"}], "exempt_reason": None, "gated": False, "unmanaged_pods": 3,
+        "fix": None}
     assert report["daemonsets"][1]["exempt_reason"] == "hostNetwork"
     assert report["node_noexecute_taints"] == [
         {"key": "dedicated", "value": "gpu", "effect": "NoExecute", "nodes": 2},
@@ -258,3 +260,87 @@ def test_table_says_unknown_rather_than_zero_when_endpoints_could_not_be_listed(
 def test_exit_status_is_1_with_a_finding_else_0():
     clean = Report(EXAMPLE.daemonsets[1:], ())
     assert (exit_status(EXAMPLE), exit_status(clean), exit_status(Report((), ()))) == (1, 0, 0)
+
+
+# --- the other kinds ---
+
+ALL_KINDS = PolicyConfig(kinds=frozenset(Kind))
+
+
+def fixture_object(fixture: str, uid: str) -> dict[str, Any]:
+    obj = copy.deepcopy(load_fixture(fixture)["request"]["object"])
+    obj["metadata"]["uid"] = uid
+    return obj
+
+
+def owned_by(obj: dict[str, Any], owner: dict[str, Any], uid: str) -> dict[str, Any]:
+    obj = copy.deepcopy(obj)
+    obj["metadata"]["uid"] = uid
+    obj["metadata"]["ownerReferences"] = [{"apiVersion": owner["apiVersion"], "kind": owner["kind"],
+                                           "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
+                                           "controller": True}]
+    return obj
+
+
+def test_each_configured_kind_has_its_own_array_with_the_same_fields():
+    deployment = fixture_object("deployment_ebs_csi_controller.json", "dep-1")
+    cronjob = fixture_object("cronjob_linkerd_heartbeat.json", "cron-1")
+    cluster = Cluster([stored("daemonset_ebs_csi_node.json", "ds-1")], [], [], [], [],
+                      {Kind.DEPLOYMENT: [deployment], Kind.CRONJOB: [cronjob]})
+    report = build_report(cluster, ALL_KINDS).as_json()
+    assert list(report) == ["daemonsets", "deployments", "statefulsets", "replicasets", "jobs", "cronjobs", "pods",
+                            "node_noexecute_taints"]
+    (dep,) = report["deployments"]
+    assert list(dep) == list(report["daemonsets"][0])
+    assert (dep["name"], dep["finding"], dep["fix"]["id"]) == ("ebs-csi-controller", True,
+                                                               "aws-ebs-csi-driver/controller")
+    assert report["cronjobs"][0]["finding"] is True
+
+
+def test_a_deployments_unmanaged_pods_are_counted_through_its_replicasets():
+    deployment = fixture_object("deployment_ebs_csi_controller.json", "dep-1")
+    replicaset = owned_by(load_fixture("replicaset_owned_by_deployment.json")["request"]["object"], deployment, "rs-1")
+    pod = owned_by(pod_on(), replicaset, "pod-9")
+    cluster = Cluster([], [pod], [node("node-a")], [agent_pod("node-a")], [],
+                      {Kind.DEPLOYMENT: [deployment], Kind.REPLICASET: [replicaset]})
+    report = build_report(cluster, PolicyConfig(kinds=frozenset({Kind.DEPLOYMENT})))
+    ((kind, (audit,)),) = report.others
+    assert (kind, audit.unmanaged_pods) == (Kind.DEPLOYMENT, 1)
+
+
+def test_a_controlled_replicaset_or_pod_is_not_listed_on_its_own():
+    deployment = fixture_object("deployment_ebs_csi_controller.json", "dep-1")
+    replicaset = owned_by(load_fixture("replicaset_owned_by_deployment.json")["request"]["object"], deployment, "rs-1")
+    cluster = Cluster([], [pod_on()], [], [], [], {Kind.REPLICASET: [replicaset]})
+    report = build_report(cluster, PolicyConfig(kinds=frozenset({Kind.REPLICASET, Kind.POD}))).as_json()
+    assert report["replicasets"] == report["pods"] == []
+
+
+def test_a_bare_pod_is_audited_and_counts_itself():
+    bare = copy.deepcopy(load_fixture("pod_bare_generate_name.json")["request"]["object"])
+    bare["metadata"].update(name="ebs-csi-node-debug-x1", uid="bare-1")
+    bare["spec"]["nodeName"] = "node-a"
+    bare["status"] = {"phase": "Running"}
+    cluster = Cluster([], [bare], [node("node-a")], [agent_pod("node-a")], [])
+    (audit,) = build_report(cluster, PolicyConfig(kinds=frozenset({Kind.DAEMONSET, Kind.POD}))).as_json()["pods"]
+    assert (audit["name"], audit["finding"], audit["unmanaged_pods"]) == ("ebs-csi-node-debug-x1", True, 1)
+
+
+def test_a_daemonset_whose_pods_carry_the_gate_is_gated():
+    ds = stored("daemonset_ebs_csi_node.json", "ds-1")
+    pod = pod_on()
+    pod["spec"]["readinessGates"] = [{"conditionType": CONFIG.gate_condition_type}]
+    (audit,) = build_report(Cluster([ds], [pod], [], [], None), CONFIG).daemonsets
+    assert audit.gated is True
+
+
+def test_the_table_has_one_section_per_kind_and_a_line_per_known_fix():
+    deployment = fixture_object("deployment_ebs_csi_controller.json", "dep-1")
+    cluster = Cluster([], [], [], [], None, {Kind.DEPLOYMENT: [deployment]})
+    text = render_table(build_report(cluster, PolicyConfig(kinds=frozenset({Kind.DAEMONSET, Kind.DEPLOYMENT}))),
+                        CONFIG)
+    assert "no DaemonSets in this cluster" in text
+    assert "\nDEPLOYMENT " in text
+    assert ("fix Deployment kube-system/ebs-csi-controller: aws-ebs-csi-driver chart values: give "
+            "controller.tolerations keys") in text
+    assert "0 DaemonSet(s), 1 Deployment(s) audited: 1 with a blanket NoExecute toleration" in text

@@ -43,14 +43,16 @@ def test_smoke_run_checks_every_answer_and_loads_both_servers(tmp_path, generato
     assert done.returncode == 0, done.stderr
     result = json.loads(output.read_text())
     assert result["ok"] is True
-    assert result["checked"] == {"webhook": 10, "floor": 5}  # webhook: each review and its second pass
-    for run in result["runs"]:
-        for name in ("webhook", "floor"):
-            steps = run[name]["steps"]
-            assert sorted(steps, key=int) == ["1", "16", "64"]
-            assert all(step["requests"] > 0 and step["failures"] == 0 for step in steps.values())
-        assert run["webhook"]["decision_lines"] >= sum(s["requests"] for s in run["webhook"]["steps"].values())
-    assert "webhook" in done.stdout and "floor" in done.stdout
+    assert sorted(result["reviews"]) == ["daemonset", "pod"]
+    for review in result["reviews"].values():
+        assert review["checked"] == {"webhook": 10, "floor": 5}  # webhook: each review and its second pass
+        for run in review["runs"]:
+            for name in ("webhook", "floor"):
+                steps = run[name]["steps"]
+                assert sorted(steps, key=int) == ["1", "16", "64"]
+                assert all(step["requests"] > 0 and step["failures"] == 0 for step in steps.values())
+            assert run["webhook"]["decision_lines"] >= sum(s["requests"] for s in run["webhook"]["steps"].values())
+    assert "daemonset review" in done.stdout and "pod review" in done.stdout
 
 
 def test_check_refuses_an_answer_with_another_uid():
@@ -63,6 +65,17 @@ def test_check_refuses_a_patch_that_keeps_the_blanket_toleration(tmp_path):
     bench = _bench_module()
     ws = bench.Workspace.make(tmp_path)
     gate_only = [{"op": "add", "path": "/spec/template/spec/readinessGates",
+                  "value": [{"conditionType": "startupguard.io/cilium-ready"}]}]
+    answer = {"uid": "u", "allowed": True, "patchType": "JSONPatch",
+              "patch": base64.b64encode(orjson.dumps(gate_only)).decode()}
+    with pytest.raises(bench.CheckFailed):
+        bench._check_patch(answer, "u", ws)
+
+
+def test_check_refuses_a_pod_patch_without_the_gate_label(tmp_path):
+    bench = _bench_module()
+    ws = bench.Workspace.make(tmp_path, bench.REVIEWS["pod"])
+    gate_only = [{"op": "add", "path": "/spec/readinessGates",
                   "value": [{"conditionType": "startupguard.io/cilium-ready"}]}]
     answer = {"uid": "u", "allowed": True, "patchType": "JSONPatch",
               "patch": base64.b64encode(orjson.dumps(gate_only)).decode()}

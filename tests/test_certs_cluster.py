@@ -166,6 +166,7 @@ def test_first_run_creates_both_secrets_and_sets_ca_bundle_in_every_webhook(fake
     assert fake_kube.get("secrets", NS, SECRET)["metadata"]["labels"]["app.kubernetes.io/part-of"] == \
         "cilium-startup-guard"
     assert ca_bundles(fake_kube) == {"mutate.startupguard.io": serving["ca.crt"],
+                                     "gate.startupguard.io": serving["ca.crt"],
                                      "second.startupguard.io": serving["ca.crt"],
                                      "validate.startupguard.io": serving["ca.crt"]}
     # The patch touched caBundle and nothing else.

@@ -214,8 +214,9 @@ def test_component_makes_the_secret_and_both_ca_bundles(tmp_path):
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "hooks.yaml").write_text(yaml.safe_dump_all([
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": kind, "metadata": {"name": "cilium-startup-guard"},
-         "webhooks": [{"name": "x.startupguard.io", "clientConfig": {"service": {"name": "s", "namespace": "n"}}}]}
-        for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")]))
+         "webhooks": [{"name": f"x{i}.startupguard.io", "clientConfig": {"service": {"name": "s", "namespace": "n"}}}
+                      for i in range(count)]}
+        for kind, count in certs.WEBHOOK_COUNTS.items()]))
     (tmp_path / "base" / "kustomization.yaml").write_text("resources: [hooks.yaml]\n")
     (tmp_path / "overlay").mkdir()
     (tmp_path / "overlay" / "kustomization.yaml").write_text("resources: [../base]\ncomponents: [certs]\n")
@@ -230,8 +231,10 @@ def test_component_makes_the_secret_and_both_ca_bundles(tmp_path):
     assert base64.b64decode(secret["data"]["tls.crt"]) == (tmp_path / "overlay" / "certs" / "tls.crt").read_bytes()
     hooks = [o for o in objects if o["kind"].endswith("WebhookConfiguration")]
     assert len(hooks) == 2
+    assert sorted(len(hook["webhooks"]) for hook in hooks) == [1, 2]
     for hook in hooks:
-        assert base64.b64decode(hook["webhooks"][0]["clientConfig"]["caBundle"]) == bundle
+        for webhook in hook["webhooks"]:
+            assert base64.b64decode(webhook["clientConfig"]["caBundle"]) == bundle
 
 
 def test_component_never_carries_the_ca_key(tmp_path):

@@ -24,7 +24,8 @@ from webhook.audit import AuditOptions, collect
 from webhook.policy import CILIUM_TAINT_KEY
 
 REPO = Path(__file__).resolve().parent.parent
-README = (REPO / "README.md").read_text()
+# The audit is documented here; the tests below keep its example, schema and ClusterRole in step with the code.
+DOCS = (REPO / "docs" / "review-and-audit.md").read_text()
 GPU = {"key": "dedicated", "value": "gpu", "effect": "NoExecute"}
 # The list calls of an audit: DaemonSets, pods, nodes, Cilium agent pods, CiliumEndpoints.
 LIST_PATHS = ("/apis/apps/v1/daemonsets", "/api/v1/pods", "/api/v1/nodes", "/api/v1/namespaces/kube-system/pods",
@@ -69,8 +70,10 @@ def example_cluster(fake: FakeKube) -> None:
     pods(fake, exporter, "node-1", "node-2", "node-3", host_network=True)  # Cilium never manages these
     daemonset(fake, "daemonset_cilium_agent.json")
     daemonset(fake, "daemonset_exempted_label.json")
-    fluent_bit = daemonset(fake, "daemonset_opt_out.json")
-    for pod in pods(fake, fluent_bit, "node-1", "node-2"):
+    # An agent its owner opted out on purpose. Not named after a real chart: the real amazon-cloudwatch
+    # fluent-bit runs on the host network, so it would be exempt as hostNetwork, not by opt-out.
+    opted_out = daemonset(fake, "daemonset_opt_out.json", namespace="observability", name="log-agent")
+    for pod in pods(fake, opted_out, "node-1", "node-2"):
         fake.create(endpoint(pod))
     daemonset(fake, "daemonset_tolerates_cilium_taint.json", namespace="storage")
     daemonset(fake, "daemonset_already_mutated.json", name="ebs-csi-node-stripped")
@@ -97,9 +100,9 @@ def one_line(err: str) -> str:
     return err
 
 
-def readme_block(marker: str, language: str = "") -> str:
-    """The README's fenced code block in `language` (none: a plain block) that contains `marker`."""
-    blocks = re.findall(r"^```(\w*)\n(.*?)^```$", README, flags=re.DOTALL | re.MULTILINE)
+def docs_block(marker: str, language: str = "") -> str:
+    """The audit docs' fenced code block in `language` (none: a plain block) that contains `marker`."""
+    blocks = re.findall(r"^```(\w*)\n(.*?)^```$", DOCS, flags=re.DOTALL | re.MULTILINE)
     return next(text for lang, text in blocks if lang == language and marker in text)
 
 
@@ -107,12 +110,12 @@ def readme_block(marker: str, language: str = "") -> str:
 
 
 @pytest.mark.slow
-def test_table_is_the_readme_example_and_a_finding_exits_1(fake_kube, kubeconfig_path, capsys):
+def test_table_is_the_documented_example_and_a_finding_exits_1(fake_kube, kubeconfig_path, capsys):
     example_cluster(fake_kube)
     status, out, err = audit(capsys, kubeconfig_path)
     assert status == 1
     assert err == ""
-    assert out == readme_block("UNMANAGED PODS")
+    assert out == docs_block("UNMANAGED PODS")
 
 
 @pytest.mark.slow
@@ -124,14 +127,16 @@ def test_json_has_the_documented_schema_for_every_daemonset(fake_kube, kubeconfi
     assert list(report) == ["daemonsets", "node_noexecute_taints"]
     rows = {(d["namespace"], d["name"]): d for d in report["daemonsets"]}
     assert all(list(d) == ["namespace", "name", "finding", "blanket_tolerations", "exempt_reason", "gated",
-                           "unmanaged_pods"] for d in report["daemonsets"])
-    assert rows[("kube-system", "ebs-csi-node")] == {
+                           "unmanaged_pods", "fix"] for d in report["daemonsets"])
+    ebs = rows[("kube-system", "ebs-csi-node")]
+    assert ebs.pop("fix")["values"] == ["node.tolerateAllTaints", "node.tolerations"]
+    assert ebs == {
         "namespace": "kube-system", "name": "ebs-csi-node", "finding": True,
         "blanket_tolerations": [{"operator": "Exists"}], "exempt_reason": None, "gated": False, "unmanaged_pods": 1}
+    assert rows[("monitoring", "node-exporter")]["fix"] is None
     assert rows[("istio-system", "istio-cni-node")]["blanket_tolerations"] == [
         {"effect": "NoExecute", "operator": "Exists"}]
     assert {k: (d["finding"], d["exempt_reason"], d["gated"], d["unmanaged_pods"]) for k, d in rows.items()} == {
-        ("amazon-cloudwatch", "fluent-bit"): (False, "opt-out", False, 0),
         ("istio-system", "istio-cni-node"): (True, None, False, 2),
         ("kube-system", "aws-node"): (False, "exempted", False, 0),
         ("kube-system", "cilium"): (False, "hostNetwork", False, 0),
@@ -139,6 +144,7 @@ def test_json_has_the_documented_schema_for_every_daemonset(fake_kube, kubeconfi
         ("kube-system", "ebs-csi-node-stripped"): (False, None, True, 0),
         ("kube-system", "nvidia-device-plugin-daemonset"): (False, None, False, 0),
         ("monitoring", "node-exporter"): (False, "hostNetwork", False, 0),
+        ("observability", "log-agent"): (False, "opt-out", False, 0),
         ("storage", "ebs-csi-node"): (False, "tolerates-cilium-taint", False, 0),
     }
     assert list(rows) == sorted(rows)
@@ -372,11 +378,11 @@ def test_audit_takes_its_documented_flags_and_the_controllers_agent_flags():
 
 
 @pytest.mark.slow
-def test_api_calls_are_exactly_the_readme_clusterrole(fake_kube, kubeconfig_path, capsys):
+def test_api_calls_are_exactly_the_documented_clusterrole(fake_kube, kubeconfig_path, capsys):
     example_cluster(fake_kube)
     audit(capsys, kubeconfig_path)
     used = {rbac_of(r) for r in fake_kube.requests} - {("nonResourceURL", "/apis/cilium.io/v2", "get")}
-    role = yaml.safe_load(readme_block("name: cilium-startup-guard-audit", "yaml"))
+    role = yaml.safe_load(docs_block("name: cilium-startup-guard-audit", "yaml"))
     granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
                for resource in rule["resources"] for verb in rule["verbs"]}
     assert role["kind"] == "ClusterRole"
@@ -384,13 +390,13 @@ def test_api_calls_are_exactly_the_readme_clusterrole(fake_kube, kubeconfig_path
 
 
 @pytest.mark.slow
-def test_readme_documents_the_json_schema(fake_kube, kubeconfig_path, capsys):
+def test_docs_document_the_json_schema(fake_kube, kubeconfig_path, capsys):
     example_cluster(fake_kube)
     report = json.loads(audit(capsys, kubeconfig_path, "--output", "json")[1])
-    documented = readme_block('"node_noexecute_taints"', "json")
+    documented = docs_block('"node_noexecute_taints"', "json")
     for key in [*report, *report["daemonsets"][0], *report["node_noexecute_taints"][0]]:
         assert f'"{key}"' in documented
-    assert f"besides {CILIUM_TAINT_KEY}" in README
+    assert f"besides {CILIUM_TAINT_KEY}" in DOCS
 
 
 @pytest.mark.slow
@@ -399,3 +405,17 @@ def test_the_kubernetes_client_is_not_imported_until_audit_runs():
               "print('LOADED' if 'kubernetes' in sys.modules else 'CLEAN')\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.stdout.strip() == "CLEAN", result.stderr
+
+
+@pytest.mark.slow
+def test_configured_kinds_are_listed_and_reported(fake_kube, kubeconfig_path, capsys, tmp_path):
+    clean_cluster(fake_kube)
+    fake_kube.create(copy.deepcopy(load_fixture("deployment_ebs_csi_controller.json")["request"]["object"]))
+    config = tmp_path / "config.yaml"
+    config.write_text("kinds: [DaemonSet, Deployment]\n")
+    status, out, _ = audit(capsys, kubeconfig_path, "--output", "json", "--config", str(config))
+    report = json.loads(out)
+    assert status == 1
+    assert [d["name"] for d in report["deployments"]] == ["ebs-csi-controller"]
+    assert fake_kube.calls("GET", "^/apis/apps/v1/deployments$")
+    assert fake_kube.calls("GET", "^/apis/apps/v1/replicasets$")  # a Deployment's pods belong to its ReplicaSets

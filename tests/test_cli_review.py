@@ -16,6 +16,7 @@ from webhook.cli import main
 from webhook.policy import STRIPPED_ANNOTATION
 
 MANIFESTS = FIXTURES / "manifests" / "helm_template_output.yaml"
+CHARTS = FIXTURES / "charts"
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -28,7 +29,7 @@ def test_finding_in_rendered_manifests_exits_1_with_a_table(capsys: pytest.Captu
     status, out, _ = run(capsys, str(MANIFESTS))
     assert status == 1
     lines = out.splitlines()
-    assert lines[0].split() == ["SOURCE", "DAEMONSET", "RESULT", "DETAIL"]
+    assert lines[0].split() == ["SOURCE", "OBJECT", "RESULT", "DETAIL"]
     assert any("kube-system/ebs-csi-node" in line and "finding" in line for line in lines)
     assert any("monitoring/node-exporter" in line and "exempt" in line and "hostNetwork" in line for line in lines)
     assert any("nvidia-device-plugin-daemonset" in line and " ok " in f"{line} " for line in lines)
@@ -53,7 +54,9 @@ def test_json_output_lists_every_daemonset(capsys: pytest.CaptureFixture[str]) -
     assert ebs["action"] == "deny"
     assert ebs["blanket_tolerations"] == [{"operator": "Exists"}]
     assert "give it a key" in ebs["messages"][0]
+    assert ebs["fix"]["id"] == "aws-ebs-csi-driver/node"
     assert by_name["node-exporter"]["exempt_reason"] == "hostNetwork"
+    assert by_name["node-exporter"]["fix"] is None
     assert report["summary"] == {"daemonsets": 3, "findings": 1, "exempt": 1, "errors": 0}
 
 
@@ -154,3 +157,36 @@ def test_python_m_webhook_behaves_like_the_console_script() -> None:
     console = subprocess.run([str(script), *args], capture_output=True, text=True, timeout=60)
     assert module.returncode == console.returncode == 1
     assert json.loads(module.stdout) == json.loads(console.stdout)
+
+
+def test_kinds_from_the_config_file_add_one_array_per_kind(capsys: pytest.CaptureFixture[str],
+                                                          tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("kinds: [DaemonSet, Deployment, Job]\n")
+    status, out, _ = run(capsys, "--output", "json", "--config", str(config),
+                         str(CHARTS / "aws-ebs-csi-driver.yaml"), str(CHARTS / "secrets-store-csi-driver.yaml"))
+    report = json.loads(out)
+    assert status == 1
+    assert [key for key in report if key not in ("mode", "summary")] == ["daemonsets", "deployments", "jobs"]
+    (controller,) = report["deployments"]
+    assert controller["name"] == "ebs-csi-controller"
+    assert controller["fix"]["values"] == ["controller.tolerations"]
+    assert list(controller) == list(report["daemonsets"][0])
+    assert report["summary"] == {"daemonsets": 3, "deployments": 1, "jobs": 2, "findings": 6, "exempt": 0,
+                                 "errors": 0}
+
+
+def test_the_table_names_the_chart_values_that_fix_a_finding(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run(capsys, str(CHARTS / "istio-cni.yaml"))
+    assert "DaemonSet istio-system/istio-cni-node" in out
+    assert "istio/cni chart values: drop {operator: Exists, effect: NoExecute} from tolerations" in out
+
+
+def test_fix_strips_every_enabled_kind(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("kinds: [DaemonSet, StatefulSet]\n")
+    status, out, _ = run(capsys, "--fix", "--config", str(config), str(CHARTS / "fluentd-statefulset.yaml"))
+    (statefulset, _) = list(yaml.safe_load_all(out))
+    assert status == 0
+    assert statefulset["spec"]["template"]["spec"]["tolerations"] == [
+        {"operator": "Exists", "effect": "NoSchedule"}, {"operator": "Exists", "effect": "PreferNoSchedule"}]

@@ -474,7 +474,7 @@ def test_controller_is_ready_once_synced_and_healthy_while_its_threads_run(fake_
     assert not replica.controller.is_healthy()
 
 
-# --- RBAC: the calls made are exactly the ones the README documents ---
+# --- RBAC: the calls made are exactly the ones docs/controller.md documents ---
 
 # Discovery, which the built-in system:discovery ClusterRole grants every authenticated user.
 DISCOVERY = {("nonResourceURL", "/apis/cilium.io/v2", "get")}

@@ -16,13 +16,16 @@ import yaml
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from tests.manifest_render import KUBECTL, OVERLAYS, ROOT, build, normalized, prepare, render_kubectl, render_overlays
+from tests.docs_text import block_with, doc
+from tests.installs import BY_NAME, names
+from tests.manifest_render import KUBECTL, OVERLAYS, ROOT, build, normalized, prepare, render, render_kubectl
 from tests.objects import CERTS_JOB_GRANTS, CONTROLLER_RBAC
 from webhook import certs, cli
 from webhook.app import create_app
 from webhook.cli import certs as certs_verb
 from webhook.config import ConfigFile, Settings, parse_config
 from webhook.policy import CILIUM_TAINT_KEY, PolicyConfig, is_blanket_noexecute
+from webhook.workloads import KINDS
 
 NAMESPACE = "cilium-startup-guard"
 WEBHOOK = "cilium-startup-guard-webhook"
@@ -32,6 +35,9 @@ WEBHOOK_CONFIGURATION = "cilium-startup-guard"
 TLS_SECRET = "cilium-startup-guard-webhook-tls"
 LEASE = "cilium-startup-guard-controller"
 WEBHOOK_PORT = 9449
+GATE_WEBHOOK = "gate.startupguard.io"
+# The patch an overlay adds to review every kind, as docs/configuration.md "Kinds" gives it.
+KINDS_PATCH = block_with(doc("configuration.md"), "/webhooks/0/rules/0/resources", "yaml")
 
 BASE_OBJECTS = {
     ("Namespace", NAMESPACE),
@@ -57,15 +63,23 @@ CERT_MANAGER_OBJECTS = {
     ("Issuer", "cilium-startup-guard-ca"),
     ("Certificate", WEBHOOK),
 }
-EXPECTED_OBJECTS = {
-    "cert-manager": BASE_OBJECTS | CERT_MANAGER_OBJECTS,
-    "strict": BASE_OBJECTS | CERT_MANAGER_OBJECTS,
-    "self-managed": BASE_OBJECTS | {("Secret", TLS_SECRET)},
-    "self-managed-job": BASE_OBJECTS | {
+CERTIFICATE_OBJECTS = {
+    "cert-manager": CERT_MANAGER_OBJECTS,
+    "self-managed": {("Secret", TLS_SECRET)},
+    "self-managed-job": {
         ("ServiceAccount", CERTS_JOB), ("Role", CERTS_JOB), ("RoleBinding", CERTS_JOB),
         ("ClusterRole", CERTS_JOB), ("ClusterRoleBinding", CERTS_JOB), ("Job", CERTS_JOB), ("CronJob", CERTS_JOB),
     },
 }
+MONITORING_OBJECTS = {
+    ("Service", "cilium-startup-guard-controller-metrics"),
+    ("ServiceMonitor", WEBHOOK),
+    ("ServiceMonitor", CONTROLLER),
+    ("PrometheusRule", "cilium-startup-guard"),
+    ("ConfigMap", "cilium-startup-guard-grafana-dashboard"),
+}
+# The Helm chart's certs Job carries a hash of its pod template (tests/test_helm_chart.py says why).
+HASHED_JOB_NAME = re.compile(rf"{CERTS_JOB}(-[0-9a-f]{{10}})?")
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration",
                   "ValidatingWebhookConfiguration"}
 
@@ -81,7 +95,7 @@ CONTROLLER_GRANTS = {
     *((NAMESPACE, "coordination.k8s.io", "leases", verb, LEASE) for verb in ("get", "update")),
 }
 
-# Host ports the webhook must not take (README "Safe bootstrap"): kubelet, kube-proxy and the control plane,
+# Host ports the webhook must not take (docs/install.md lists them): kubelet, kube-proxy and the control plane,
 # Cilium's documented ports, the AWS VPC CNI, other webhooks' usual ports, the NodePort and ephemeral ranges.
 RESERVED_HOST_PORTS = {
     10248, 10249, 10250, 10255, 10256, 10257, 10259,
@@ -106,8 +120,9 @@ def manifests(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def rendered(manifests: Path) -> dict[str, list[dict[str, Any]]]:
-    return render_overlays(manifests)
+def rendered(rendered_installs) -> dict[str, list[dict[str, Any]]]:
+    """Every install (kustomize overlays and Helm chart variants, tests/installs.py) by name."""
+    return rendered_installs
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
@@ -209,16 +224,28 @@ def pyproject() -> dict[str, Any]:
 
 # --- rendering ---------------------------------------------------------------------------------------------
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_overlay_renders_exactly_the_expected_objects(rendered, overlay):
-    assert {(o["kind"], o["metadata"]["name"]) for o in rendered[overlay]} == EXPECTED_OBJECTS[overlay]
+def expected_objects(install: str) -> set[tuple[str, str]]:
+    spec = BY_NAME[install]
+    # Helm keeps its release in the namespace, so the namespace exists before the chart does.
+    base = BASE_OBJECTS - {("Namespace", NAMESPACE)} if spec.helm else BASE_OBJECTS
+    return base | CERTIFICATE_OBJECTS[spec.certificates] | (MONITORING_OBJECTS if spec.monitoring else set())
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_namespaced_objects_live_in_the_webhook_namespace(rendered, overlay):
-    for obj in rendered[overlay]:
+def identity(obj: dict[str, Any]) -> tuple[str, str]:
+    name = obj["metadata"]["name"]
+    if obj["kind"] == "Job" and HASHED_JOB_NAME.fullmatch(name):
+        name = CERTS_JOB
+    return obj["kind"], name
+
+
+@pytest.mark.parametrize("install", names())
+def test_install_renders_exactly_the_expected_objects(rendered, install):
+    assert sorted(identity(o) for o in rendered[install]) == sorted(expected_objects(install))
+
+
+@pytest.mark.parametrize("install", names())
+def test_namespaced_objects_live_in_the_webhook_namespace(rendered, install):
+    for obj in rendered[install]:
         namespace = obj["metadata"].get("namespace")
         assert namespace == (None if obj["kind"] in CLUSTER_SCOPED else NAMESPACE), obj["metadata"]["name"]
 
@@ -246,10 +273,9 @@ def test_generated_certificates_are_ignored_by_git():
 
 # --- Service -> Deployment -> webhook wiring ---------------------------------------------------------------
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_service_routes_to_the_webhook_container_port(rendered, overlay):
-    objects = rendered[overlay]
+@pytest.mark.parametrize("install", names())
+def test_service_routes_to_the_webhook_container_port(rendered, install):
+    objects = rendered[install]
     service = find(objects, "Service", WEBHOOK)
     deployment = find(objects, "Deployment", WEBHOOK)
     controller = find(objects, "Deployment", CONTROLLER)
@@ -264,32 +290,31 @@ def test_service_routes_to_the_webhook_container_port(rendered, overlay):
     assert flags(container(objects, WEBHOOK)["args"][1:])["--port"] == str(WEBHOOK_PORT)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_webhook_configurations_call_the_service(rendered, overlay):
-    service = find(rendered[overlay], "Service", WEBHOOK)
+@pytest.mark.parametrize("install", names())
+def test_webhook_configurations_call_the_service(rendered, install):
+    service = find(rendered[install], "Service", WEBHOOK)
     (port,) = service["spec"]["ports"]
-    for _, hook in webhooks(rendered[overlay]):
+    for _, hook in webhooks(rendered[install]):
         ref = hook["clientConfig"]["service"]
         assert (ref["name"], ref["namespace"], ref.get("port", 443)) == (
             service["metadata"]["name"], service["metadata"]["namespace"], port["port"])
         assert "url" not in hook["clientConfig"]
 
 
-@pytest.mark.slow
-def test_service_name_is_the_one_the_certificates_are_made_for(rendered):
-    service = find(rendered["cert-manager"], "Service", WEBHOOK)
+@pytest.mark.parametrize("install", names())
+def test_service_name_is_the_one_the_certificates_are_made_for(rendered, install):
+    service = find(rendered[install], "Service", WEBHOOK)
     assert (service["metadata"]["name"], service["metadata"]["namespace"]) == (
         certs.DEFAULT_SERVICE, certs.DEFAULT_NAMESPACE)
     assert certs.DEFAULT_SECRET == TLS_SECRET
     assert certs.DEFAULT_WEBHOOK_CONFIGURATION == WEBHOOK_CONFIGURATION
 
 
-@pytest.mark.slow
-def test_every_webhook_and_probe_path_is_a_route_of_the_app(rendered):
+@pytest.mark.parametrize("install", names())
+def test_every_webhook_and_probe_path_is_a_route_of_the_app(rendered, install):
     routes = {(route.path, method) for route in create_app(Settings()).routes
               for method in getattr(route, "methods", ())}
-    objects = rendered["cert-manager"]
+    objects = rendered[install]
     for _, hook in webhooks(objects):
         assert (hook["clientConfig"]["service"]["path"], "POST") in routes
     webhook = container(objects, WEBHOOK)
@@ -302,11 +327,11 @@ def test_every_webhook_and_probe_path_is_a_route_of_the_app(rendered):
         assert get["port"] == webhook["ports"][0]["name"]
 
 
-@pytest.mark.slow
-def test_webhook_serves_the_mounted_certificate(rendered):
-    deployment = find(rendered["self-managed"], "Deployment", WEBHOOK)
+@pytest.mark.parametrize("install", names())
+def test_webhook_serves_the_mounted_certificate(rendered, install):
+    deployment = find(rendered[install], "Deployment", WEBHOOK)
     pod = deployment["spec"]["template"]["spec"]
-    webhook = container(rendered["self-managed"], WEBHOOK)
+    webhook = container(rendered[install], WEBHOOK)
     args = flags(webhook["args"][1:])
     (volume,) = [v for v in pod["volumes"] if "secret" in v]
     assert volume["secret"]["secretName"] == TLS_SECRET
@@ -320,50 +345,94 @@ def test_webhook_serves_the_mounted_certificate(rendered):
 
 # --- admission registration ------------------------------------------------------------------------------
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_webhooks_see_daemonset_create_and_update_only(rendered, overlay):
-    for kind, hook in webhooks(rendered[overlay]):
-        assert hook["rules"] == [{"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
-                                  "resources": ["daemonsets"], "scope": "Namespaced"}], kind
+def workload_webhooks(objects: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    return ((kind, hook) for kind, hook in webhooks(objects) if hook["name"] != GATE_WEBHOOK)
+
+
+def gate_webhook(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (hook,) = [h for _, h in webhooks(objects) if h["name"] == GATE_WEBHOOK]
+    return hook
+
+
+@pytest.mark.parametrize("install", names())
+def test_workload_webhooks_see_create_and_update_of_the_configured_kinds(rendered, install):
+    kinds = parse_config(config_text(rendered[install]), "ConfigMap").to_policy().kinds
+    for kind, hook in workload_webhooks(rendered[install]):
+        assert hook["rules"] == [{"apiGroups": ["", "apps", "batch"], "apiVersions": ["v1"],
+                                  "operations": ["CREATE", "UPDATE"],
+                                  "resources": sorted(KINDS[k].plural for k in kinds), "scope": "Namespaced"}], kind
+        assert {c["name"] for c in hook["matchConditions"]} == {"not-made-by-a-controller",
+                                                                 "pods-and-jobs-at-creation"}
+
+
+@pytest.mark.parametrize("install", names())
+def test_every_webhook_is_fully_qualified_and_answers_v1_reviews(rendered, install):
+    for kind, hook in webhooks(rendered[install]):
         assert hook["sideEffects"] == "None"
         assert hook["admissionReviewVersions"] == ["v1"]
         assert hook["matchPolicy"] == "Equivalent"
         assert 1 <= hook["timeoutSeconds"] <= 10
-        assert hook["name"].count(".") >= 2  # kube-apiserver wants a fully qualified name
+        assert hook["name"].count(".") >= 2, kind  # kube-apiserver wants a fully qualified name
 
 
-@pytest.mark.slow
-def test_mutating_webhook_is_reinvoked_if_needed(rendered):
-    objects = rendered["cert-manager"]
+@pytest.mark.parametrize("install", names())
+def test_gate_webhook_sees_pod_creation_only_and_fails_open_fast(rendered, install):
+    hook = gate_webhook(rendered[install])
+    assert hook["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                              "resources": ["pods"], "scope": "Namespaced"}]
+    assert hook["clientConfig"]["service"]["path"] == "/mutate"
+    assert hook["failurePolicy"] == "Ignore"  # in every overlay, strict included
+    assert hook["timeoutSeconds"] <= 3
+    assert {c["name"] for c in hook["matchConditions"]} == {"made-by-a-daemonset", "not-on-the-host-network"}
+
+
+@pytest.mark.parametrize("install", names())
+def test_gate_webhook_has_the_exemptions_of_the_workload_webhook(rendered, install):
+    (_, workload), *_ = workload_webhooks(rendered[install])
+    hook = gate_webhook(rendered[install])
+    assert hook["objectSelector"] == workload["objectSelector"]
+    assert hook["namespaceSelector"] == workload["namespaceSelector"]
+
+
+@pytest.mark.parametrize("install", names())
+def test_mutating_webhooks_are_reinvoked_if_needed(rendered, install):
+    objects = rendered[install]
     hooks = find(objects, "MutatingWebhookConfiguration", WEBHOOK_CONFIGURATION)["webhooks"]
-    assert [h["reinvocationPolicy"] for h in hooks] == ["IfNeeded"]
+    assert [h["reinvocationPolicy"] for h in hooks] == ["IfNeeded", "IfNeeded"]
     # A field of mutating webhooks only; kube-apiserver rejects it on a validating one.
     validating = find(objects, "ValidatingWebhookConfiguration", WEBHOOK_CONFIGURATION)["webhooks"]
     assert all("reinvocationPolicy" not in h for h in validating)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_failure_policy_is_ignore_except_in_strict(rendered, overlay):
-    expected = "Fail" if overlay == "strict" else "Ignore"
-    assert {hook["failurePolicy"] for _, hook in webhooks(rendered[overlay])} == {expected}
+@pytest.mark.parametrize("install", names())
+def test_failure_policy_is_ignore_except_for_workloads_in_strict(rendered, install):
+    expected = "Fail" if BY_NAME[install].strict else "Ignore"
+    assert {hook["failurePolicy"] for _, hook in workload_webhooks(rendered[install])} == {expected}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_namespace_selector_leaves_out_the_webhook_namespace_only(rendered, overlay):
-    for _, hook in webhooks(rendered[overlay]):
+def test_the_documented_kinds_patch_turns_on_every_kind(manifests):
+    overlay = manifests / "overlays" / "every-kind"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(f"resources: [../self-managed-job]\n{KINDS_PATCH}")
+    objects = render(overlay)
+    for _, hook in workload_webhooks(objects):
+        assert set(hook["rules"][0]["resources"]) == {info.plural for info in KINDS.values()}
+    assert gate_webhook(objects)["rules"][0]["resources"] == ["pods"]
+
+
+@pytest.mark.parametrize("install", names())
+def test_namespace_selector_leaves_out_the_webhook_namespace_only(rendered, install):
+    for _, hook in webhooks(rendered[install]):
         selector = hook["namespaceSelector"]
         assert not selector_matches(selector, {"kubernetes.io/metadata.name": NAMESPACE})
         for other in ("kube-system", "default", "istio-system"):
             assert selector_matches(selector, {"kubernetes.io/metadata.name": other})
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_object_selector_skips_cilium_daemonsets_but_not_others(rendered, overlay):
-    for _, hook in webhooks(rendered[overlay]):
+@pytest.mark.parametrize("install", names())
+def test_object_selector_skips_cilium_daemonsets_but_not_others(rendered, install):
+    for _, hook in webhooks(rendered[install]):
         selector = hook["objectSelector"]
         assert not selector_matches(selector, CILIUM_AGENT_LABELS)
         assert not selector_matches(selector, CILIUM_ENVOY_LABELS)
@@ -372,11 +441,11 @@ def test_object_selector_skips_cilium_daemonsets_but_not_others(rendered, overla
         assert selector_matches(selector, {})
 
 
-@pytest.mark.slow
-def test_object_selector_skips_only_daemonsets_the_policy_exempts(rendered):
-    config = parse_config(config_text(rendered["cert-manager"]), "ConfigMap")
+@pytest.mark.parametrize("install", names())
+def test_object_selector_skips_only_daemonsets_the_policy_exempts(rendered, install):
+    config = parse_config(config_text(rendered[install]), "ConfigMap")
     exempted = {dict(e.labels).get("k8s-app") for e in config.to_policy().exemptions}
-    for _, hook in webhooks(rendered["cert-manager"]):
+    for _, hook in webhooks(rendered[install]):
         for expression in hook["objectSelector"]["matchExpressions"]:
             if expression["key"] == "k8s-app":
                 assert set(expression["values"]) <= exempted
@@ -384,10 +453,9 @@ def test_object_selector_skips_only_daemonsets_the_policy_exempts(rendered):
 
 # --- certificates and caBundle ------------------------------------------------------------------------------
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", ["cert-manager", "strict"])
-def test_cert_manager_injects_the_ca_of_the_serving_certificate(rendered, overlay):
-    objects = rendered[overlay]
+@pytest.mark.parametrize("install", names(certificates="cert-manager"))
+def test_cert_manager_injects_the_ca_of_the_serving_certificate(rendered, install):
+    objects = rendered[install]
     for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
         configuration = find(objects, kind, WEBHOOK_CONFIGURATION)
         source = configuration["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
@@ -398,9 +466,9 @@ def test_cert_manager_injects_the_ca_of_the_serving_certificate(rendered, overla
         assert all("caBundle" not in hook["clientConfig"] for hook in configuration["webhooks"])
 
 
-@pytest.mark.slow
-def test_cert_manager_certificate_covers_the_name_kube_apiserver_calls(rendered):
-    objects = rendered["cert-manager"]
+@pytest.mark.parametrize("install", names(certificates="cert-manager"))
+def test_cert_manager_certificate_covers_the_name_kube_apiserver_calls(rendered, install):
+    objects = rendered[install]
     serving = find(objects, "Certificate", WEBHOOK)["spec"]
     assert f"{WEBHOOK}.{NAMESPACE}.svc" in serving["dnsNames"]
     assert set(serving["dnsNames"]) == set(certs.service_dns_names())
@@ -415,7 +483,6 @@ def test_cert_manager_certificate_covers_the_name_kube_apiserver_calls(rendered)
     assert ca_certificate["privateKey"]["rotationPolicy"] == "Never"
 
 
-@pytest.mark.slow
 def test_self_managed_secret_and_ca_bundle_belong_together(rendered):
     objects = rendered["self-managed"]
     secret = find(objects, "Secret", TLS_SECRET)
@@ -434,21 +501,26 @@ def test_self_managed_secret_and_ca_bundle_belong_together(rendered):
     assert "annotations" not in find(objects, "MutatingWebhookConfiguration", WEBHOOK_CONFIGURATION)["metadata"]
 
 
-@pytest.mark.slow
-def test_self_managed_job_leaves_secret_and_ca_bundle_to_the_job(rendered):
-    objects = rendered["self-managed-job"]
+@pytest.mark.parametrize("install", names(certificates="self-managed-job"))
+def test_self_managed_job_leaves_secret_and_ca_bundle_to_the_job(rendered, install):
+    objects = rendered[install]
     assert not [o for o in objects if o["kind"] == "Secret"]
     for _, hook in webhooks(objects):
         assert "caBundle" not in hook["clientConfig"]
 
 
-@pytest.mark.slow
+def certs_pod(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (pod,) = [p for n, p in pod_specs(objects) if n.startswith(f"{kind}/{CERTS_JOB}")]
+    return pod
+
+
+@pytest.mark.parametrize("install", names(certificates="self-managed-job"))
 @pytest.mark.parametrize("kind", ["Job", "CronJob"])
-def test_certs_job_uses_the_in_cluster_interface(rendered, kind):
+def test_certs_job_uses_the_in_cluster_interface(rendered, install, kind):
     # cilium-startup-guard certs --in-cluster --namespace NS --service NAME --secret NAME
     #   --webhook-configuration NAME [--renew-before DAYS]
-    objects = rendered["self-managed-job"]
-    (_, pod), = [(n, p) for n, p in pod_specs(objects) if n == f"{kind}/{CERTS_JOB}"]
+    objects = rendered[install]
+    pod = certs_pod(objects, kind)
     (job,) = pod["containers"]
     assert job["args"][0] == "certs"
     args = flags(job["args"][1:])
@@ -465,10 +537,10 @@ def test_certs_job_uses_the_in_cluster_interface(rendered, kind):
     assert pod["serviceAccountName"] == CERTS_JOB
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize("install", names(certificates="self-managed-job"))
 @pytest.mark.parametrize("kind", ["Job", "CronJob"])
-def test_cli_parses_the_certs_job_args_into_an_in_cluster_run(rendered, kind):
-    (pod,) = [p for n, p in pod_specs(rendered["self-managed-job"]) if n == f"{kind}/{CERTS_JOB}"]
+def test_cli_parses_the_certs_job_args_into_an_in_cluster_run(rendered, install, kind):
+    pod = certs_pod(rendered[install], kind)
     (job,) = pod["containers"]
     args = cli.build_parser().parse_args(job["args"])
     assert args.run is certs_verb.run
@@ -481,25 +553,23 @@ def test_cli_parses_the_certs_job_args_into_an_in_cluster_run(rendered, kind):
 
 # --- RBAC ------------------------------------------------------------------------------------------------------
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_controller_rbac_is_exactly_its_api_calls(rendered, overlay):
-    assert grants(rendered[overlay], CONTROLLER) == CONTROLLER_GRANTS
+@pytest.mark.parametrize("install", names())
+def test_controller_rbac_is_exactly_its_api_calls(rendered, install):
+    assert grants(rendered[install], CONTROLLER) == CONTROLLER_GRANTS
 
 
 def test_controller_rbac_matches_the_calls_the_controller_makes():
     assert {(group, resource, verb) for _, group, resource, verb, _ in CONTROLLER_GRANTS} == CONTROLLER_RBAC
 
 
-@pytest.mark.slow
-def test_certs_job_rbac_is_exactly_its_api_calls(rendered):
-    assert grants(rendered["self-managed-job"], CERTS_JOB) == CERTS_JOB_GRANTS
+@pytest.mark.parametrize("install", names(certificates="self-managed-job"))
+def test_certs_job_rbac_is_exactly_its_api_calls(rendered, install):
+    assert grants(rendered[install], CERTS_JOB) == CERTS_JOB_GRANTS
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_webhook_has_no_rbac_and_no_token(rendered, overlay):
-    objects = rendered[overlay]
+@pytest.mark.parametrize("install", names())
+def test_webhook_has_no_rbac_and_no_token(rendered, install):
+    objects = rendered[install]
     assert grants(objects, WEBHOOK) == set()
     assert find(objects, "ServiceAccount", WEBHOOK)["automountServiceAccountToken"] is False
     pod = find(objects, "Deployment", WEBHOOK)["spec"]["template"]["spec"]
@@ -507,10 +577,9 @@ def test_webhook_has_no_rbac_and_no_token(rendered, overlay):
     assert pod["automountServiceAccountToken"] is False
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_no_rbac_wildcards_or_builtin_roles(rendered, overlay):
-    objects = rendered[overlay]
+@pytest.mark.parametrize("install", names())
+def test_no_rbac_wildcards_or_builtin_roles(rendered, install):
+    objects = rendered[install]
     names = {(o["kind"], o["metadata"]["name"]) for o in objects}
     for obj in objects:
         if obj["kind"] in ("Role", "ClusterRole"):
@@ -525,21 +594,20 @@ def test_no_rbac_wildcards_or_builtin_roles(rendered, overlay):
             assert ref["name"] not in ("cluster-admin", "admin", "edit", "view")
 
 
-@pytest.mark.slow
-def test_lease_rbac_names_the_lease_the_controller_uses(rendered):
-    args = flags(container(rendered["cert-manager"], CONTROLLER)["args"][1:])
+@pytest.mark.parametrize("install", names())
+def test_lease_rbac_names_the_lease_the_controller_uses(rendered, install):
+    args = flags(container(rendered[install], CONTROLLER)["args"][1:])
     assert args["--lease-name"] == LEASE
     assert args["--lease-namespace"] == "$(POD_NAMESPACE)"
-    env = {e["name"]: e for e in container(rendered["cert-manager"], CONTROLLER)["env"]}
+    env = {e["name"]: e for e in container(rendered[install], CONTROLLER)["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
 
 
 # --- pod security ------------------------------------------------------------------------------------------------
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_pod_and_container_is_locked_down(rendered, overlay):
-    pods = list(pod_specs(rendered[overlay]))
+@pytest.mark.parametrize("install", names())
+def test_every_pod_and_container_is_locked_down(rendered, install):
+    pods = list(pod_specs(rendered[install]))
     assert pods
     for name, pod in pods:
         security = pod["securityContext"]
@@ -559,12 +627,11 @@ def test_every_pod_and_container_is_locked_down(rendered, overlay):
                 assert set(box["resources"][bound]) == {"cpu", "memory"}, (name, bound)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_container_runs_this_version_as_the_image_user(rendered, overlay):
+@pytest.mark.parametrize("install", names())
+def test_every_container_runs_this_version_as_the_image_user(rendered, install):
     version = pyproject()["project"]["version"]
     uid = dockerfile_uid()
-    for name, pod in pod_specs(rendered[overlay]):
+    for name, pod in pod_specs(rendered[install]):
         assert pod["securityContext"]["runAsUser"] == uid, name
         for box in pod["containers"]:
             assert box["image"] == f"cilium-startup-guard:{version}", name
@@ -578,9 +645,9 @@ def dockerfile_uid() -> int:
 
 # --- availability and safe bootstrap ------------------------------------------------------------------------------
 
-@pytest.mark.slow
-def test_webhook_runs_two_replicas_spread_and_protected_by_a_pdb(rendered):
-    objects = rendered["cert-manager"]
+@pytest.mark.parametrize("install", names())
+def test_webhook_runs_two_replicas_spread_and_protected_by_a_pdb(rendered, install):
+    objects = rendered[install]
     for name in (WEBHOOK, CONTROLLER):
         deployment = find(objects, "Deployment", name)
         assert deployment["spec"]["replicas"] == 2
@@ -593,9 +660,9 @@ def test_webhook_runs_two_replicas_spread_and_protected_by_a_pdb(rendered):
         assert all(selector_matches(c["labelSelector"], labels) for c in spread)
 
 
-@pytest.mark.slow
-def test_webhook_runs_on_the_host_network_before_cilium_is_ready(rendered):
-    pod = find(rendered["cert-manager"], "Deployment", WEBHOOK)["spec"]["template"]["spec"]
+@pytest.mark.parametrize("install", names())
+def test_webhook_runs_on_the_host_network_before_cilium_is_ready(rendered, install):
+    pod = find(rendered[install], "Deployment", WEBHOOK)["spec"]["template"]["spec"]
     assert pod["hostNetwork"] is True
     assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
     taint = {"key": CILIUM_TAINT_KEY, "value": "true", "effect": "NoExecute"}
@@ -605,46 +672,68 @@ def test_webhook_runs_on_the_host_network_before_cilium_is_ready(rendered):
     assert all(t.get("key") == CILIUM_TAINT_KEY for t in pod["tolerations"])
 
 
-@pytest.mark.slow
-def test_webhook_host_port_clashes_with_no_node_service(rendered):
-    (port,) = container(rendered["cert-manager"], WEBHOOK)["ports"]
+@pytest.mark.parametrize("install", names())
+def test_webhook_host_port_clashes_with_no_node_service(rendered, install):
+    (port,) = container(rendered[install], WEBHOOK)["ports"]
     assert port["hostPort"] == port["containerPort"] == WEBHOOK_PORT
     assert WEBHOOK_PORT not in RESERVED_HOST_PORTS
     assert port["containerPort"] > 1024  # no NET_BIND_SERVICE needed with every capability dropped
 
 
-@pytest.mark.slow
-def test_webhook_listens_on_the_node_address_only(rendered):
-    webhook = container(rendered["cert-manager"], WEBHOOK)
+def test_the_ports_the_install_docs_list_are_the_ones_checked():
+    install = (ROOT / "docs" / "install.md").read_text()
+    bullet = install[install.index(f"**Port {WEBHOOK_PORT}.**"):install.index("It is also below the NodePort range")]
+    documented: set[int] = set()
+    for first, last in re.findall(r"(?<![\d.])(\d{4,5})(?:-(\d{4,5}))?", bullet):
+        documented |= set(range(int(first), int(last or first) + 1))
+    documented |= {int(port) for port in re.findall(r"/(\d{4,5})", bullet)}  # 4250/4251, 9962/9963/9964
+    # Every port checked below the NodePort range is named; every port named is checked.
+    assert documented - {WEBHOOK_PORT} <= RESERVED_HOST_PORTS
+    assert {p for p in RESERVED_HOST_PORTS if p < 30000} <= documented
+
+
+@pytest.mark.parametrize("install", names())
+def test_webhook_listens_on_the_node_address_only(rendered, install):
+    webhook = container(rendered[install], WEBHOOK)
     assert flags(webhook["args"][1:])["--host"] == "$(POD_IP)"
     (env,) = [e for e in webhook["env"] if e["name"] == "POD_IP"]
     assert env["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
 
 
-@pytest.mark.slow
-def test_controller_is_a_cilium_managed_pod(rendered):
-    pod = find(rendered["cert-manager"], "Deployment", CONTROLLER)["spec"]["template"]["spec"]
+@pytest.mark.parametrize("install", names())
+def test_controller_is_a_cilium_managed_pod(rendered, install):
+    pod = find(rendered[install], "Deployment", CONTROLLER)["spec"]["template"]["spec"]
     assert not pod.get("hostNetwork")
     taint = {"key": CILIUM_TAINT_KEY, "value": "true", "effect": "NoExecute"}
     assert not any(tolerates(t, taint) for t in pod.get("tolerations", []))
 
 
-@pytest.mark.slow
-def test_controller_runs_with_the_lease_metrics_and_config_flags(rendered):
-    controller = container(rendered["cert-manager"], CONTROLLER)
+# The controller's tunables, written out in the manifests so that they can be changed there.
+CONTROLLER_TUNABLES = {"--grace-period", "--recycle-rate", "--release-after", "--cilium-namespace",
+                       "--cilium-agent-selector"}
+
+
+@pytest.mark.parametrize("install", names())
+def test_controller_flags_are_its_wiring_and_its_tunables_at_their_defaults(rendered, install):
+    controller = container(rendered[install], CONTROLLER)
     assert controller["args"][0] == "controller"
     args = flags(controller["args"][1:])
-    assert set(args) == {"--lease-namespace", "--lease-name", "--metrics-port", "--config"}
+    assert set(args) == {"--lease-namespace", "--lease-name", "--metrics-port", "--config"} | CONTROLLER_TUNABLES
     (port,) = controller["ports"]
     assert args["--metrics-port"] == str(port["containerPort"]) == "9090"
     for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
         assert controller[probe]["httpGet"] == {"path": path, "port": port["name"], "scheme": "HTTP"}
+    parsed = vars(cli.build_parser().parse_args(controller["args"]))
+    defaults = vars(cli.build_parser().parse_args(["controller"]))
+    for flag in CONTROLLER_TUNABLES:
+        dest = flag.removeprefix("--").replace("-", "_")
+        assert parsed[dest] == defaults[dest], flag
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize("install", names(certificates="self-managed-job"))
 @pytest.mark.parametrize("kind", ["Job", "CronJob"])
-def test_certs_job_runs_before_cilium_is_ready(rendered, kind):
-    (pod,) = [p for n, p in pod_specs(rendered["self-managed-job"]) if n == f"{kind}/{CERTS_JOB}"]
+def test_certs_job_runs_before_cilium_is_ready(rendered, install, kind):
+    pod = certs_pod(rendered[install], kind)
     assert pod["hostNetwork"] is True
     assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
     taint = {"key": CILIUM_TAINT_KEY, "value": "true", "effect": "NoExecute"}
@@ -658,9 +747,9 @@ def config_text(objects: list[dict[str, Any]]) -> str:
     return str(find(objects, "ConfigMap", "cilium-startup-guard-config")["data"]["config.yaml"])
 
 
-@pytest.mark.slow
-def test_config_map_holds_the_defaults_written_out(rendered):
-    text = config_text(rendered["cert-manager"])
+@pytest.mark.parametrize("install", names())
+def test_config_map_holds_the_defaults_written_out(rendered, install):
+    text = config_text(rendered[install])
     config = parse_config(text, "ConfigMap cilium-startup-guard-config")
     assert config.to_policy() == PolicyConfig()
     # exemptions: None in ConfigFile() means "the built-in list", which to_policy() compared above.
@@ -670,10 +759,10 @@ def test_config_map_holds_the_defaults_written_out(rendered):
     assert written == {field.alias or name for name, field in ConfigFile.model_fields.items()}
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize("install", names())
 @pytest.mark.parametrize("name", [WEBHOOK, CONTROLLER])
-def test_both_deployments_read_the_config_map(rendered, name):
-    objects = rendered["cert-manager"]
+def test_both_deployments_read_the_config_map(rendered, install, name):
+    objects = rendered[install]
     pod = find(objects, "Deployment", name)["spec"]["template"]["spec"]
     box = container(objects, name)
     (volume,) = [v for v in pod["volumes"] if "configMap" in v]
@@ -682,11 +771,11 @@ def test_both_deployments_read_the_config_map(rendered, name):
     assert flags(box["args"][1:])["--config"] == f"{mount['mountPath']}/config.yaml"
 
 
-def test_readme_install_commands_name_existing_overlays():
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Install in a cluster"):]
+@pytest.mark.parametrize("page", ["README.md", "docs/install.md"])
+def test_documented_install_commands_name_existing_overlays(page):
+    text = (ROOT / page).read_text()
     # A regular expression, not shlex: some kubectl lines start a quoted jq program that ends lines later.
-    paths = [path for line in section.splitlines() if line.strip().startswith("kubectl ")
+    paths = [path for line in text.splitlines() if line.strip().startswith("kubectl ")
              for path in re.findall(r"(?<![\w/])manifests/[\w./-]+", line)]
     assert paths
     for path in paths:

@@ -1,6 +1,7 @@
-"""checkov (a Kubernetes security scanner) over every rendered overlay: no finding left open, every skip justified.
+"""checkov (a Kubernetes security scanner) over every rendered install, kustomize overlays and Helm chart variants
+alike: no finding left open, every skip justified.
 
-One checkov run over all overlays: it takes a few seconds, which is why it runs in the normal suite.
+One checkov run over all installs; it starts a process, so these tests are slow.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.manifest_render import OVERLAYS, prepare, render_overlays
+from tests.installs import NAMES
+
+pytestmark = pytest.mark.slow
 
 pytestmark = pytest.mark.slow  # checkov
 
@@ -23,8 +26,8 @@ SKIP_ANNOTATION = "checkov.io/skip"
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
-    return render_overlays(prepare(tmp_path_factory.mktemp("manifests")))
+def rendered(rendered_installs) -> dict[str, list[dict[str, Any]]]:
+    return rendered_installs
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +37,9 @@ def scan(rendered, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[s
     out = tmp_path_factory.mktemp("rendered")
     for variant, strip in (("annotated", False), ("bare", True)):
         (out / variant).mkdir()
-        for overlay, objects in rendered.items():
+        for install, objects in rendered.items():
             documents = [_without_skips(o) if strip else o for o in objects]
-            (out / variant / f"{overlay}.yaml").write_text(yaml.safe_dump_all(documents, sort_keys=False))
+            (out / variant / f"{install}.yaml").write_text(yaml.safe_dump_all(documents, sort_keys=False))
     # --skip-download: no network here, and none needed for the built-in Kubernetes checks.
     done = subprocess.run([str(CHECKOV), "--directory", str(out), "--framework", "kubernetes", "--skip-download",
                            "--output", "json", "--soft-fail"],
@@ -66,9 +69,9 @@ def _finding(result: dict[str, Any]) -> tuple[str, str, str]:
     return result["check_id"], result["resource"], Path(result["file_path"]).stem
 
 
-def test_checkov_scanned_every_overlay(scan):
+def test_checkov_scanned_every_install(scan):
     scanned = {Path(r["file_path"]).stem for r in scan["annotated"]["passed_checks"]}
-    assert scanned == set(OVERLAYS)
+    assert scanned == set(NAMES)
 
 
 def test_checkov_finds_nothing_unjustified(scan):

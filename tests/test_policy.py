@@ -19,6 +19,7 @@ from webhook.policy import (
     STRIPPED_ANNOTATION,
     Exemption,
     ExemptReason,
+    InjectAt,
     MalformedObject,
     Mode,
     PolicyConfig,
@@ -29,6 +30,7 @@ from webhook.policy import (
 )
 
 STRIP = PolicyConfig(mode=Mode.STRIP)
+TEMPLATE = PolicyConfig(inject_at=InjectAt.TEMPLATE)
 DENY = PolicyConfig(mode=Mode.DENY)
 MATCH_ALL = {"operator": "Exists"}
 NOEXECUTE_ALL = {"operator": "Exists", "effect": "NoExecute"}
@@ -156,9 +158,9 @@ def test_warn_mode_validate_warns_once_per_blanket_toleration() -> None:
     decision = validate(daemonset([MATCH_ALL, CRITICAL, NOEXECUTE_ALL]), PolicyConfig())
     assert decision.allowed
     assert decision.warnings == (
-        f"DaemonSet kube-system/node-agent: toleration {{operator: Exists}} also tolerates {CILIUM_TAINT_KEY}; "
+        f"DaemonSet kube-system/node-agent: {{operator: Exists}} also tolerates {CILIUM_TAINT_KEY}; "
         "give it a key",
-        f"DaemonSet kube-system/node-agent: toleration {{operator: Exists, effect: NoExecute}} also tolerates "
+        f"DaemonSet kube-system/node-agent: {{operator: Exists, effect: NoExecute}} also tolerates "
         f"{CILIUM_TAINT_KEY}; give it a key",
     )
 
@@ -196,11 +198,24 @@ def test_deny_mode_lets_a_terminating_daemonset_through() -> None:
 
 @pytest.mark.parametrize("mode", [Mode.WARN, Mode.DENY])
 def test_mutate_adds_only_the_gate_outside_strip_mode(mode: Mode) -> None:
+    config = PolicyConfig(mode=mode, inject_at=InjectAt.TEMPLATE)
     obj = daemonset([MATCH_ALL])
-    decision = mutate(obj, PolicyConfig(mode=mode))
+    decision = mutate(obj, config)
     assert decision.warnings == ()
-    result = apply(obj, PolicyConfig(mode=mode))
+    result = apply(obj, config)
     assert tolerations_of(result) == [MATCH_ALL]
+    assert result["spec"]["template"]["spec"]["readinessGates"] == [GATE]
+    assert result["spec"]["template"]["metadata"]["labels"][DEFAULT_GATE_LABEL] == "true"
+
+
+@pytest.mark.parametrize("mode", [Mode.WARN, Mode.DENY])
+def test_gate_at_pod_creation_leaves_daemonset_templates_alone(mode: Mode) -> None:
+    assert mutate(daemonset([MATCH_ALL]), PolicyConfig(mode=mode)).edits == ()
+
+
+def test_gate_at_pod_creation_never_removes_a_template_gate() -> None:
+    gated = apply(daemonset([MATCH_ALL], annotations={}), TEMPLATE)
+    result = apply(gated, STRIP)
     assert result["spec"]["template"]["spec"]["readinessGates"] == [GATE]
     assert result["spec"]["template"]["metadata"]["labels"][DEFAULT_GATE_LABEL] == "true"
 
@@ -265,44 +280,50 @@ def test_strip_warns_what_it_removed() -> None:
 def test_gate_creates_absent_readiness_gates_and_labels() -> None:
     obj = daemonset([])
     del obj["spec"]["template"]["metadata"]
-    result = apply(obj, PolicyConfig())
+    result = apply(obj, TEMPLATE)
     assert result["spec"]["template"]["spec"]["readinessGates"] == [GATE]
     assert result["spec"]["template"]["metadata"] == {"labels": {DEFAULT_GATE_LABEL: "true"}}
 
 
 def test_gate_is_appended_to_existing_readiness_gates() -> None:
     other = {"conditionType": "example.com/ready"}
-    result = apply(daemonset([], readiness_gates=[other]), PolicyConfig())
+    result = apply(daemonset([], readiness_gates=[other]), TEMPLATE)
     assert result["spec"]["template"]["spec"]["readinessGates"] == [other, GATE]
 
 
 def test_gate_label_key_is_escaped_in_the_json_pointer() -> None:
-    ops = patch_operations(mutate(daemonset([]), PolicyConfig()).edits)
+    ops = patch_operations(mutate(daemonset([]), TEMPLATE).edits)
     assert {"op": "add", "path": "/spec/template/metadata/labels/startupguard.io~1gated", "value": "true"} in ops
 
 
 def test_gate_uses_configured_condition_type_and_label() -> None:
-    config = PolicyConfig(gate_condition_type="example.com/net-ready", gate_label="example.com/wait")
+    config = PolicyConfig(gate_condition_type="example.com/net-ready", gate_label="example.com/wait",
+                          inject_at=InjectAt.TEMPLATE)
     result = apply(daemonset([]), config)
     assert result["spec"]["template"]["spec"]["readinessGates"] == [{"conditionType": "example.com/net-ready"}]
     assert result["spec"]["template"]["metadata"]["labels"]["example.com/wait"] == "true"
 
 
 def test_gate_disabled_leaves_clean_daemonset_untouched() -> None:
-    assert mutate(daemonset([CRITICAL]), PolicyConfig(readiness_gate=False)).edits == ()
+    assert mutate(daemonset([CRITICAL]), PolicyConfig(readiness_gate=False, inject_at=InjectAt.TEMPLATE)).edits == ()
 
 
+@pytest.mark.parametrize("inject_at", list(InjectAt))
 @pytest.mark.parametrize("mode", list(Mode))
-def test_second_pass_over_mutated_object_yields_no_patch(mode: Mode) -> None:
-    config = PolicyConfig(mode=mode, replacement_tolerations=({"key": "d", "operator": "Exists"},))
+def test_second_pass_over_mutated_object_yields_no_patch(mode: Mode, inject_at: InjectAt) -> None:
+    config = PolicyConfig(mode=mode, replacement_tolerations=({"key": "d", "operator": "Exists"},),
+                          inject_at=inject_at)
     once = apply(daemonset([CRITICAL, MATCH_ALL, NOEXECUTE_ALL], annotations={}), config)
     assert mutate(once, config).edits == ()
 
 
-def test_patch_removes_from_highest_index_down() -> None:
-    ops = patch_operations(mutate(daemonset([NOEXECUTE_ALL, CRITICAL, NOEXECUTE_ALL]), STRIP).edits)
-    removals = [op["path"] for op in ops if op["op"] == "remove"]
-    assert removals == ["/spec/template/spec/tolerations/2", "/spec/template/spec/tolerations/0"]
+def test_strip_is_one_replace_of_the_toleration_list_whatever_it_holds() -> None:
+    ops = patch_operations(mutate(daemonset([NOEXECUTE_ALL, CRITICAL, NOEXECUTE_ALL] * 50), STRIP).edits)
+    assert [(op["op"], op["path"]) for op in ops] == [
+        ("replace", "/spec/template/spec/tolerations"),
+        ("add", "/metadata/annotations"),
+    ]
+    assert ops[0]["value"] == [CRITICAL] * 50
 
 
 @pytest.mark.parametrize("obj, where", [

@@ -49,7 +49,7 @@ def test_sigterm_finishes_the_review_in_flight_and_refuses_new_connections(tmp_p
         assert server.process.wait(timeout=10) == 0
     finally:
         server.stop()
-    assert '"outcome":"patched"' in server.log_text()
+    assert f'"message":"admission decision","uid":"{uid}"' in server.log_text()
 
 
 def test_sigterm_with_a_shutdown_delay_reports_not_ready_while_still_serving(tmp_path):

@@ -7,22 +7,28 @@ from __future__ import annotations
 
 import base64
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from webhook import policy
+from webhook import policy, workloads
 from webhook.enums import Endpoint, Outcome
 from webhook.policy import Decision, Edit, PolicyConfig
+from webhook.workloads import Kind
 
 API_VERSION = "admission.k8s.io/v1"
 REVIEW_KIND = "AdmissionReview"
 OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
 MAX_UID_LENGTH = 256
-# kube-apiserver may truncate single warnings over 256 characters and drops them past 4096 in all.
+# kube-apiserver's warning recorder keeps 4096 characters of warnings per request in all (every webhook's and its
+# own together); past that it cuts each to 256 and drops the rest (truncateAtTotalRunes, truncateItemRunes in
+# https://github.com/kubernetes/kubernetes/blob/master/staging/src/k8s.io/apiserver/pkg/endpoints/filters/warning.go).
+# The AdmissionResponse documentation asks for at most 120 characters each where possible. So an answer carries at
+# most MAX_WARNINGS of at most MAX_WARNING_LENGTH characters (2 KiB), the last saying how many more were omitted.
 MAX_WARNING_LENGTH = 256
+MAX_WARNINGS = 8
 MAX_MESSAGE_LENGTH = 1024
 
 
@@ -49,10 +55,20 @@ class Review:
     old_obj: Any
 
     @property
-    def is_daemonset_write(self) -> bool:
-        # Status and other subresource writes carry no pod template to review.
-        return (self.group == "apps" and self.version == "v1" and self.kind == "DaemonSet"
-                and self.operation in ("CREATE", "UPDATE") and not self.sub_resource)
+    def workload_kind(self) -> Kind | None:
+        """The reviewed kind of a CREATE or UPDATE of the object itself (not of a subresource), else None."""
+        if self.operation not in ("CREATE", "UPDATE") or self.sub_resource:
+            return None  # status and other subresource writes carry no pod template to review
+        return workloads.kind_of(self.group, self.version, self.kind)
+
+    @property
+    def display_name(self) -> str:
+        """The name for logs: kube-apiserver sends a pod its controller named by generateName with no name yet."""
+        if self.name or not isinstance(self.obj, dict):
+            return self.name
+        metadata = self.obj.get("metadata")
+        generate_name = metadata.get("generateName") if isinstance(metadata, dict) else None
+        return generate_name if isinstance(generate_name, str) else ""
 
 
 def parse_review(body: bytes) -> Review:
@@ -106,17 +122,19 @@ def parse_review(body: bytes) -> Review:
 
 
 def decide(review: Review, config: PolicyConfig, endpoint: Endpoint) -> Decision:
-    """Apply the policy to a review: only DaemonSet writes are looked at, the rest is allowed as is."""
-    if not review.is_daemonset_write:
+    """Apply the policy to a review: writes of the reviewed kinds are looked at, the rest is allowed as is."""
+    kind = review.workload_kind
+    if kind is None:
         return Decision()
     if not isinstance(review.obj, dict):
-        raise BadReview(f"request.object must hold the DaemonSet for {review.operation}", review.uid)
+        raise BadReview(f"request.object must hold the {review.kind} for {review.operation}", review.uid)
     try:
         if endpoint is Endpoint.MUTATE:
-            return policy.mutate(review.obj, config, review.namespace)
-        return policy.validate(review.obj, config, review.namespace)
+            return policy.mutate(review.obj, config, review.namespace, kind, review.operation)
+        return policy.validate(review.obj, config, review.namespace, kind, review.operation)
     except policy.MalformedObject as err:
-        raise BadReview(f"DaemonSet {policy.ObjectRef(review.namespace, review.name)}: {err}", review.uid) from None
+        ref = policy.ObjectRef(review.namespace, review.display_name)
+        raise BadReview(f"{review.kind} {ref}: {err}", review.uid) from None
 
 
 def outcome_of(decision: Decision, endpoint: Endpoint) -> Outcome:
@@ -183,9 +201,12 @@ def _status(code: int, reason: str, message: str) -> dict[str, Any]:
     return {"status": "Failure", "code": code, "reason": reason, "message": _printable(message, MAX_MESSAGE_LENGTH)}
 
 
-def _clean_warnings(warnings: Iterable[str]) -> list[str]:
-    unique = dict.fromkeys(_printable(w, MAX_WARNING_LENGTH) for w in warnings)
-    return list(unique)
+def _clean_warnings(warnings: Sequence[str]) -> list[str]:
+    unique = list(dict.fromkeys(_printable(w, MAX_WARNING_LENGTH) for w in warnings[:MAX_WARNINGS * 4]))
+    omitted = len(warnings) - min(len(warnings), MAX_WARNINGS * 4) + len(unique) - MAX_WARNINGS + 1
+    if len(unique) <= MAX_WARNINGS:
+        return unique
+    return [*unique[:MAX_WARNINGS - 1], f"cilium-startup-guard: {omitted} more warnings omitted"]
 
 
 def _printable(text: str, limit: int) -> str:

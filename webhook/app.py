@@ -208,7 +208,7 @@ def _log_decision(review: admission.Review, endpoint: Endpoint, settings: Settin
                   started: float) -> None:
     log.info("admission decision", extra={"fields": {
         "uid": review.uid, "endpoint": endpoint.value, "kind": clip(review.kind, MAX_KIND_LENGTH),
-        "namespace": clip(review.namespace, MAX_NAMESPACE_LENGTH), "name": clip(review.name, MAX_NAME_LENGTH),
+        "namespace": clip(review.namespace, MAX_NAMESPACE_LENGTH), "name": clip(review.display_name, MAX_NAME_LENGTH),
         "operation": review.operation, "dry_run": review.dry_run,
         "mode": settings.policy.mode.value, "outcome": outcome.value, "duration_ms": _elapsed_ms(started)}})
 

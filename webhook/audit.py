@@ -1,22 +1,25 @@
-"""`audit`: every DaemonSet of a live cluster under the webhook's policy, its pods Cilium does not manage, and
-the nodes' NoExecute taints. `build_report` is pure; `collect` lists through webhook.kube, never the client itself.
+"""`audit`: every DaemonSet (and object of the other configured kinds) of a live cluster under the webhook's policy,
+its pods Cilium does not manage, and the nodes' NoExecute taints. `build_report` is pure; `collect` lists through
+webhook.kube, never the client itself.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
 
-from webhook import kube, policy
+from webhook import kube, policy, workloads
+from webhook.catalog import Offender
 from webhook.cilium import AgentState, agent_state, endpoint_state, is_cilium_taint
 from webhook.config import DEFAULT_AGENT_SELECTOR, DEFAULT_AUDIT_TIMEOUT, DEFAULT_CILIUM_NAMESPACE
 from webhook.kube import ApiError, Kube, Target
 from webhook.policy import ExemptReason, PolicyConfig
 from webhook.report import dump_json, format_columns
+from webhook.workloads import KINDS, Kind
 
 NOEXECUTE = "NoExecute"
 # Only Running pods can be unmanaged; the server-side filter keeps finished Job pods out of the transfer.
@@ -47,17 +50,21 @@ class Cluster:
     nodes: Sequence[Mapping[str, Any]]
     agent_pods: Sequence[Mapping[str, Any]]  # the Cilium agent pods
     endpoints: Sequence[Mapping[str, Any]] | None  # CiliumEndpoints; None when they could not be listed
+    # The objects of the other configured kinds (bare Pods: the running pods above), and the ReplicaSets and Jobs
+    # through which a Deployment's or a CronJob's pods are counted.
+    workloads: Mapping[Kind, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
-class DaemonSetAudit:
+class WorkloadAudit:
     namespace: str
     name: str
     finding: bool
     blanket_tolerations: tuple[Mapping[str, Any], ...]
     exempt_reason: ExemptReason | None
-    gated: bool
+    gated: bool  # its template carries the readiness gate, or (a DaemonSet) its running pods do
     unmanaged_pods: int | None
+    fix: Offender | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -65,7 +72,11 @@ class DaemonSetAudit:
             "blanket_tolerations": [dict(t) for t in self.blanket_tolerations],
             "exempt_reason": self.exempt_reason.value if self.exempt_reason else None,
             "gated": self.gated, "unmanaged_pods": self.unmanaged_pods,
+            "fix": self.fix.as_json() if self.fix else None,
         }
+
+
+DaemonSetAudit = WorkloadAudit
 
 
 @dataclass(frozen=True)
@@ -85,34 +96,84 @@ class TaintCount:
 
 @dataclass(frozen=True)
 class Report:
-    daemonsets: tuple[DaemonSetAudit, ...]
+    daemonsets: tuple[WorkloadAudit, ...]
     node_noexecute_taints: tuple[TaintCount, ...]
+    others: tuple[tuple[Kind, tuple[WorkloadAudit, ...]], ...] = ()  # the other configured kinds, in Kind order
 
     def as_json(self) -> dict[str, Any]:
+        """`daemonsets` exactly as before, one array per other configured kind (same fields), then the taints."""
         return {"daemonsets": [d.as_json() for d in self.daemonsets],
+                **{KINDS[kind].plural: [a.as_json() for a in audits] for kind, audits in self.others},
                 "node_noexecute_taints": [t.as_json() for t in self.node_noexecute_taints]}
 
     @property
     def findings(self) -> int:
-        return sum(d.finding for d in self.daemonsets)
+        return sum(d.finding for d in self.daemonsets) + sum(a.finding for _, audits in self.others for a in audits)
 
 
 def build_report(cluster: Cluster, config: PolicyConfig) -> Report:
     unmanaged = _unmanaged_by_owner(cluster, config.cilium_taint_key)
+    gated_pods = _gated_owners(cluster.pods, config.gate_condition_type)
+    daemonsets = _audit_all(Kind.DAEMONSET, cluster.daemonsets, config, unmanaged, gated_pods)
+    others = []
+    for kind in Kind:
+        if kind is Kind.DAEMONSET or kind not in config.kinds:
+            continue
+        objects = cluster.pods if kind is Kind.POD else cluster.workloads.get(kind, ())
+        reviewed = [o for o in objects if policy.is_reviewed(kind, o, "CREATE", config)]
+        counts = _rolled_up(kind, cluster, unmanaged)
+        others.append((kind, _audit_all(kind, reviewed, config, counts, Counter())))
+    return Report(daemonsets, noexecute_taints(cluster.nodes, config.cilium_taint_key), tuple(others))
+
+
+def _audit_all(kind: Kind, objects: Sequence[Mapping[str, Any]], config: PolicyConfig,
+               unmanaged: Counter[str] | None, gated_pods: Counter[str]) -> tuple[WorkloadAudit, ...]:
     audits = []
-    for ds in cluster.daemonsets:
+    for obj in objects:
         try:
-            found = policy.assess(ds, config)
-        except policy.MalformedObject as err:  # the API validates DaemonSets, so this takes a strange server
-            raise AuditError(f"DaemonSet {_ref(ds)}: {err}") from None
-        uid = str((ds.get("metadata") or {}).get("uid") or "")
-        audits.append(DaemonSetAudit(
+            found = policy.assess(obj, config, kind=kind)
+        except policy.MalformedObject as err:  # the API validates these objects, so this takes a strange server
+            raise AuditError(f"{kind.value} {_ref(obj)}: {err}") from None
+        uid = str((obj.get("metadata") or {}).get("uid") or "")
+        audits.append(WorkloadAudit(
             namespace=found.ref.namespace, name=found.ref.name, finding=found.finding,
             blanket_tolerations=tuple(t for _, t in found.blanket), exempt_reason=found.exempt_reason,
-            gated=found.gated, unmanaged_pods=None if unmanaged is None else unmanaged[uid],
+            gated=found.gated or gated_pods[uid] > 0,
+            unmanaged_pods=None if unmanaged is None else unmanaged[uid], fix=found.offender,
         ))
     audits.sort(key=lambda d: (d.namespace, d.name))
-    return Report(tuple(audits), noexecute_taints(cluster.nodes, config.cilium_taint_key))
+    return tuple(audits)
+
+
+def _gated_owners(pods: Sequence[Mapping[str, Any]], condition_type: str) -> Counter[str]:
+    """Running pods that carry the readiness gate, by the uid of their controller (the gate at Pod CREATE)."""
+    counts: Counter[str] = Counter()
+    for pod in pods:
+        gates = (pod.get("spec") or {}).get("readinessGates") or []
+        owner = workloads.controller_of(pod)
+        if owner is not None and any(isinstance(g, Mapping) and g.get("conditionType") == condition_type
+                                     for g in gates):
+            counts[str(owner.get("uid") or "")] += 1
+    return counts
+
+
+def _rolled_up(kind: Kind, cluster: Cluster, unmanaged: Counter[str] | None) -> Counter[str] | None:
+    """Unmanaged pods by owner uid, with a Deployment's counted through its ReplicaSets and a CronJob's through
+    its Jobs; a bare pod counts itself."""
+    if unmanaged is None:
+        return None
+    if kind is Kind.POD:
+        return Counter({str((p.get("metadata") or {}).get("uid") or ""): unmanaged.get(
+            "pod:" + str((p.get("metadata") or {}).get("uid") or ""), 0) for p in cluster.pods})
+    middle = {Kind.DEPLOYMENT: Kind.REPLICASET, Kind.CRONJOB: Kind.JOB}.get(kind)
+    if middle is None:
+        return unmanaged
+    counts: Counter[str] = Counter()
+    for child in cluster.workloads.get(middle, ()):
+        owner = workloads.controller_of(child)
+        if owner is not None:
+            counts[str(owner.get("uid") or "")] += unmanaged[str((child.get("metadata") or {}).get("uid") or "")]
+    return counts
 
 
 def is_unmanaged(pod: Mapping[str, Any], endpoint: Mapping[str, Any] | None, agent: AgentState) -> bool:
@@ -154,8 +215,10 @@ def _unmanaged_by_owner(cluster: Cluster, taint_key: str) -> Counter[str] | None
         if node not in states:
             states[node] = agent_state(nodes.get(node), agents.get(node, []), taint_key)
         if is_unmanaged(pod, endpoints.get(_key(pod)), states[node]):
-            counts.update({str(o.get("uid")) for o in (pod.get("metadata") or {}).get("ownerReferences") or []
+            metadata = pod.get("metadata") or {}
+            counts.update({str(o.get("uid")) for o in metadata.get("ownerReferences") or []
                            if isinstance(o, Mapping) and o.get("uid")})
+            counts[f"pod:{metadata.get('uid') or ''}"] += 1  # the pod itself, for bare pods
     return counts
 
 
@@ -176,15 +239,16 @@ def render_json(report: Report) -> str:
 
 
 def render_table(report: Report, config: PolicyConfig) -> str:
-    rows = [("DAEMONSET", "RESULT", "BLANKET TOLERATIONS", "GATED", "UNMANAGED PODS")]
-    for d in report.daemonsets:
-        result = "finding" if d.finding else f"exempt: {d.exempt_reason}" if d.exempt_reason else "ok"
-        rows.append((
-            f"{d.namespace}/{d.name}", result,
-            ", ".join(policy.describe_toleration(t) for t in d.blanket_tolerations) or "-",
-            "yes" if d.gated else "no", "n/a" if d.unmanaged_pods is None else str(d.unmanaged_pods),
-        ))
-    lines = format_columns(rows) if report.daemonsets else ["no DaemonSets in this cluster"]
+    lines = _workload_table("DAEMONSET", report.daemonsets) if report.daemonsets else ["no DaemonSets in this cluster"]
+    for kind, audits in report.others:
+        lines.append("")
+        lines += _workload_table(kind.value.upper(), audits) if audits else [f"no {kind.value}s to audit"]
+    fixes = [(kind, a) for kind, audits in ((Kind.DAEMONSET, report.daemonsets), *report.others)
+             for a in audits if a.finding and a.fix is not None]
+    if fixes:
+        lines.append("")
+        lines += [f"fix {kind.value} {a.namespace}/{a.name}: {a.fix.chart} chart values: {a.fix.fix}"
+                  for kind, a in fixes if a.fix is not None]
     lines.append("")
     if report.node_noexecute_taints:
         lines += format_columns([(f"NODE NOEXECUTE TAINT (besides {config.cilium_taint_key})", "NODES")]
@@ -196,13 +260,28 @@ def render_table(report: Report, config: PolicyConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _workload_table(header: str, audits: Sequence[WorkloadAudit]) -> list[str]:
+    rows = [(header, "RESULT", "BLANKET TOLERATIONS", "GATED", "UNMANAGED PODS")]
+    for d in audits:
+        result = "finding" if d.finding else f"exempt: {d.exempt_reason}" if d.exempt_reason else "ok"
+        rows.append((
+            f"{d.namespace}/{d.name}", result,
+            ", ".join(policy.describe_toleration(t) for t in d.blanket_tolerations) or "-",
+            "yes" if d.gated else "no", "n/a" if d.unmanaged_pods is None else str(d.unmanaged_pods),
+        ))
+    return format_columns(rows)
+
+
 def _summary(report: Report) -> str:
-    exempt = sum(d.exempt_reason is not None for d in report.daemonsets)
-    counts = [d.unmanaged_pods for d in report.daemonsets]
+    every = [*report.daemonsets, *(a for _, audits in report.others for a in audits)]
+    exempt = sum(d.exempt_reason is not None for d in every)
+    counts = [d.unmanaged_pods for d in every]
     unmanaged = ("unmanaged pods unknown (CiliumEndpoints could not be listed)" if None in counts
                  else f"{sum(c or 0 for c in counts)} pod(s) not managed by Cilium")
-    return (f"{len(report.daemonsets)} DaemonSet(s) audited: {report.findings} with a blanket NoExecute "
-            f"toleration, {exempt} exempt; {unmanaged}")
+    audited = ", ".join([f"{len(report.daemonsets)} DaemonSet(s)",
+                         *(f"{len(audits)} {kind.value}(s)" for kind, audits in report.others)])
+    return (f"{audited} audited: {report.findings} with a blanket NoExecute toleration, {exempt} exempt; "
+            f"{unmanaged}")
 
 
 def exit_status(report: Report) -> int:
@@ -221,7 +300,18 @@ class AuditOptions:
     page_size: int = kube.LIST_PAGE_SIZE  # tests shorten it
 
 
-def collect(client: Kube, options: AuditOptions) -> tuple[Cluster, str | None]:
+# What each configured kind needs listed besides DaemonSets, pods and nodes: a Deployment's pods are counted
+# through its ReplicaSets, a CronJob's through its Jobs. Bare Pods come from the pod list itself.
+_LISTED: dict[Kind, tuple[Kind, ...]] = {
+    Kind.DEPLOYMENT: (Kind.DEPLOYMENT, Kind.REPLICASET), Kind.STATEFULSET: (Kind.STATEFULSET,),
+    Kind.REPLICASET: (Kind.REPLICASET,), Kind.JOB: (Kind.JOB,), Kind.CRONJOB: (Kind.CRONJOB, Kind.JOB),
+}
+_RESOURCES = {Kind.DEPLOYMENT: kube.DEPLOYMENTS, Kind.STATEFULSET: kube.STATEFULSETS,
+              Kind.REPLICASET: kube.REPLICASETS, Kind.JOB: kube.JOBS, Kind.CRONJOB: kube.CRONJOBS}
+
+
+def collect(client: Kube, options: AuditOptions, kinds: frozenset[Kind] = frozenset({Kind.DAEMONSET})
+            ) -> tuple[Cluster, str | None]:
     """The lists the report needs, and a warning when CiliumEndpoints could not be listed (absent or forbidden:
     the report then says null rather than guessing). Raises AuditError, with one line saying why, otherwise."""
     daemonsets = _list(client, options, Target(kube.DAEMONSETS), "daemonsets.apps")
@@ -231,7 +321,10 @@ def collect(client: Kube, options: AuditOptions) -> tuple[Cluster, str | None]:
                                            label_selector=options.agent_selector),
                    f"pods in namespace {options.cilium_namespace} (the Cilium agents)")
     endpoints, warning = _endpoints(client, options)
-    return Cluster(daemonsets, pods, nodes, agents, endpoints), warning
+    listed = {listed for kind in kinds for listed in _LISTED.get(kind, ())}
+    others = {kind: _list(client, options, Target(_RESOURCES[kind]), f"{KINDS[kind].plural}.{KINDS[kind].group}")
+              for kind in Kind if kind in listed}
+    return Cluster(daemonsets, pods, nodes, agents, endpoints, others), warning
 
 
 def _endpoints(client: Kube, options: AuditOptions) -> tuple[list[dict[str, Any]] | None, str | None]:
@@ -263,5 +356,3 @@ def _call(client: Kube, options: AuditOptions, what: str, call: Callable[[], _T]
     except orjson.JSONDecodeError:  # a 200 answer that is not JSON
         raise AuditError(f"listing {what}: the answer from {kube.server_url(client)} is not JSON; is it a "
                          f"Kubernetes API server?") from None
-
-

@@ -38,6 +38,9 @@ KEY_FILE = "tls.key"
 CA_BUNDLE_FILE = "ca-bundle.crt"
 KUSTOMIZATION_FILE = "kustomization.yaml"
 CA_BUNDLE_PATCH_FILE = "ca-bundle-patch.yaml"
+# How many webhooks each configuration of manifests/base holds: the mutating one has the workload webhook and the
+# pod gate webhook. A JSON 6902 patch names each by index.
+WEBHOOK_COUNTS = {"MutatingWebhookConfiguration": 2, "ValidatingWebhookConfiguration": 1}
 
 # The same material as Secrets, both of type kubernetes.io/tls (which requires tls.crt and tls.key). The serving
 # Secret is what the webhook mounts, and its ca.crt is the CA bundle, not just the current CA. The CA Secret,
@@ -288,11 +291,12 @@ def kustomize_component(ca_bundle_pem: bytes, secret: str = DEFAULT_SECRET, name
     """A kustomize Component, as {file name: text}, that makes the Secret and sets caBundle.
 
     It sits beside the certificate files it reads. The Secret keeps one name (no hash suffix) so that a
-    renewed certificate replaces the mounted files in place instead of rolling the webhook pods. Each webhook
-    configuration holds one webhook (manifests/base), hence the one patched index.
+    renewed certificate replaces the mounted files in place instead of rolling the webhook pods. One patch file per
+    configuration, each webhook by its index (WEBHOOK_COUNTS).
     """
     ca_bundle = base64.b64encode(ca_bundle_pem).decode("ascii")
-    patch = [{"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": ca_bundle}]
+    files = {kind: CA_BUNDLE_PATCH_FILE.replace("patch", kind.removesuffix("WebhookConfiguration").lower())
+             for kind in WEBHOOK_COUNTS}
     component = {
         "apiVersion": "kustomize.config.k8s.io/v1alpha1",
         "kind": "Component",
@@ -304,17 +308,19 @@ def kustomize_component(ca_bundle_pem: bytes, secret: str = DEFAULT_SECRET, name
             "options": {"disableNameSuffixHash": True},
         }],
         "patches": [
-            {"path": CA_BUNDLE_PATCH_FILE,
+            {"path": files[kind],
              "target": {"group": "admissionregistration.k8s.io", "kind": kind, "name": webhook_configuration}}
-            for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
+            for kind in WEBHOOK_COUNTS
         ],
     }
     header = ("# Made by `cilium-startup-guard certs --kustomize`; run it again to renew. Do not edit, and do not\n"
               "# commit this directory: the key files beside this one are secret.\n")
-    return {
-        KUSTOMIZATION_FILE: header + yaml.safe_dump(component, sort_keys=False),
-        CA_BUNDLE_PATCH_FILE: header + yaml.safe_dump(patch, sort_keys=False, width=1_000_000),
-    }
+    result = {KUSTOMIZATION_FILE: header + yaml.safe_dump(component, sort_keys=False)}
+    for kind, count in WEBHOOK_COUNTS.items():
+        patch = [{"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": ca_bundle}
+                 for i in range(count)]
+        result[files[kind]] = header + yaml.safe_dump(patch, sort_keys=False, width=1_000_000)
+    return result
 
 
 def _usable_ca(stored: StoredCerts, notes: list[str]) -> tuple[x509.Certificate, bytes, bytes] | None:

@@ -18,10 +18,13 @@ from webhook.policy import (
     CILIUM_TAINT_KEY,
     DEFAULT_GATE_CONDITION,
     DEFAULT_GATE_LABEL,
+    DEFAULT_KINDS,
     Exemption,
+    InjectAt,
     PolicyConfig,
     is_blanket_noexecute,
 )
+from webhook.workloads import Kind
 
 DEFAULT_CERTS_DIR = Path("certs")
 DEFAULT_PORT = 8443
@@ -152,6 +155,7 @@ class _ReadinessGateFile(_Strict):
     enabled: StrictBool = True
     condition_type: str = Field(default=DEFAULT_GATE_CONDITION, alias="conditionType")
     pod_label: str = Field(default=DEFAULT_GATE_LABEL, alias="podLabel")
+    inject_at: InjectAt = Field(default=InjectAt.POD, alias="injectAt")
 
     @model_validator(mode="after")
     def _names(self) -> _ReadinessGateFile:
@@ -214,6 +218,7 @@ class ConfigFile(_Strict):
     readiness_gate: _ReadinessGateFile = Field(default_factory=_ReadinessGateFile, alias="readinessGate")
     cilium_taint_key: str = Field(default=CILIUM_TAINT_KEY, alias="ciliumTaintKey")
     replacement_tolerations: list[_TolerationFile] = Field(default_factory=list, alias="replacementTolerations")
+    kinds: list[Kind] = Field(default_factory=lambda: sorted(DEFAULT_KINDS), min_length=1)
     failure_mode: Literal["allow", "deny"] = Field(default="allow", alias="failureMode")
     server: _ServerFile = Field(default_factory=_ServerFile)
     controller: _ControllerFile = Field(default_factory=_ControllerFile)
@@ -224,6 +229,8 @@ class ConfigFile(_Strict):
             raise ValueError(f"ciliumTaintKey {self.cilium_taint_key!r} is not a valid taint key")
         if any(t.key == self.cilium_taint_key for t in self.replacement_tolerations):
             raise ValueError("replacementTolerations must not tolerate the Cilium taint")
+        if len(set(self.kinds)) != len(self.kinds):
+            raise ValueError("kinds lists a kind twice")
         return self
 
     def to_policy(self) -> PolicyConfig:
@@ -238,6 +245,8 @@ class ConfigFile(_Strict):
             readiness_gate=self.readiness_gate.enabled,
             gate_condition_type=self.readiness_gate.condition_type,
             gate_label=self.readiness_gate.pod_label,
+            inject_at=self.readiness_gate.inject_at,
+            kinds=frozenset(self.kinds),
             cilium_taint_key=self.cilium_taint_key,
             replacement_tolerations=tuple(
                 t.model_dump(by_alias=True, exclude_none=True) for t in self.replacement_tolerations

@@ -21,9 +21,10 @@ from webhook.config import DEFAULT_AUDIT_TIMEOUT, build_settings
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     audit = commands.add_parser(
         "audit", help="evaluate every DaemonSet of a live cluster; count the pods Cilium does not manage",
-        description="Evaluates every DaemonSet in the cluster with the webhook's policy and counts the pods Cilium "
-                    "does not manage today; lists the nodes' NoExecute taints. Exit status: 0 clean, 1 a "
-                    "non-exempt DaemonSet has a blanket NoExecute toleration, 2 the cluster cannot be read "
+        description="Evaluates every DaemonSet (and object of the other configured kinds) in the cluster with the "
+                    "webhook's policy and counts the pods Cilium does not manage today; lists the nodes' NoExecute "
+                    "taints. Exit status: 0 clean, 1 a non-exempt one has a blanket NoExecute toleration, 2 the "
+                    "cluster cannot be read "
                     "(unreachable within --timeout, no permission, bad kubeconfig) or a bad configuration.")
     add_cluster_flags(audit, KubeconfigLookup.LIKE_KUBECTL)
     audit.add_argument("--output", choices=["table", "json"], default="table")
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     options = audit.AuditOptions(timeout=args.timeout, cilium_namespace=args.cilium_namespace,
                                  agent_selector=args.cilium_agent_selector)
     try:
-        cluster, warning = audit.collect(client, options)
+        cluster, warning = audit.collect(client, options, policy.kinds)
         report = audit.build_report(cluster, policy)
     except audit.AuditError as err:
         return fail("audit", str(err), EXIT_USAGE)

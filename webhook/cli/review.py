@@ -15,7 +15,8 @@ from webhook.enums import Mode
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     review = commands.add_parser("review", help="run the policy offline on manifests or AdmissionReviews",
-                                 description="Exit status: 0 clean, 1 a non-exempt DaemonSet has a blanket "
+                                 description="Reviews the objects of the configured kinds (DaemonSets by default). "
+                                             "Exit status: 0 clean, 1 a non-exempt one has a blanket "
                                              "NoExecute toleration, 2 unreadable input or configuration, or no "
                                              "Kubernetes object in the inputs at all.")
     review.add_argument("paths", nargs="+", metavar="FILE|DIR|-",
