@@ -1,6 +1,6 @@
 """Attack benchmark: hostile clients against one `cilium-startup-guard serve` each, with default settings.
 
-    .venv/bin/python bench/attacks.py [--only NAME,...] [--scale F] [--output FILE] [--list]
+    .venv/bin/python bench/attacks.py [--only NAME,...] [--scale F] [--settle S] [--output FILE] [--list]
 
 For every attack a fresh `serve` process (default settings, a throwaway CA) listens on 127.0.0.1. A probe process
 plays kube-apiserver from another loopback address, 127.0.0.2: one keep-alive connection, one normal review (the
@@ -683,7 +683,8 @@ def attacks() -> list[Attack]:
 
 # --- one attack, measured -----------------------------------------------------------------------------------------
 
-def run_attack(attack: Attack, ws: Workspace, scale: float, say: Callable[[str], None]) -> dict[str, Any]:
+def run_attack(attack: Attack, ws: Workspace, scale: float, settle: float,
+               say: Callable[[str], None]) -> dict[str, Any]:
     server = Server(ws, attack.name, [])
     try:
         probe = Probe(server, ws)
@@ -694,7 +695,7 @@ def run_attack(attack: Attack, ws: Workspace, scale: float, say: Callable[[str],
             started = time.monotonic()
             attacker = attack.run(ctx)
             attack_s = time.monotonic() - started
-            time.sleep(SETTLE_S)
+            time.sleep(settle)
         rss_after = server.memory_mib("VmRSS")
         peak = max(server.memory_mib("VmHWM"), sampler.peak)
         probe_result = probe.finish()
@@ -758,6 +759,8 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated attack names (default: all)")
     parser.add_argument("--list", action="store_true", help="list the attacks and exit")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every count by this (default 1)")
+    parser.add_argument("--settle", type=float, default=SETTLE_S,
+                        help=f"seconds after the attack before RSS is read again (default {SETTLE_S:g})")
     parser.add_argument("--output", type=Path, help="also write the results as JSON")
     parser.add_argument("--probe", nargs=2, metavar=("PORT", "CA"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -780,8 +783,8 @@ def main() -> None:
         ws = Workspace.make(Path(directory))
         for attack in chosen:
             print(f"# {attack.name}: {attack.what}", file=sys.stderr, flush=True)
-            results.append(run_attack(attack, ws, args.scale, lambda text: print(text, file=sys.stderr,
-                                                                                 flush=True)))
+            results.append(run_attack(attack, ws, args.scale, args.settle,
+                                      lambda text: print(text, file=sys.stderr, flush=True)))
     print(table(results))
     if args.output:
         args.output.write_text(json.dumps({"machine": machine(), "results": results}, indent=2))
