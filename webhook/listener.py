@@ -208,15 +208,15 @@ class Listener:
             await self._loop.connect_accepted_socket(lambda: self.start_http(slot), waiting.sock, ssl=self.context,
                                                      ssl_handshake_timeout=remaining,
                                                      ssl_shutdown_timeout=self.limits.close_timeout)
-        except (OSError, EOFError, ValueError) as err:  # ssl.SSLError and ConnectionError are OSErrors
+        except asyncio.CancelledError:  # the listener is closing
+            slot.release()
+            raise
+        except Exception as err:  # ssl.SSLError, ConnectionError, the timeout's ConnectionAbortedError, ...
             slot.release()
             late = time.monotonic() >= waiting.deadline - 0.01
             reason = CloseReason.TLS_HANDSHAKE_TIMEOUT if late else CloseReason.TLS_HANDSHAKE_FAILED
             self.on_close(reason)
             log.debug("TLS handshake failed", extra={"reason": reason.value, "error": str(err)[:200]})
-        except asyncio.CancelledError:
-            slot.release()
-            raise
 
     def _timed_out(self, waiting: _Waiting) -> None:
         waiting.timer = None
