@@ -58,7 +58,7 @@ def test_chunked_body_over_the_limit_is_refused_while_it_streams(server):
                      b"Transfer-Encoding: chunked\r\n\r\n")
         conn.settimeout(0.05)
         answer = b""
-        for _ in range(32):  # up to 32 MiB; the limit is 8 MiB
+        for _ in range(32):  # up to 32 MiB; the limit is 3 MiB
             try:
                 conn.sendall(chunk)
                 answer += conn.recv(65536)
