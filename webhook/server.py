@@ -41,6 +41,11 @@ TRIM_AFTER_LARGE_REVIEWS = 1
 # glibc's mallopt() parameter and the value it is set to: see _tune_malloc().
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 128 * 1024
+# How long a thread that wants the GIL waits before the holder must hand it over (Python's default: 5 ms). While a
+# large review runs on its worker thread, the event loop waits this long for the GIL on every wake-up: at 5 ms, a
+# normal review behind eight looping 3 MiB ones had a p99 of 570 ms; at 1 ms, 230 ms. With one thread busy, as
+# almost always, it costs nothing.
+GIL_SWITCH_INTERVAL_S = 0.001
 
 
 class GuardServer(uvicorn.Server):
@@ -72,6 +77,7 @@ class GuardServer(uvicorn.Server):
         await self.lifespan.startup()
         if self.lifespan.should_exit:
             sys.exit(STARTUP_FAILURE)
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         config, loop = self.config, asyncio.get_running_loop()
         limits = self.runtime.settings.server
         metrics = self.runtime.metrics
