@@ -1,4 +1,5 @@
-"""The webhook configurations' matchConditions (CEL) against the recorded AdmissionReviews, evaluated with cel-python.
+"""The webhook configurations' matchConditions (CEL) against the recorded AdmissionReviews, evaluated with the CEL
+reference runtime for C++ (cel-expr-python, through tests/cel_eval.py), as `policy export` is.
 
 kube-apiserver evaluates matchConditions with cel-go; the expressions keep to what both implement (field selection,
 has(), the exists() macro, `in` on a list, boolean operators), which test_expressions_keep_to_the_common_subset
@@ -15,38 +16,27 @@ import re
 from pathlib import Path
 from typing import Any
 
-import celpy
 import pytest
 import yaml
 
+from tests import cel_eval
 from tests.support import FIXTURES
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGURATIONS = list(yaml.safe_load_all((ROOT / "manifests" / "base" / "webhook-configurations.yaml").read_text()))
 WEBHOOKS = {hook["name"]: hook for configuration in CONFIGURATIONS for hook in configuration["webhooks"]}
 REVIEWS = sorted(p.name for p in FIXTURES.glob("*.json"))
-_ENVIRONMENT = celpy.Environment()
 
 
 def matches(hook: dict[str, Any], review: dict[str, Any]) -> bool:
     """Whether kube-apiserver would call the webhook for this request, as far as its matchConditions decide."""
-    request = review["request"]
-    activation = {
-        "request": celpy.json_to_cel({k: v for k, v in request.items() if k not in ("object", "oldObject")}),
-        "object": celpy.json_to_cel(request.get("object")),
-        "oldObject": celpy.json_to_cel(request.get("oldObject")),
-    }
+    activation = cel_eval.activation(review["request"])
     results = []
     for condition in hook["matchConditions"]:
-        result = _program(condition["expression"]).evaluate(activation)
-        assert isinstance(result, celpy.celtypes.BoolType), (condition["name"], result)
-        results.append(bool(result))
+        result = cel_eval.evaluate(condition["expression"], activation)
+        assert isinstance(result, bool), (condition["name"], result)
+        results.append(result)
     return all(results)
-
-
-@functools.cache
-def _program(expression: str) -> Any:
-    return _ENVIRONMENT.program(_ENVIRONMENT.compile(expression))
 
 
 @functools.cache

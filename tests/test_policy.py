@@ -269,6 +269,12 @@ def test_strip_adds_configured_replacement_tolerations_once() -> None:
     assert apply(daemonset([CRITICAL]), config)["spec"]["template"]["spec"]["tolerations"] == [CRITICAL]
 
 
+def test_strip_adds_a_replacement_listed_twice_in_the_config_once() -> None:
+    dedicated = {"key": "dedicated", "operator": "Exists", "effect": "NoExecute"}
+    config = PolicyConfig(mode=Mode.STRIP, replacement_tolerations=(dedicated, dedicated))
+    assert tolerations_of(apply(daemonset([MATCH_ALL]), config)) == [NOSCHEDULE_ALL, PREFER_ALL, dedicated]
+
+
 def test_strip_warns_what_it_removed() -> None:
     (warning,) = mutate(daemonset([MATCH_ALL]), STRIP).warnings
     assert "DaemonSet kube-system/node-agent" in warning

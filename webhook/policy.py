@@ -330,7 +330,9 @@ def _strip_edits(obj: Mapping[str, Any], found: Assessment, config: PolicyConfig
         elif is_match_all(tol):
             kept += [dict(n) for n in narrowed]
             narrowed = []
-    kept += [dict(extra) for extra in config.replacement_tolerations if extra not in kept]
+    for extra in config.replacement_tolerations:  # a loop: one listed twice in the config is added once
+        if extra not in kept:
+            kept.append(dict(extra))
     edits = [Edit("replace", PATHS[found.kind].tolerations, kept)]
 
     # The distinct stripped tolerations, as many as MAX_RECORDED_TOLERATIONS; past that, the total as well.
