@@ -6,15 +6,18 @@ import asyncio
 import base64
 import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from tests.support import AppClient, load_fixture
 from webhook import app as app_module
 from webhook.app import ANSWER_CHUNK_BYTES, LARGE_REVIEW_BYTES, create_app
+from webhook.bodylimit import BodyReader
 from webhook.config import Settings
 from webhook.enums import Mode
 from webhook.policy import PolicyConfig
@@ -192,3 +195,49 @@ def test_a_large_review_is_reviewed_off_the_event_loop_thread(monkeypatch: pytes
 def test_an_ordinary_review_is_reviewed_on_the_event_loop_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     thread, _ = _reviewed_on(monkeypatch, 0)
     assert thread == threading.main_thread().name
+
+
+def _order_of_events(monkeypatch: pytest.MonkeyPatch, sources: tuple[str, str]) -> list[str]:
+    """Two large reviews sent at once, from `sources`: when each body was read and each review began and ended."""
+    events: list[str] = []
+    real_read, real_review = BodyReader.read, app_module.handle_review
+
+    async def read(self: BodyReader, scope: Any, receive: Any, send: Any) -> bytes | None:
+        events.append(f"read {scope['client'][0]}")
+        return await real_read(self, scope, receive, send)
+
+    def review(content_type: str, body: bytes, *args: Any) -> tuple[int, bytes]:
+        source = orjson.loads(body)["request"]["name"]
+        events.append(f"review {source}")
+        time.sleep(0.1)
+        events.append(f"answered {source}")
+        return real_review(content_type, body, *args)
+
+    monkeypatch.setattr(BodyReader, "read", read)
+    monkeypatch.setattr(app_module, "handle_review", review)
+    app = create_app(Settings())
+
+    async def post(source: str) -> None:
+        body = load_fixture("daemonset_ebs_csi_node.json")
+        body["request"]["name"] = source
+        body["request"]["object"]["metadata"]["annotations"]["padding"] = "x" * LARGE_REVIEW_BYTES
+        transport = httpx.ASGITransport(app=app, client=(source, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as client:
+            assert (await client.post("/validate", json=body)).status_code == 200
+
+    async def both() -> None:
+        await asyncio.gather(*(post(source) for source in sources))
+
+    asyncio.run(both())
+    return events
+
+
+def test_a_second_large_review_from_one_source_is_not_read_before_the_first_is_answered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    events = _order_of_events(monkeypatch, ("192.0.2.1", "192.0.2.1"))
+    assert events == ["read 192.0.2.1", "review 192.0.2.1", "answered 192.0.2.1"] * 2
+
+
+def test_a_large_review_from_another_source_is_read_meanwhile(monkeypatch: pytest.MonkeyPatch) -> None:
+    events = _order_of_events(monkeypatch, ("192.0.2.1", "192.0.2.2"))
+    assert events.index("read 192.0.2.2") < events.index("answered 192.0.2.1")

@@ -6,9 +6,12 @@ Reads the raw body and hands it to admission.py; no decision is made here and no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -18,9 +21,10 @@ from starlette.types import Receive, Scope, Send
 
 from webhook import admission
 from webhook.admission import BadReview
-from webhook.bodylimit import BodyReader
+from webhook.bodylimit import BodyReader, content_length
 from webhook.config import Settings
 from webhook.enums import Endpoint, ErrorReason, Outcome
+from webhook.listener import source_of
 from webhook.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from webhook.metrics import Metrics
 
@@ -41,7 +45,8 @@ MAX_KIND_LENGTH = 63
 MAX_ERROR_LENGTH = admission.MAX_MESSAGE_LENGTH
 # Reviews with a body at least this large (kube-apiserver's are 5-50 KB) are reviewed on one worker thread, one
 # after the other, while the event loop goes on answering the rest: the policy is Python code, which hands the
-# GIL back every few milliseconds, so a 3 MiB review no longer holds up every request behind it.
+# GIL back every few milliseconds, so a 3 MiB review no longer holds up every request behind it. One source
+# address has one such review in hand at a time (SourceTurns).
 LARGE_REVIEW_BYTES = 256 * 1024
 
 
@@ -56,6 +61,7 @@ class Runtime:
         self.metrics = metrics
         self.draining = False
         self.large_reviews_done = 0
+        self.turns = SourceTurns()
         self._large_reviews: ThreadPoolExecutor | None = None
 
     def large_reviews(self) -> ThreadPoolExecutor:
@@ -67,6 +73,33 @@ class Runtime:
     def close(self) -> None:
         if self._large_reviews is not None:
             self._large_reviews.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class _Turn:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+class SourceTurns:
+    """One large review at a time per source address: the next one from the same source is not even read before
+    the one in hand has been answered. A client that sends many at once holds up its own, not anyone else's, and
+    holds one body in memory, not all of them."""
+
+    def __init__(self) -> None:
+        self._turns: dict[str, _Turn] = {}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, source: str) -> AsyncIterator[None]:
+        entry = self._turns.setdefault(source, _Turn())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if not entry.users:
+                del self._turns[source]
 
 
 class WebhookApp(FastAPI):
@@ -137,6 +170,16 @@ class ReviewRoute:
         self.reader = reader
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        declared = content_length(scope)
+        if declared is not None and declared < LARGE_REVIEW_BYTES:
+            await self._review(scope, receive, send)
+            return
+        # Large, or chunked and so of a size unknown until read (kube-apiserver always sends Content-Length).
+        client = scope.get("client")
+        async with self.runtime.turns.turn(source_of(client[0]) if client else ""):
+            await self._review(scope, receive, send)
+
+    async def _review(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await self.reader.read(scope, receive, send)
         if body is None:
             return  # refused (413, 408) or the client left

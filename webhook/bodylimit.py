@@ -25,7 +25,7 @@ class BodyReader:
 
     async def read(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
         """The body; None when it was refused (the refusal is sent) or the client left (nobody to answer)."""
-        declared = _content_length(scope)
+        declared = content_length(scope)
         if declared is not None and declared > self.max_bytes:
             await self._refuse(send, Refusal.BODY_TOO_LARGE, 413, self._too_large())
             return None
@@ -64,7 +64,8 @@ class BodyReader:
         await send({"type": "http.response.body", "body": body})
 
 
-def _content_length(scope: Scope) -> int | None:
+def content_length(scope: Scope) -> int | None:
+    """The request's Content-Length, or None when it has none (chunked) or one that is not a number."""
     for name, value in scope["headers"]:
         if name == b"content-length":
             try:
