@@ -617,15 +617,17 @@ def attack_pipeline_flood(ctx: Context, connections: int = 16, hold: float = 30.
     request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
     payload = request * (256 * 1024 // len(request))
     socks = []
+    tried = ctx.count(connections)
     started = time.monotonic()
-    for _ in range(ctx.count(connections)):
+    for _ in range(tried):
         outcome = _send_body(ctx.ws, ctx.server.port, b"", payload, rcvbuf=4096)
-        if isinstance(outcome, ssl.SSLSocket):
+        if isinstance(outcome, ssl.SSLSocket):  # else reset by the server while still sending
             socks.append(outcome)
     closed = wait_closed_by_server(socks, started, hold)
     for sock in socks:
         sock.close()
-    return {"connections": len(socks), "requests_each": payload.count(b"GET"), **held_summary(closed, hold)}
+    return {"connections_tried": tried, "sent_whole": len(socks), "requests_each": payload.count(b"GET"),
+            **held_summary(closed, hold)}
 
 
 def attack_many_headers(ctx: Context, connections: int = 64, hold: float = 20.0) -> dict[str, Any]:

@@ -3,8 +3,9 @@ test using them is marked slow, so that `pytest -m "not slow"` stays the fast in
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -48,6 +49,28 @@ def kube_client(kubeconfig_path: Path) -> Iterator[object]:
     client = kube.connect(kubeconfig_path, "fake")
     yield client
     client.close()
+
+
+@pytest.fixture
+def start(kubeconfig_path: Path) -> Iterator[Callable[..., Any]]:
+    """start(options=None, *, lead=True): a gate controller replica (tests/controller_harness.py), ready, and the
+    leader unless `lead` is False or it runs dry; stopped after the test."""
+    from tests.controller_harness import Replica, options, wait_until
+
+    replicas: list[Replica] = []
+
+    def start_replica(opts: Any = None, *, lead: bool = True) -> Replica:
+        replica = Replica(kubeconfig_path, opts or options())
+        replicas.append(replica)
+        wait_until(replica.controller.is_ready)
+        if lead and not replica.controller.options.dry_run:
+            wait_until(lambda: replica.controller.leading)
+        return replica
+
+    yield start_replica
+    for replica in replicas:
+        if replica.thread.is_alive():
+            replica.stop()
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,8 @@ Generic over resource paths: core (/api/v1/...) and group (/apis/GROUP/VERSION/.
 cluster-scoped, each registered with `add_resource`. It serves:
 
 - discovery: /api, /api/v1, /apis, /apis/GROUP/VERSION (a removed resource disappears from it and answers 404)
-- list with labelSelector, fieldSelector (any dotted path, = == !=), limit and continue
+- list with labelSelector, fieldSelector (= == !=, only the fields kube-apiserver lets each resource be
+  selected by: 400 for any other), limit and continue
 - watch: chunked JSON lines of {type, object} from a resourceVersion (or the current state when none is
   given), 410 Gone (as an ERROR event, like kube-apiserver) for a compacted one, timeoutSeconds, and
   `drop_watches()` to cut every open watch connection
@@ -551,7 +552,7 @@ class FakeKube:
 
     def _matching(self, rt: ResourceType, ns: str, query: dict[str, str]) -> Callable[[dict[str, Any]], bool]:
         labels = parse_label_selector(query.get("labelSelector", ""))
-        fields = parse_field_selector(query.get("fieldSelector", ""))
+        fields = parse_field_selector(query.get("fieldSelector", ""), rt)
 
         def matches(obj: dict[str, Any]) -> bool:
             metadata = obj.get("metadata", {})
@@ -892,21 +893,68 @@ def parse_label_selector(text: str) -> list[Callable[[dict[str, str]], bool]]:
     return tests
 
 
-def parse_field_selector(text: str) -> list[Callable[[dict[str, Any]], bool]]:
-    """path=value, path==value, path!=value over dotted paths such as spec.nodeName or metadata.name."""
+def _field(*path: str) -> Callable[[dict[str, Any]], str]:
+    def read(obj: dict[str, Any]) -> str:
+        node: Any = obj
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        return "" if node is None else str(node)
+
+    return read
+
+
+def _flag(*path: str) -> Callable[[dict[str, Any]], str]:
+    # A bool field selects as "true" or "false", an absent one as "false" (strconv.FormatBool of the Go zero value).
+    read = _field(*path)
+    return lambda obj: "true" if read(obj) == "True" else "false"
+
+
+def _pod_ip(pod: dict[str, Any]) -> str:
+    ips = (pod.get("status") or {}).get("podIPs") or []
+    return str(ips[0].get("ip") or "") if ips else _field("status", "podIP")(pod)
+
+
+# The fields kube-apiserver lets a list or watch select by, besides metadata.name (and metadata.namespace for
+# namespaced resources); any other field is refused with 400. Pods: ToSelectableFields in
+# https://github.com/kubernetes/kubernetes/blob/v1.31.0/pkg/registry/core/pod/strategy.go, where spec.hostNetwork
+# is the formatted bool, "false" when unset. Nodes: NodeToSelectableFields in pkg/registry/core/node/strategy.go;
+# Secrets: SelectableFields in pkg/registry/core/secret/strategy.go.
+SELECTABLE_FIELDS: dict[tuple[str, str], dict[str, Callable[[dict[str, Any]], str]]] = {
+    ("", "pods"): {
+        "spec.nodeName": _field("spec", "nodeName"),
+        "spec.restartPolicy": _field("spec", "restartPolicy"),
+        "spec.schedulerName": _field("spec", "schedulerName"),
+        "spec.serviceAccountName": _field("spec", "serviceAccountName"),
+        "spec.hostNetwork": _flag("spec", "hostNetwork"),
+        "status.phase": _field("status", "phase"),
+        "status.podIP": _pod_ip,
+        "status.nominatedNodeName": _field("status", "nominatedNodeName"),
+    },
+    ("", "nodes"): {"spec.unschedulable": _flag("spec", "unschedulable")},
+    ("", "secrets"): {"type": _field("type")},
+}
+
+
+def selectable_fields(rt: ResourceType) -> dict[str, Callable[[dict[str, Any]], str]]:
+    fields = {"metadata.name": _field("metadata", "name")}
+    if rt.namespaced:
+        fields["metadata.namespace"] = _field("metadata", "namespace")
+    return {**fields, **SELECTABLE_FIELDS.get(_bucket(rt), {})}
+
+
+def parse_field_selector(text: str, rt: ResourceType) -> list[Callable[[dict[str, Any]], bool]]:
+    """field=value, field==value, field!=value, joined by commas (all must hold), over the fields `rt` can be
+    selected by."""
+    fields = selectable_fields(rt)
     tests: list[Callable[[dict[str, Any]], bool]] = []
     for term in _split_terms(text):
         m = re.fullmatch(r"([A-Za-z0-9_.]+)\s*(==|=|!=)\s*(.*)", term)
         if m is None:
             raise ApiError(400, "BadRequest", f"invalid field selector: {term}")
-        path, op, value = m.group(1).split("."), m.group(2), m.group(3)
-
-        def read(obj: dict[str, Any], path: list[str] = path) -> str:
-            node: Any = obj
-            for key in path:
-                node = node.get(key) if isinstance(node, dict) else None
-            return "" if node is None else str(node)
-
+        name, op, value = m.groups()
+        read = fields.get(name)
+        if read is None:
+            raise ApiError(400, "BadRequest", f"field label not supported: {name}")
         if op == "!=":
             tests.append(lambda obj, v=value, read=read: read(obj) != v)
         else:

@@ -35,6 +35,8 @@ class InstallSpec:
     overlay: str = ""
     components: tuple[str, ...] = ()
     helm_values: dict[str, Any] | None = field(default=None, hash=False)
+    # The controller's scope `all` with this action ("" for the default scope): more RBAC, in Cilium's namespace too.
+    unmanaged: str = ""
 
     @property
     def helm(self) -> bool:
@@ -53,6 +55,10 @@ SPECS = (
     InstallSpec("helm-strict", "cert-manager", strict=True,
                 helm_values={"certificates": "cert-manager", "strict": True}),
     InstallSpec("helm-monitoring", "self-managed-job", monitoring=True, helm_values=MONITORING_VALUES),
+    InstallSpec("cert-manager+unmanaged-recycle", "cert-manager", overlay="cert-manager",
+                components=("unmanaged-recycle",), unmanaged="recycle"),
+    InstallSpec("helm-unmanaged-observe", "self-managed-job", unmanaged="observe",
+                helm_values={"controller": {"unmanaged": {"scope": "all"}}}),
 )
 NAMES = tuple(spec.name for spec in SPECS)
 BY_NAME = {spec.name: spec for spec in SPECS}

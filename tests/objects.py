@@ -46,14 +46,18 @@ def node(name: str, *, tainted: bool = False) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "spec": {"taints": taints}}
 
 
-def agent_pod(node_name: str, *, ready: bool = True, name: str | None = None) -> dict[str, Any]:
+def agent_pod(node_name: str, *, ready: bool = True, name: str | None = None,
+              ready_since: float | None = None) -> dict[str, Any]:
+    """A Cilium agent pod; its Ready condition last changed at `ready_since` (default: an hour ago)."""
+    since = stamp(time.time() - 3600 if ready_since is None else ready_since)
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name or f"cilium-{node_name}", "namespace": CILIUM_NAMESPACE,
                          "labels": {"k8s-app": "cilium"}},
             "spec": {"nodeName": node_name, "hostNetwork": True,
                      "containers": [{"name": "cilium-agent", "image": "quay.io/cilium/cilium:v1.16"}]},
             "status": {"phase": "Running", "startTime": stamp(),
-                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False",
+                                       "lastTransitionTime": since}]}}
 
 
 def endpoint(pod: dict[str, Any], *, state: str = "ready") -> dict[str, Any]:
@@ -88,6 +92,15 @@ CONTROLLER_RBAC = {
     ("coordination.k8s.io", "leases", "get"), ("coordination.k8s.io", "leases", "create"),
     ("coordination.k8s.io", "leases", "update"),
 }
+# Scope `all` adds the cilium-config ConfigMap (read once at start-up, in --cilium-namespace); observing unmanaged
+# pods evicts none, so it makes neither the eviction nor the reads just before one. Recycling them adds the reads of
+# their owners (manifests/components/unmanaged-recycle).
+CILIUM_CONFIG_READ = ("", "configmaps", "get")
+OWNER_READS = {("apps", "replicasets", "get"), ("apps", "statefulsets", "get"), ("apps", "daemonsets", "get"),
+               ("batch", "jobs", "get")}
+CONTROLLER_RBAC_ALL_OBSERVE = (CONTROLLER_RBAC - {("", "pods", "get"), ("", "pods/eviction", "create"),
+                                                  ("cilium.io", "ciliumendpoints", "get")}) | {CILIUM_CONFIG_READ}
+CONTROLLER_RBAC_ALL_RECYCLE = CONTROLLER_RBAC | {CILIUM_CONFIG_READ} | OWNER_READS
 
 
 def daemonset_pod(daemonset: dict[str, Any], name: str, node_name: str = "node-a", *, phase: str = "Running",
@@ -112,6 +125,40 @@ def daemonset_pod(daemonset: dict[str, Any], name: str, node_name: str = "node-a
     return {"apiVersion": "v1", "kind": "Pod", "metadata": pod_metadata, "spec": spec, "status": status}
 
 
+def workload_pod(name: str, namespace: str = "default", node_name: str = "node-a", *,
+                 owner: tuple[str, str, str] | None = None, phase: str = "Running", ip: str = "10.0.2.9",
+                 started: float | None = None, host_network: bool = False, mirror: bool = False,
+                 labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """An ungated pod as its owner (kind, name, uid) makes it; owner None is a bare pod, `mirror` a static pod's
+    mirror (annotated, and owned by its Node)."""
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels or {"app": name})}
+    if owner is not None:
+        kind, owner_name, uid = owner
+        metadata["ownerReferences"] = [{"apiVersion": "batch/v1" if kind == "Job" else "apps/v1", "kind": kind,
+                                        "name": owner_name, "uid": uid, "controller": True,
+                                        "blockOwnerDeletion": True}]
+    if mirror:
+        metadata["annotations"] = {"kubernetes.io/config.mirror": "5f2a", "kubernetes.io/config.source": "file"}
+        metadata["ownerReferences"] = [{"apiVersion": "v1", "kind": "Node", "name": node_name, "uid": "node-uid",
+                                        "controller": True}]
+    spec: dict[str, Any] = {"nodeName": node_name, "containers": [{"name": "main", "image": "example/app:1"}]}
+    if host_network:
+        spec["hostNetwork"] = True
+    status: dict[str, Any] = {"phase": phase}
+    if phase == "Running":
+        status.update(startTime=stamp(started), podIP=ip,
+                      containerStatuses=[{"name": "main", "ready": True,
+                                          "state": {"running": {"startedAt": stamp(started)}}}])
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec, "status": status}
+
+
+def owner_object(kind: str, name: str, namespace: str = "default", **spec: Any) -> dict[str, Any]:
+    """A ReplicaSet, StatefulSet, DaemonSet or Job, just enough for the owner checks."""
+    api = "batch/v1" if kind == "Job" else "apps/v1"
+    return {"apiVersion": api, "kind": kind, "metadata": {"name": name, "namespace": namespace},
+            "spec": {"replicas": 1, **spec} if kind in ("ReplicaSet", "StatefulSet") else dict(spec)}
+
+
 def with_taints(the_node: dict[str, Any], *taints: dict[str, str]) -> dict[str, Any]:
     the_node["spec"]["taints"] = [*the_node["spec"]["taints"], *taints]
     return the_node
@@ -121,6 +168,16 @@ def with_taints(the_node: dict[str, Any], *taints: dict[str, str]) -> dict[str, 
 AUDIT_RBAC = {
     ("apps", "daemonsets", "list"), ("", "pods", "list"), ("", "nodes", "list"),
     ("cilium.io", "ciliumendpoints", "list"),
+}
+
+
+# What `recycle` calls, as (apiGroup, resource, verb): its ClusterRole in docs/review-and-audit.md grants exactly
+# these. A --dry-run needs neither the eviction nor the gets of pods and CiliumEndpoints just before one.
+RECYCLE_RBAC = {
+    ("", "pods", "list"), ("", "pods", "get"), ("", "pods/eviction", "create"), ("", "nodes", "list"),
+    ("cilium.io", "ciliumendpoints", "list"), ("cilium.io", "ciliumendpoints", "get"),
+    ("apps", "replicasets", "get"), ("apps", "statefulsets", "get"), ("apps", "daemonsets", "get"),
+    ("batch", "jobs", "get"),
 }
 
 

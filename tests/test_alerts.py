@@ -46,7 +46,10 @@ def exported() -> dict[str, dict[str, set[str]]]:
     # The per-namespace series exist once a namespace has been counted; count one for each endpoint.
     for endpoint in Endpoint:
         webhook.count_blanket(endpoint, "default", seen=1, stripped=1)
-    for registry in (webhook.registry, ControllerMetrics().registry):
+    controller = ControllerMetrics()
+    # The unmanaged-pods series exist once a pod has been counted; count one.
+    controller.set_unmanaged([(("default", "ReplicaSet"), 1)])
+    for registry in (webhook.registry, controller.registry):
         for family in registry.collect():
             for sample in family.samples:
                 labels = result.setdefault(sample.name, {})

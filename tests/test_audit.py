@@ -17,6 +17,7 @@ from webhook.audit import (
     DaemonSetAudit,
     Report,
     TaintCount,
+    UnmanagedPod,
     build_report,
     exit_status,
     is_unmanaged,
@@ -179,6 +180,28 @@ def test_unmanaged_pods_are_null_everywhere_when_endpoints_could_not_be_listed()
                       None)
     report = build_report(cluster, CONFIG)
     assert [d["unmanaged_pods"] for d in report.as_json()["daemonsets"]] == [None, None]
+    assert report.as_json()["unmanaged_pods"] is None
+
+
+def test_unmanaged_pods_of_every_owner_are_listed_once_sorted():
+    ebs = stored("daemonset_ebs_csi_node.json", "ebs")
+    web = daemonset_pod(ebs, "web-5d8f-x", owner_uid="rs-uid")
+    web["metadata"].update(namespace="shop", ownerReferences=[
+        {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d8f", "uid": "rs-uid", "controller": True}])
+    bare = daemonset_pod(ebs, "debug")
+    bare["metadata"].update(namespace="shop", ownerReferences=[])
+    mirror = daemonset_pod(ebs, "etcd-node-a")
+    mirror["metadata"].update(namespace="kube-system", annotations={"kubernetes.io/config.mirror": "h"},
+                              ownerReferences=[{"kind": "Node", "name": "node-a", "uid": "n", "controller": True}])
+    managed = daemonset_pod(ebs, "ebs-1")
+    pods = [web, bare, mirror, managed, daemonset_pod(ebs, "ebs-2"), daemonset_pod(ebs, "ebs-3", host_network=True)]
+    for i, pod in enumerate(pods):
+        pod["metadata"]["uid"] = f"pod-{i}"
+    report = build_report(Cluster([ebs], pods, [node("node-a")], [agent_pod("node-a")], [endpoint(managed)]), CONFIG)
+    assert [(p.namespace, p.name, p.owner_kind) for p in report.unmanaged_pods or ()] == [
+        ("kube-system", "ebs-2", "DaemonSet"), ("kube-system", "etcd-node-a", "Node"), ("shop", "debug", None),
+        ("shop", "web-5d8f-x", "ReplicaSet")]
+    assert report.daemonsets[0].unmanaged_pods == 1
 
 
 # --- node taints ---
@@ -218,12 +241,17 @@ EXAMPLE = Report(
     ),
     node_noexecute_taints=(TaintCount("dedicated", "gpu", "NoExecute", 2),
                            TaintCount("node.kubernetes.io/unreachable", None, "NoExecute", 1)),
+    unmanaged_pods=(UnmanagedPod("kube-system", "ebs-csi-node-a", "node-a", "DaemonSet", "ebs-csi-node"),
+                    UnmanagedPod("kube-system", "ebs-csi-node-b", "node-b", "DaemonSet", "ebs-csi-node"),
+                    UnmanagedPod("kube-system", "ebs-csi-node-c", "node-c", "DaemonSet", "ebs-csi-node"),
+                    UnmanagedPod("shop", "web-5d8f-x", "node-a", "ReplicaSet", "web-5d8f"),
+                    UnmanagedPod("shop", "debug", "node-b", None, None)),
 )
 
 
 def test_json_is_exactly_the_documented_schema():
     report = json.loads(render_json(EXAMPLE))
-    assert list(report) == ["daemonsets", "node_noexecute_taints"]
+    assert list(report) == ["daemonsets", "node_noexecute_taints", "unmanaged_pods"]
     assert report["daemonsets"][0] == {
         "namespace": "kube-system", "name": "ebs-csi-node", "finding": True,
         "blanket_tolerations": [{"operator": "Exists"}], "exempt_reason": None, "gated": False, "unmanaged_pods": 3,
@@ -232,6 +260,9 @@ def test_json_is_exactly_the_documented_schema():
     assert report["node_noexecute_taints"] == [
         {"key": "dedicated", "value": "gpu", "effect": "NoExecute", "nodes": 2},
         {"key": "node.kubernetes.io/unreachable", "value": None, "effect": "NoExecute", "nodes": 1}]
+    assert report["unmanaged_pods"][3] == {"namespace": "shop", "name": "web-5d8f-x", "node": "node-a",
+                                           "owner_kind": "ReplicaSet", "owner_name": "web-5d8f"}
+    assert report["unmanaged_pods"][4]["owner_kind"] is None
 
 
 def test_table_has_a_row_per_daemonset_then_the_taints_then_a_summary():
@@ -244,14 +275,18 @@ def test_table_has_a_row_per_daemonset_then_the_taints_then_a_summary():
     assert lines[5].startswith(f"NODE NOEXECUTE TAINT (besides {CILIUM_TAINT_KEY})")
     assert lines[6].split() == ["dedicated=gpu:NoExecute", "2"]
     assert lines[7].split() == ["node.kubernetes.io/unreachable:NoExecute", "1"]
+    assert lines[9].split() == ["UNMANAGED", "POD", "NODE", "OWNER"]
+    assert lines[13].split() == ["shop/web-5d8f-x", "node-a", "ReplicaSet/web-5d8f"]
+    assert lines[14].split() == ["shop/debug", "node-b", "-"]
     assert lines[-1] == ("3 DaemonSet(s) audited: 1 with a blanket NoExecute toleration, 1 exempt; "
-                         "3 pod(s) not managed by Cilium")
+                         "5 pod(s) not managed by Cilium")
 
 
 def test_table_says_unknown_rather_than_zero_when_endpoints_could_not_be_listed():
     unknown = Report(tuple(DaemonSetAudit(d.namespace, d.name, d.finding, d.blanket_tolerations, d.exempt_reason,
-                                          d.gated, None) for d in EXAMPLE.daemonsets), ())
+                                          d.gated, None) for d in EXAMPLE.daemonsets), (), unmanaged_pods=None)
     text = render_table(unknown, CONFIG)
+    assert json.loads(render_json(unknown))["unmanaged_pods"] is None
     assert text.splitlines()[1].split()[-1] == "n/a"
     assert f"no NoExecute taints on nodes besides {CILIUM_TAINT_KEY}" in text
     assert text.endswith("unmanaged pods unknown (CiliumEndpoints could not be listed)\n")
@@ -289,7 +324,7 @@ def test_each_configured_kind_has_its_own_array_with_the_same_fields():
                       {Kind.DEPLOYMENT: [deployment], Kind.CRONJOB: [cronjob]})
     report = build_report(cluster, ALL_KINDS).as_json()
     assert list(report) == ["daemonsets", "deployments", "statefulsets", "replicasets", "jobs", "cronjobs", "pods",
-                            "node_noexecute_taints"]
+                            "node_noexecute_taints", "unmanaged_pods"]
     (dep,) = report["deployments"]
     assert list(dep) == list(report["daemonsets"][0])
     assert (dep["name"], dep["finding"], dep["fix"]["id"]) == ("ebs-csi-controller", True,
@@ -320,7 +355,7 @@ def test_a_bare_pod_is_audited_and_counts_itself():
     bare = copy.deepcopy(load_fixture("pod_bare_generate_name.json")["request"]["object"])
     bare["metadata"].update(name="ebs-csi-node-debug-x1", uid="bare-1")
     bare["spec"]["nodeName"] = "node-a"
-    bare["status"] = {"phase": "Running"}
+    bare["status"] = {"phase": "Running", "podIP": "10.0.3.4"}  # a pod on the pod network runs with an IP
     cluster = Cluster([], [bare], [node("node-a")], [agent_pod("node-a")], [])
     (audit,) = build_report(cluster, PolicyConfig(kinds=frozenset({Kind.DAEMONSET, Kind.POD}))).as_json()["pods"]
     assert (audit["name"], audit["finding"], audit["unmanaged_pods"]) == ("ebs-csi-node-debug-x1", True, 1)

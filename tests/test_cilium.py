@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.objects import agent_pod, node
-from webhook.cilium import AgentState, agent_state, endpoint_state
+from webhook.cilium import AgentState, agent_state, endpoint_state, is_zero_duration, operator_watcher
 from webhook.policy import CILIUM_TAINT_KEY
 
 
@@ -44,3 +44,31 @@ def test_terminating_agent_is_not_ready():
     agent = agent_pod("node-a")
     agent["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z"
     assert agent_state(node("node-a"), [agent], CILIUM_TAINT_KEY) is AgentState.NOT_READY
+
+
+@pytest.mark.parametrize("config, restarts, selector", [
+    pytest.param({}, True, "k8s-app=kube-dns", id="default-restarts-coredns"),
+    pytest.param({"unmanaged-pod-watcher-interval": "0"}, False, "k8s-app=kube-dns", id="helm-restart-false"),
+    pytest.param({"unmanaged-pod-watcher-interval": "0s"}, False, "k8s-app=kube-dns", id="zero-duration"),
+    pytest.param({"unmanaged-pod-watcher-interval": "15"}, True, "k8s-app=kube-dns", id="seconds"),
+    pytest.param({"unmanaged-pod-watcher-interval": "15s", "pod-restart-selector": ""}, True, "",
+                 id="empty-selector-restarts-every-pod"),
+    pytest.param({"disable-endpoint-crd": "true"}, False, "k8s-app=kube-dns", id="no-endpoints-no-watcher"),
+])
+def test_operator_watcher_from_cilium_config(config, restarts, selector):
+    watcher = operator_watcher(config)
+    assert (watcher.restarts_pods, watcher.selector) == (restarts, selector)
+
+
+def test_operator_watcher_describes_what_it_deletes():
+    assert "every pod every 1m" in operator_watcher({"unmanaged-pod-watcher-interval": "1m",
+                                                     "pod-restart-selector": ""}).describe()
+    assert "does not restart" in operator_watcher({"unmanaged-pod-watcher-interval": "0"}).describe()
+
+
+@pytest.mark.parametrize("text, zero", [
+    ("0", True), ("0s", True), ("0m0s", True), ("0.0s", True), ("15", False), ("1m30s", False), ("500ms", False),
+    ("", False), ("soon", False), ("15x", False),
+])
+def test_is_zero_duration(text, zero):
+    assert is_zero_duration(text) is zero

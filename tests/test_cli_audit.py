@@ -17,8 +17,9 @@ import pytest
 import yaml
 
 from tests.fakekube import FakeKube, rbac_of
-from tests.objects import AUDIT_RBAC, agent_pod, daemonset_pod, endpoint, node, with_taints
+from tests.objects import AUDIT_RBAC, agent_pod, daemonset_pod, endpoint, node, with_taints, workload_pod
 from tests.support import SilentServer, kubeconfig_for, load_fixture, unused_port
+from tests.workloads import unmanaged_cluster
 from webhook import cli
 from webhook.audit import AuditOptions, collect
 from webhook.policy import CILIUM_TAINT_KEY
@@ -79,6 +80,12 @@ def example_cluster(fake: FakeKube) -> None:
     daemonset(fake, "daemonset_already_mutated.json", name="ebs-csi-node-stripped")
     daemonset(fake, "daemonset_no_blanket_toleration.json")
 
+    # Pods of other owners are listed too: a Deployment's, a bare one, a static pod's mirror.
+    fake.create(workload_pod("web-5d8f-x", "shop", "node-1", owner=("ReplicaSet", "web-5d8f", "rs-uid")))
+    fake.create(workload_pod("debug", "shop", "node-2"))
+    fake.create(workload_pod("etcd-node-1", "kube-system", "node-1", mirror=True))
+    fake.create(workload_pod("ingress-1", "shop", "node-1", host_network=True))  # never managed by Cilium
+
 
 def clean_cluster(fake: FakeKube) -> None:
     fake.create(node("node-1"))
@@ -124,7 +131,7 @@ def test_json_has_the_documented_schema_for_every_daemonset(fake_kube, kubeconfi
     status, out, _ = audit(capsys, kubeconfig_path, "--output", "json")
     report = json.loads(out)
     assert status == 1
-    assert list(report) == ["daemonsets", "node_noexecute_taints"]
+    assert list(report) == ["daemonsets", "node_noexecute_taints", "unmanaged_pods"]
     rows = {(d["namespace"], d["name"]): d for d in report["daemonsets"]}
     assert all(list(d) == ["namespace", "name", "finding", "blanket_tolerations", "exempt_reason", "gated",
                            "unmanaged_pods", "fix"] for d in report["daemonsets"])
@@ -394,7 +401,7 @@ def test_docs_document_the_json_schema(fake_kube, kubeconfig_path, capsys):
     example_cluster(fake_kube)
     report = json.loads(audit(capsys, kubeconfig_path, "--output", "json")[1])
     documented = docs_block('"node_noexecute_taints"', "json")
-    for key in [*report, *report["daemonsets"][0], *report["node_noexecute_taints"][0]]:
+    for key in [*report, *report["daemonsets"][0], *report["node_noexecute_taints"][0], *report["unmanaged_pods"][0]]:
         assert f'"{key}"' in documented
     assert f"besides {CILIUM_TAINT_KEY}" in DOCS
 
@@ -405,6 +412,19 @@ def test_the_kubernetes_client_is_not_imported_until_audit_runs():
               "print('LOADED' if 'kubernetes' in sys.modules else 'CLEAN')\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.stdout.strip() == "CLEAN", result.stderr
+
+
+@pytest.mark.slow
+def test_unmanaged_pods_of_every_kind_are_listed_right_now(fake_kube, kubeconfig_path, capsys):
+    unmanaged_cluster(fake_kube)  # the cluster `recycle` is tested on
+    report = json.loads(audit(capsys, kubeconfig_path, "--output", "json")[1])
+    listed = {f"{p['namespace']}/{p['name']}": p["owner_kind"] for p in report["unmanaged_pods"]}
+    assert listed == {
+        "shop/web-5d8f-a": "ReplicaSet", "shop/db-0": "StatefulSet", "shop/debug": None,
+        "kube-system/etcd-node-1": "Node", "batch/report-x": "Job", "logging/log-agent-node-1": "DaemonSet",
+        "pay/api-7c9d-a": "ReplicaSet",  # a budget would refuse its eviction: the audit only reads
+        "shop/web-5d8f-e": "ReplicaSet",  # its node rebooted: a snapshot has no grace period
+    }  # not: the host-network pod, the managed one, those on a node whose agent is not ready or still tainted
 
 
 @pytest.mark.slow

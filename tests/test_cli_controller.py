@@ -15,10 +15,13 @@ from tests.fakekube import FakeKube
 from tests.objects import agent_pod, endpoint, gate_status, gated_pod, node
 from webhook import cli
 from webhook.cli import controller as controller_verb
+from webhook.config import ConfigFile, PodScope, UnmanagedSettings, load_config
+from webhook.enums import UnmanagedAction, UnmanagedScope
 
 FLAGS = {"--kubeconfig", "--context", "--config", "--grace-period", "--recycle-rate", "--release-after",
                "--metrics-port", "--lease-namespace", "--lease-name", "--cilium-namespace",
-               "--cilium-agent-selector", "--dry-run", "--release-all"}
+               "--cilium-agent-selector", "--dry-run", "--release-all", "--unmanaged-scope", "--unmanaged-action",
+               "--namespace", "--exclude-namespace", "--selector"}
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -71,7 +74,30 @@ def test_controller_refuses_lease_timings_out_of_order(tmp_path: Path, kubeconfi
     assert "renewDeadlineSeconds" in capsys.readouterr().err
 
 
+def parse(*argv: str):
+    return cli.build_parser().parse_args(["controller", *argv])
+
+
+def test_unmanaged_settings_come_from_the_file_and_flags_win(tmp_path: Path):
+    config = tmp_path / "config.yaml"
+    config.write_text("controller:\n  unmanaged: {scope: all, namespaces: [shop], selector: app=web}\n",
+                      encoding="utf-8")
+    file = load_config(config)
+    from_file = controller_verb.unmanaged_settings(parse(), file)
+    assert from_file == UnmanagedSettings(UnmanagedScope.ALL, None, PodScope(("shop",), (), "app=web"))
+    assert from_file.effective_action is UnmanagedAction.OBSERVE
+    flags = controller_verb.unmanaged_settings(parse("--unmanaged-action", "recycle", "--namespace", "pay",
+                                                     "--namespace", "shop", "--exclude-namespace", "kube-system"),
+                                               file)
+    assert flags == UnmanagedSettings(UnmanagedScope.ALL, UnmanagedAction.RECYCLE,
+                                      PodScope(("pay", "shop"), ("kube-system",), "app=web"))
+    assert controller_verb.unmanaged_settings(parse(), ConfigFile()) == UnmanagedSettings()
+
+
 @pytest.mark.parametrize("flag, value", [
+    pytest.param("--unmanaged-scope", "everything", id="unknown-scope"),
+    pytest.param("--namespace", "Not_A_Namespace", id="bad-namespace"),
+    pytest.param("--selector", "app in web", id="bad-selector"),
     pytest.param("--grace-period", "-1", id="negative-grace"),
     pytest.param("--recycle-rate", "lots", id="not-a-number"),
     pytest.param("--metrics-port", "70000", id="port-out-of-range"),

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from webhook.cli import main
-from webhook.config import build_settings, parse_config
-from webhook.enums import Mode
+from webhook.config import PodScope, UnmanagedSettings, build_settings, label_selector_problem, parse_config
+from webhook.enums import Mode, UnmanagedAction, UnmanagedScope
 from webhook.errors import ConfigError
 from webhook.policy import DEFAULT_EXEMPTIONS, Exemption
 
@@ -71,6 +71,12 @@ def test_flag_overrides_file_mode(tmp_path: Path) -> None:
     pytest.param("replacementTolerations: [{key: a, effect: NoSchedule, tolerationSeconds: 5}]",
                  "tolerationSeconds", id="seconds-without-noexecute"),
     pytest.param("failureMode: maybe", "failureMode", id="bad-failure-mode"),
+    pytest.param("controller: {unmanaged: {scope: everything}}", "controller.unmanaged.scope", id="bad-scope"),
+    pytest.param("controller: {unmanaged: {action: delete}}", "controller.unmanaged.action", id="bad-action"),
+    pytest.param("controller: {unmanaged: {namespaces: [Kube_System]}}", "not a namespace name",
+                 id="bad-namespace"),
+    pytest.param("controller: {unmanaged: {selector: 'app in web'}}", "not a label requirement",
+                 id="bad-selector"),
 ])
 def test_bad_config_is_refused_with_a_clear_message(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as caught:
@@ -114,3 +120,41 @@ def test_unusable_certificate_is_refused(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["serve", "--tls-cert", str(tmp_path / "tls.crt"), "--tls-key", str(tmp_path / "tls.key"),
                  "--port", "0"]) == 2
     assert "cannot use TLS certificate" in capsys.readouterr().err
+
+
+def test_controller_unmanaged_section_reads_into_settings() -> None:
+    file = parse_config("""
+controller:
+  unmanaged:
+    scope: all
+    action: recycle
+    namespaces: [shop, payments]
+    excludeNamespaces: [payments]
+    selector: app.kubernetes.io/part-of=shop,tier notin (batch)
+""", "config.yaml")
+    settings = file.controller.unmanaged.to_settings()
+    assert settings == UnmanagedSettings(UnmanagedScope.ALL, UnmanagedAction.RECYCLE, PodScope(
+        ("shop", "payments"), ("payments",), "app.kubernetes.io/part-of=shop,tier notin (batch)"))
+    assert not settings.pods.includes("payments") and settings.pods.includes("shop")
+
+
+@pytest.mark.parametrize("scope, action, effective", [
+    (UnmanagedScope.GATED, None, UnmanagedAction.RECYCLE),
+    (UnmanagedScope.ALL, None, UnmanagedAction.OBSERVE),
+    (UnmanagedScope.ALL, UnmanagedAction.RECYCLE, UnmanagedAction.RECYCLE),
+    (UnmanagedScope.GATED, UnmanagedAction.OBSERVE, UnmanagedAction.OBSERVE),
+])
+def test_the_action_defaults_to_recycle_for_gated_and_observe_for_all(scope, action, effective) -> None:
+    assert UnmanagedSettings(scope, action).effective_action is effective
+
+
+@pytest.mark.parametrize("selector, problem", [
+    ("", None), ("app=web", None), ("app==web,tier!=db", None), ("!canary", None), ("app", None),
+    ("app in (web, api),tier notin (db)", None), ("example.com/team=a", None),
+    ("app=", None), ("app in web", "not a label requirement"), ("=web", "not a label requirement"),
+    ("-app=web", "not a valid label key"), ("app=w eb", "not a label requirement"),
+    ("app=-web", "not a valid label value"),
+])
+def test_label_selector_problem(selector: str, problem: str | None) -> None:
+    found = label_selector_problem(selector)
+    assert (found is None) if problem is None else (problem in (found or ""))

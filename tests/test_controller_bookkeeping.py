@@ -111,3 +111,41 @@ def test_plans_are_counted_by_action_and_reason():
     books.planned(Plan(Action.WAIT, "not-ready"))
     assert books.plans(Action.WAIT, "grace-period") == 2
     assert books.plans(Action.RECYCLE, "unmanaged") == 0
+
+
+def test_unmanaged_pods_are_counted_by_namespace_and_owner_kind():
+    books = Bookkeeping()
+    assert books.unmanaged(KEY, ("default", "ReplicaSet")) == [(("default", "ReplicaSet"), 1)]
+    assert books.unmanaged(("default", "q"), ("default", "ReplicaSet")) == [(("default", "ReplicaSet"), 2)]
+    assert books.unmanaged(KEY, ("default", "ReplicaSet")) == []  # unchanged
+    assert books.unmanaged(KEY, None) == [(("default", "ReplicaSet"), 1)]
+    assert books.unmanaged(("default", "q"), ("default", "none")) == [(("default", "ReplicaSet"), 0),
+                                                                      (("default", "none"), 1)]
+
+
+def test_a_reboot_returns_every_pod_on_the_node_and_restarts_its_ready_clock():
+    books = Bookkeeping()
+    books.pod_changed(KEY, None, pod("u1"), waiting=True)
+    books.scoped_pod_changed(("shop", "web"), None, pod("u2"))
+    books.scoped_pod_changed(KEY, None, pod("u1"))  # a gated pod is in the scope's cache too
+    assert books.ready_since("node-a", 10.0) == 10.0
+    assert sorted(books.node_rebooted("node-a", 95.0, True, 100.0)) == [KEY, ("shop", "web")]
+    assert (books.booted_at("node-a"), books.ready_since("node-a", 200.0)) == (95.0, 100.0)
+    books.node_rebooted("node-a", 295.0, False, 300.0)
+    assert books.ready_since("node-a", 310.0) == 310.0  # not ready at the boot: ready from when it is seen ready
+
+
+def test_a_scoped_pod_leaving_its_node_or_the_cache_is_unfiled():
+    books = Bookkeeping()
+    books.scoped_pod_changed(("shop", "web"), None, pod("u2"))
+    books.scoped_pod_changed(("shop", "web"), pod("u2"), pod("u2", node="node-b"))
+    assert books.agent_readiness("node-a", True, 0.0) == []
+    books.scoped_pod_changed(("shop", "web"), pod("u2", node="node-b"), None)
+    assert books.agent_readiness("node-b", True, 0.0) == []
+
+
+def test_an_unmanaged_pod_is_reported_once():
+    books = Bookkeeping()
+    assert books.first_report("u1") is True
+    assert books.first_report("u1") is False
+    assert books.first_report("u2") is True

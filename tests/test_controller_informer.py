@@ -40,3 +40,27 @@ def test_relist_after_410_reports_objects_deleted_meanwhile(fake_kube: FakeKube,
         stop.set()
         informer.stop()
         thread.join(timeout=5)
+
+
+def test_a_transform_shapes_what_is_cached_and_handed_on(fake_kube: FakeKube, kube_client):
+    fake_kube.create(gated_pod("listed"))
+    target = kube.Target(kube.PODS)
+    handed: list[dict] = []
+    informer = Informer("pods", lambda: kube.list_all(kube_client, target),
+                        lambda version, timeout: kube.watch(kube_client, target, version, timeout),
+                        lambda key, old, new: handed.append(new) if new else None,
+                        transform=lambda pod: {"metadata": pod["metadata"], "trimmed": True},
+                        backoff=Backoff(0.01, 0.05))
+    stop = threading.Event()
+    thread = threading.Thread(target=informer.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        assert informer.synced.wait(5)
+        fake_kube.create(gated_pod("watched"))
+        fake_kube.wait_for(lambda: len(handed) == 2)
+        assert all(set(obj) == {"metadata", "trimmed"} for obj in handed)
+        assert informer.get(("default", "watched")) == handed[1]
+    finally:
+        stop.set()
+        informer.stop()
+        thread.join(timeout=5)

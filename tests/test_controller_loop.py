@@ -8,130 +8,29 @@ planned it (a positive signal a stalled worker would not give) rather than sleep
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import replace
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.fakekube import FakeKube, Request, rbac_of
-from tests.objects import CILIUM_NAMESPACE, CONTROLLER_RBAC, GATE, agent_pod, endpoint, gate_status, gated_pod, node
-from webhook import kube
+from tests.controller_harness import (
+    GRACE,
+    cluster,
+    events,
+    evictions,
+    gate_of,
+    lease_reads_by,
+    logged,
+    options,
+    planned,
+    wait_until,
+    writes,
+)
+from tests.fakekube import FakeKube, rbac_of
+from tests.objects import CILIUM_NAMESPACE, CONTROLLER_RBAC, GATE, endpoint, gated_pod, node
 from webhook.controller.lease import LeaseConfig
-from webhook.controller.loop import ControllerOptions, GateController
-from webhook.controller.metrics import ControllerMetrics
 from webhook.controller.rules import Action, Timings
 
 pytestmark = pytest.mark.slow  # the fake API server, and a controller's threads
-
-GRACE = 0.4
-
-
-def options(identity: str = "replica-a", **changes: Any) -> ControllerOptions:
-    base = ControllerOptions(
-        timings=Timings(grace_period=GRACE, release_after=0),
-        recycle_rate=600,
-        lease=LeaseConfig("default", "guard", identity, lease_duration=2, renew_deadline=1.2, retry_period=0.1),
-        identity=identity,
-        eviction_retry_floor=0.6,
-        resync_period=30,
-        watch_timeout=5,
-        absent_recheck=0.3,
-        backoff_initial=0.05,
-        backoff_max=0.4,
-    )
-    return replace(base, **changes)
-
-
-class Replica:
-    """One controller process: its own client, metrics and thread."""
-
-    def __init__(self, kubeconfig: Path, opts: ControllerOptions) -> None:
-        self.client = kube.connect(kubeconfig, "fake", user_agent=f"cilium-startup-guard/{opts.identity}")
-        self.metrics = ControllerMetrics(dry_run=opts.dry_run)
-        self.controller = GateController(self.client, opts, self.metrics)
-        self.exit_code: int | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        self.exit_code = self.controller.run()
-
-    def stop(self) -> int | None:
-        self.controller.stop()
-        self.thread.join(timeout=20)
-        self.client.close()
-        return self.exit_code
-
-    def metric(self, name: str, **labels: str) -> float:
-        return self.metrics.registry.get_sample_value(name, labels) or 0.0
-
-
-@pytest.fixture
-def start(kubeconfig_path: Path) -> Iterator[Callable[..., Replica]]:
-    replicas: list[Replica] = []
-
-    def start_replica(opts: ControllerOptions | None = None, *, lead: bool = True) -> Replica:
-        replica = Replica(kubeconfig_path, opts or options())
-        replicas.append(replica)
-        wait_until(replica.controller.is_ready)
-        if lead and not replica.controller.options.dry_run:
-            wait_until(lambda: replica.controller.leading)
-        return replica
-
-    yield start_replica
-    for replica in replicas:
-        if replica.thread.is_alive():
-            replica.stop()
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
-def cluster(fake: FakeKube, *nodes: str, agent_ready: bool = True, tainted: bool = False) -> None:
-    for name in nodes or ("node-a",):
-        fake.create(node(name, tainted=tainted))
-        fake.create(agent_pod(name, ready=agent_ready))
-
-
-def gate_of(fake: FakeKube, name: str, namespace: str = "default") -> str | None:
-    return gate_status(fake.get("pods", namespace, name))
-
-
-def evictions(fake: FakeKube) -> list[Request]:
-    return fake.calls("POST", "/eviction$")
-
-
-def writes(fake: FakeKube) -> list[Request]:
-    return [r for r in fake.requests if r.method in ("POST", "PUT", "PATCH", "DELETE")]
-
-
-def events(fake: FakeKube, reason: str) -> list[dict[str, Any]]:
-    return [e for e in fake.list("events.events.k8s.io") if e["reason"] == reason]
-
-
-def planned(replica: Replica, action: Action, reason: str, times: int = 1) -> None:
-    """Wait until the worker has planned `action` for `reason` at least `times` times in all."""
-    wait_until(lambda: replica.controller.books.plans(action, reason) >= times)
-
-
-def logged(caplog: pytest.LogCaptureFixture, message: str, pod: str | None = None) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.getMessage() == message and pod in (None, getattr(r, "pod", None))]
-
-
-def lease_reads_by(fake: FakeKube, identity: str) -> int:
-    return len([r for r in fake.calls("GET", "/leases/guard$") if r.user_agent == f"cilium-startup-guard/{identity}"])
-
 
 # --- setting the gate ---
 
@@ -182,7 +81,7 @@ def test_condition_patch_keeps_the_kubelets_conditions(fake_kube: FakeKube, star
 
 
 def test_pod_gone_or_replaced_answer_is_dropped_not_retried(fake_kube: FakeKube, start, caplog):
-    caplog.set_level(logging.INFO, logger="webhook.controller.loop")
+    caplog.set_level(logging.INFO, logger="webhook.controller")
     cluster(fake_kube)
     pod = fake_kube.create(gated_pod("agent-1"))
     fake_kube.fail("PATCH", "/pods/agent-1/status$", status=422, times=None)
@@ -267,7 +166,7 @@ def test_pod_on_a_node_without_a_cilium_agent_is_not_evicted(fake_kube: FakeKube
 
 
 def test_pod_deleted_before_its_eviction_is_dropped(fake_kube: FakeKube, start, caplog):
-    caplog.set_level(logging.INFO, logger="webhook.controller.loop")
+    caplog.set_level(logging.INFO, logger="webhook.controller")
     cluster(fake_kube)
     fake_kube.create(gated_pod("agent-1"))
     fake_kube.fail("GET", "/namespaces/default/pods/agent-1$", status=404, times=None)
@@ -310,7 +209,7 @@ def test_refused_eviction_waits_at_least_the_retry_floor(fake_kube: FakeKube, st
 
 
 def test_recycling_rate_limit_holds(fake_kube: FakeKube, start, caplog):
-    caplog.set_level(logging.INFO, logger="webhook.controller.loop")
+    caplog.set_level(logging.INFO, logger="webhook.controller")
     cluster(fake_kube)
     for i in range(5):
         fake_kube.create(gated_pod(f"agent-{i}"))

@@ -48,3 +48,13 @@ def test_probe_server_serves_metrics_health_and_readiness():
             assert response.status == 200
     finally:
         server.close()
+
+
+def test_the_unmanaged_gauge_follows_the_counts_and_drops_a_series_at_zero():
+    metrics = ControllerMetrics()
+    metrics.set_unmanaged([(("shop", "ReplicaSet"), 2), (("kube-system", "Node"), 1)])
+    sample = metrics.registry.get_sample_value
+    assert sample("cilium_startup_guard_unmanaged_pods", {"namespace": "shop", "owner_kind": "ReplicaSet"}) == 2
+    metrics.set_unmanaged([(("shop", "ReplicaSet"), 0)])
+    assert sample("cilium_startup_guard_unmanaged_pods", {"namespace": "shop", "owner_kind": "ReplicaSet"}) is None
+    assert sample("cilium_startup_guard_unmanaged_pods", {"namespace": "kube-system", "owner_kind": "Node"}) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from tests.objects import GATE, gated_pod
@@ -14,16 +16,21 @@ from webhook.controller.rules import (
     ReleaseReason,
     Situation,
     Timings,
+    boot_id,
     condition_patch,
     condition_text,
+    containers_started_at,
+    eviction_retry_at,
     micro_time,
     plan,
     pod_facts,
+    reboot_boundary,
 )
 
 NOW = 1_000_000.0
 TIMINGS = Timings(grace_period=60, release_after=600)
 READY_LONG_AGO = NodeFacts(AgentState.READY, ready_since=NOW - 3600)
+REBOOTED = NodeFacts(AgentState.READY, ready_since=NOW - 100, booted_at=NOW - 100)
 
 
 def pod(**changes) -> PodFacts:
@@ -91,6 +98,17 @@ def situation(**changes) -> Situation:
                  id="max-wait-releases-before-recycling"),
     pytest.param(situation(pod=pod(started_at=NOW - 590), node=NodeFacts(AgentState.READY, ready_since=NOW)),
                  Plan(Action.WAIT, "grace-period", NOW + 10), id="max-wait-sooner-than-grace-end"),
+    pytest.param(situation(pod=pod(gate_true=True), node=REBOOTED), Plan(Action.WAIT, "not-restarted-since-boot"),
+                 id="rebooted-node-pod-not-restarted-waits-on-its-status"),
+    pytest.param(situation(pod=pod(gate_true=True, containers_started_at=NOW - 70), node=REBOOTED),
+                 Plan(Action.RECYCLE, "unmanaged"), id="rebooted-node-pod-restarted-without-endpoint-recycled"),
+    pytest.param(situation(pod=pod(gate_true=True, containers_started_at=NOW - 70),
+                           node=replace(REBOOTED, ready_since=NOW - 30)),
+                 Plan(Action.WAIT, "grace-period", NOW + 30), id="rebooted-node-grace-runs-from-the-boot"),
+    pytest.param(situation(pod=pod(gate_true=True, started_at=NOW - 70), node=REBOOTED),
+                 Plan(Action.RECYCLE, "unmanaged"), id="pod-created-after-the-boot-needs-no-restart"),
+    pytest.param(situation(endpoint_state="ready", pod=pod(gate_true=True), node=REBOOTED),
+                 Plan(Action.SKIP, "gate-true"), id="rebooted-node-managed-pod-keeps-its-condition"),
 ])
 def test_plan(given: Situation, expected: Plan):
     assert plan(given, TIMINGS, NOW) == expected
@@ -163,3 +181,39 @@ def test_a_pod_waits_while_its_gate_is_not_true_and_it_may_still_run(changes, wa
 
 def test_micro_time_always_has_six_fractional_digits():
     assert micro_time(1_700_000_000.0) == "2023-11-14T22:13:20.000000Z"
+
+
+def test_containers_started_at_is_the_latest_running_container_start():
+    status = {"containerStatuses": [
+        {"state": {"running": {"startedAt": "1970-01-12T13:46:40Z"}}},
+        {"state": {"running": {"startedAt": "1970-01-12T13:46:50Z"}}},
+        {"state": {"waiting": {"reason": "CrashLoopBackOff"}}},
+    ]}
+    assert containers_started_at(status) == NOW + 10
+    assert containers_started_at({}) is None
+
+
+def booted(boot: str, heartbeat: str | None = None) -> dict:
+    conditions = [{"type": "Ready", "status": "True", "lastHeartbeatTime": heartbeat}] if heartbeat else []
+    return {"metadata": {"name": "node-a"}, "status": {"nodeInfo": {"bootID": boot}, "conditions": conditions}}
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    pytest.param(booted("b1", "1970-01-12T13:46:30Z"), booted("b2"), NOW - 10, id="last-heartbeat-of-the-old-boot"),
+    pytest.param(booted("b1"), booted("b2"), NOW, id="no-heartbeat-when-seen"),
+    pytest.param(booted("b1", "1970-01-12T13:56:40Z"), booted("b2"), NOW, id="heartbeat-from-the-future-ignored"),
+    pytest.param(booted("b1"), booted("b1"), None, id="same-boot"),
+    pytest.param(booted(""), booted("b2"), None, id="first-boot-id-seen"),
+    pytest.param(None, booted("b2"), None, id="new-node"),
+])
+def test_reboot_boundary(old, new, expected):
+    assert reboot_boundary(old, new, NOW) == expected
+
+
+def test_boot_id_of_a_node_without_status_is_empty():
+    assert boot_id({"metadata": {"name": "n"}}) == ""
+
+
+@pytest.mark.parametrize("retry_after, expected", [(None, NOW + 30), (5.0, NOW + 30), (90.0, NOW + 90)])
+def test_a_refused_eviction_is_retried_after_retry_after_but_never_sooner_than_the_floor(retry_after, expected):
+    assert eviction_retry_at(NOW, retry_after) == expected

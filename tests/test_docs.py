@@ -17,7 +17,7 @@ from prometheus_client import generate_latest
 from pydantic import BaseModel
 
 from tests.docs_text import DOCS, ROOT, block_with, broken_links, code_blocks, doc, paths_in_code, section, table_rows
-from tests.objects import CONTROLLER_RBAC
+from tests.objects import CONTROLLER_RBAC, CONTROLLER_RBAC_ALL_RECYCLE
 from tests.support import FIXTURES
 from webhook import cli
 from webhook.admission import build_response, decide, parse_review
@@ -30,7 +30,7 @@ from webhook.policy import DEFAULT_GATE_CONDITION, DEFAULT_GATE_LABEL, PolicyCon
 PAGES = sorted(DOCS.glob("*.md"))
 # Where each command's flags are documented.
 FLAG_PAGES = {"serve": "configuration.md", "controller": "controller.md", "review": "review-and-audit.md",
-              "audit": "review-and-audit.md", "certs": "install.md"}
+              "audit": "review-and-audit.md", "recycle": "review-and-audit.md", "certs": "install.md"}
 
 
 # --- links and paths ---
@@ -179,6 +179,14 @@ def test_controller_rbac_is_the_calls_the_controller_makes() -> None:
     granted = {(group, resource, verb) for role in roles for rule in role["rules"] for group in rule["apiGroups"]
                for resource in rule["resources"] for verb in rule["verbs"]}
     assert granted == CONTROLLER_RBAC
+
+
+def test_the_scope_all_rbac_is_what_that_scope_adds_to_the_calls() -> None:
+    block = block_with(doc("controller.md"), "name: cilium-startup-guard-controller-cilium-config", "yaml")
+    documents = list(yaml.safe_load_all(block))
+    granted = {(group, resource, verb) for document in documents for rule in document["rules"]
+               for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
+    assert granted == CONTROLLER_RBAC_ALL_RECYCLE - CONTROLLER_RBAC
 
 
 # --- operations.md ---

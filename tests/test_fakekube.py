@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakekube import FakeKube, parse_label_selector
+from tests.fakekube import DEFAULT_RESOURCES, FakeKube, parse_field_selector, parse_label_selector
 from tests.objects import GATE, gated_pod
 
 
@@ -36,6 +36,49 @@ def call(fake: FakeKube, method: str, path: str, body: Any = None,
 ])
 def test_label_selectors(selector, labels, expected):
     assert all(test(labels) for test in parse_label_selector(selector)) is expected
+
+
+PODS = next(rt for rt in DEFAULT_RESOURCES if rt.plural == "pods" and not rt.group)
+ENDPOINTS = next(rt for rt in DEFAULT_RESOURCES if rt.plural == "ciliumendpoints")
+
+
+@pytest.mark.parametrize("selector, pod, expected", [
+    pytest.param("spec.hostNetwork=false", {"spec": {}}, True, id="host-network-unset-selects-as-false"),
+    pytest.param("spec.hostNetwork=false", {"spec": {"hostNetwork": False}}, True, id="host-network-false"),
+    pytest.param("spec.hostNetwork=false", {"spec": {"hostNetwork": True}}, False, id="host-network-true"),
+    pytest.param("spec.hostNetwork=true", {"spec": {"hostNetwork": True}}, True, id="host-network-selects-true"),
+    pytest.param("status.phase=Running,spec.hostNetwork=false", {"status": {"phase": "Running"}}, True,
+                 id="terms-are-anded"),
+    pytest.param("metadata.namespace!=kube-system", {"metadata": {"namespace": "kube-system"}}, False,
+                 id="namespace-not-equal"),
+    pytest.param("status.podIP=10.0.0.1", {"status": {"podIPs": [{"ip": "10.0.0.1"}], "podIP": "10.0.0.1"}}, True,
+                 id="pod-ip-is-the-first-of-pod-ips"),
+])
+def test_pod_field_selectors_select_as_kube_apiserver_does(selector, pod, expected):
+    assert all(test(pod) for test in parse_field_selector(selector, PODS)) is expected
+
+
+@pytest.mark.parametrize("selector, rt", [
+    pytest.param("spec.containers=x", PODS, id="pod-field-not-selectable"),
+    pytest.param("spec.nodeName=node-a", ENDPOINTS, id="custom-resource-only-metadata"),
+])
+def test_a_field_that_cannot_be_selected_answers_400(selector, rt):
+    with pytest.raises(Exception, match="field label not supported") as caught:
+        parse_field_selector(selector, rt)
+    assert caught.value.code == 400
+
+
+@pytest.mark.slow
+def test_watch_with_a_field_selector_sees_a_pod_leave_the_selection(fake_kube: FakeKube):
+    pod = fake_kube.create(gated_pod("agent-1"))
+    status, _ = call(fake_kube, "GET", "/api/v1/pods?fieldSelector=spec.hostNetwork%3Dfalse")
+    assert status == 200
+    request = urllib.request.Request(fake_kube.url + "/api/v1/pods?watch=true&fieldSelector=spec.hostNetwork%3Dfalse"
+                                     f"&resourceVersion={pod['metadata']['resourceVersion']}&timeoutSeconds=2")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        fake_kube.modify("pods", "default", "agent-1", lambda p: p["spec"].update(hostNetwork=True))
+        events = [json.loads(line) for line in response.read().splitlines() if line.strip()]
+    assert [e["type"] for e in events] == ["DELETED"]
 
 
 @pytest.mark.slow

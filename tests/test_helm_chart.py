@@ -19,8 +19,20 @@ from tests.helm_render import CHART, render_chart
 from tests.installs import BY_NAME, MONITORING_VALUES, render_spec
 from tests.manifest_render import prepare
 from tests.openapi import NEWEST
-from tests.test_manifests import CONTROLLER, WEBHOOK, container, find, flags, selector_matches, webhooks
+from tests.test_manifests import (
+    COMPONENT_GRANTS,
+    CONTROLLER,
+    CONTROLLER_GRANTS,
+    WEBHOOK,
+    container,
+    find,
+    flags,
+    grants,
+    selector_matches,
+    webhooks,
+)
 from webhook import cli
+from webhook.cli import controller as controller_verb
 from webhook.config import ConfigFile, Settings, parse_config, reload_settings
 from webhook.policy import ObjectRef
 
@@ -102,6 +114,8 @@ def test_chart_lints_without_a_warning(values, kube_version):
     pytest.param({"controller": {"recycleRate": -1}}, "at '/controller/recycleRate': minimum", id="negative-rate"),
     pytest.param({"exemptions": [{}]}, "at '/exemptions/0'", id="empty-exemption"),
     pytest.param({"image": {"digest": "latest"}}, "at '/image/digest'", id="digest"),
+    pytest.param({"controller": {"unmanaged": {"scope": "everything"}}}, "at '/controller/unmanaged/scope'",
+                 id="unmanaged-scope"),
 ])
 def test_values_schema_refuses_typos_and_wrong_types_naming_the_key(values, message):
     with pytest.raises(helm_python.HelmValuesError, match=re.escape(message)):
@@ -185,12 +199,30 @@ def test_every_controller_flag_an_operator_tunes_has_a_value():
     assert (parsed.grace_period, parsed.recycle_rate, parsed.release_after) == (90, 2.5, 0)
     assert (parsed.cilium_namespace, parsed.cilium_agent_selector) == ("cilium", "app=cilium-agent")
     assert parsed.dry_run is True and parsed.metrics_port == 9091
-    # Every option of `controller` is set by the chart, except those for running it by hand.
+    # Every option of `controller` is set by the chart, except those for running it by hand and those the config
+    # file's controller.unmanaged holds (test_unmanaged_values_reach_the_config_file_and_the_rbac).
     by_hand = {"-h", "--help", "--kubeconfig", "--context", "--release-all"}
+    in_the_file = {"--unmanaged-scope", "--unmanaged-action", "--namespace", "--exclude-namespace", "--selector"}
     [commands] = [a for a in cli.build_parser()._actions if a.dest == "command"]
     controller_parser = commands.choices["controller"]
-    options = {o for action in controller_parser._actions for o in action.option_strings} - by_hand
+    options = {o for action in controller_parser._actions for o in action.option_strings} - by_hand - in_the_file
     assert options == set(flags(args[1:]))
+
+
+@pytest.mark.parametrize("unmanaged, component", [
+    pytest.param({"scope": "all"}, "unmanaged-observe", id="all-observe"),
+    pytest.param({"scope": "all", "action": "recycle"}, "unmanaged-recycle", id="all-recycle"),
+    pytest.param({"scope": "gated", "action": "observe"}, None, id="gated-needs-nothing-more"),
+])
+def test_unmanaged_values_reach_the_config_file_and_the_rbac(unmanaged, component):
+    values = {"controller": {"unmanaged": {**unmanaged, "namespaces": ["shop"], "selector": "app=web"}}}
+    objects = render_chart(values)
+    args = cli.build_parser().parse_args(container(objects, CONTROLLER)["args"])
+    settings = controller_verb.unmanaged_settings(args, config_of(objects))
+    assert (settings.scope, settings.action, settings.pods.namespaces, settings.pods.selector) == (
+        unmanaged["scope"], unmanaged.get("action"), ("shop",), "app=web")
+    extra = COMPONENT_GRANTS[component] if component else set()
+    assert grants(objects, CONTROLLER) == CONTROLLER_GRANTS | extra  # as the kustomize component grants
 
 
 def test_installation_values_reach_the_objects():

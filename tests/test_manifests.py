@@ -19,10 +19,17 @@ from cryptography.exceptions import InvalidSignature
 from tests.docs_text import block_with, doc
 from tests.installs import BY_NAME, names
 from tests.manifest_render import KUBECTL, OVERLAYS, ROOT, build, normalized, prepare, render, render_kubectl
-from tests.objects import CERTS_JOB_GRANTS, CONTROLLER_RBAC
+from tests.objects import (
+    CERTS_JOB_GRANTS,
+    CILIUM_CONFIG_READ,
+    CILIUM_NAMESPACE,
+    CONTROLLER_RBAC,
+    CONTROLLER_RBAC_ALL_RECYCLE,
+)
 from webhook import certs, cli
 from webhook.app import create_app
 from webhook.cli import certs as certs_verb
+from webhook.cli import controller as controller_verb
 from webhook.config import ConfigFile, Settings, parse_config
 from webhook.policy import CILIUM_TAINT_KEY, PolicyConfig, is_blanket_noexecute
 from webhook.workloads import KINDS
@@ -78,6 +85,11 @@ MONITORING_OBJECTS = {
     ("PrometheusRule", "cilium-startup-guard"),
     ("ConfigMap", "cilium-startup-guard-grafana-dashboard"),
 }
+# The controller's scope `all` (its kustomize components, or the chart's controller.unmanaged.scope).
+UNMANAGED_OBJECTS = {
+    ("Role", "cilium-startup-guard-controller-cilium-config"),
+    ("RoleBinding", "cilium-startup-guard-controller-cilium-config"),
+}
 # The Helm chart's certs Job carries a hash of its pod template (tests/test_helm_chart.py says why).
 HASHED_JOB_NAME = re.compile(rf"{CERTS_JOB}(-[0-9a-f]{{10}})?")
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration",
@@ -93,6 +105,14 @@ CONTROLLER_GRANTS = {
     ("", "events.k8s.io", "events", "create", None),
     (NAMESPACE, "coordination.k8s.io", "leases", "create", None),
     *((NAMESPACE, "coordination.k8s.io", "leases", verb, LEASE) for verb in ("get", "update")),
+}
+
+# What each kustomize component for the controller's scope `all` adds to those grants, and nothing else.
+CILIUM_CONFIG_GRANT = (CILIUM_NAMESPACE, "", "configmaps", "get", "cilium-config")
+COMPONENT_GRANTS = {
+    "unmanaged-observe": {CILIUM_CONFIG_GRANT},
+    "unmanaged-recycle": {CILIUM_CONFIG_GRANT, *(("", "apps", resource, "get", None) for resource in (
+        "replicasets", "statefulsets", "daemonsets")), ("", "batch", "jobs", "get", None)},
 }
 
 # Host ports the webhook must not take (docs/install.md lists them): kubelet, kube-proxy and the control plane,
@@ -117,6 +137,21 @@ EBS_CSI_NODE_LABELS = {"app.kubernetes.io/name": "aws-ebs-csi-driver", "app.kube
 @pytest.fixture(scope="module")
 def manifests(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return prepare(tmp_path_factory.mktemp("manifests"))
+
+
+@pytest.fixture(scope="module")
+def with_components(manifests: Path) -> dict[str, list[dict[str, Any]]]:
+    """The cert-manager install with each controller component, as a user's kustomization adds it."""
+    result = {}
+    for component in COMPONENT_GRANTS:
+        directory = manifests.parent / f"with-{component}"
+        directory.mkdir()
+        (directory / "kustomization.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "resources": ["../manifests/overlays/cert-manager"],
+            "components": [f"../manifests/components/{component}"]}))
+        result[component] = render(directory)
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +263,8 @@ def expected_objects(install: str) -> set[tuple[str, str]]:
     spec = BY_NAME[install]
     # Helm keeps its release in the namespace, so the namespace exists before the chart does.
     base = BASE_OBJECTS - {("Namespace", NAMESPACE)} if spec.helm else BASE_OBJECTS
-    return base | CERTIFICATE_OBJECTS[spec.certificates] | (MONITORING_OBJECTS if spec.monitoring else set())
+    return (base | CERTIFICATE_OBJECTS[spec.certificates] | (MONITORING_OBJECTS if spec.monitoring else set())
+            | (UNMANAGED_OBJECTS if spec.unmanaged else set()))
 
 
 def identity(obj: dict[str, Any]) -> tuple[str, str]:
@@ -247,6 +283,9 @@ def test_install_renders_exactly_the_expected_objects(rendered, install):
 def test_namespaced_objects_live_in_the_webhook_namespace(rendered, install):
     for obj in rendered[install]:
         namespace = obj["metadata"].get("namespace")
+        if (obj["kind"], obj["metadata"]["name"]) in UNMANAGED_OBJECTS:  # it grants a read of Cilium's ConfigMap
+            assert namespace == CILIUM_NAMESPACE
+            continue
         assert namespace == (None if obj["kind"] in CLUSTER_SCOPED else NAMESPACE), obj["metadata"]["name"]
 
 
@@ -256,6 +295,14 @@ def test_namespaced_objects_live_in_the_webhook_namespace(rendered, install):
 def test_fallback_loader_renders_what_kubectl_renders(manifests, overlay):
     path = manifests / "overlays" / overlay
     assert normalized(build(path)) == normalized(render_kubectl(path))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(KUBECTL is None, reason="compares the fallback loader with kubectl kustomize")
+@pytest.mark.parametrize("component", COMPONENT_GRANTS)
+def test_fallback_loader_renders_the_controller_components_as_kubectl_does(manifests, with_components, component):
+    path = manifests.parent / f"with-{component}"
+    assert normalized(build(path)) == normalized(with_components[component])
 
 
 def test_self_managed_overlay_needs_the_generated_certificates(tmp_path):
@@ -555,11 +602,38 @@ def test_cli_parses_the_certs_job_args_into_an_in_cluster_run(rendered, install,
 
 @pytest.mark.parametrize("install", names())
 def test_controller_rbac_is_exactly_its_api_calls(rendered, install):
-    assert grants(rendered[install], CONTROLLER) == CONTROLLER_GRANTS
+    unmanaged = BY_NAME[install].unmanaged
+    extra = COMPONENT_GRANTS[f"unmanaged-{unmanaged}"] if unmanaged else set()
+    assert grants(rendered[install], CONTROLLER) == CONTROLLER_GRANTS | extra
 
 
 def test_controller_rbac_matches_the_calls_the_controller_makes():
     assert {(group, resource, verb) for _, group, resource, verb, _ in CONTROLLER_GRANTS} == CONTROLLER_RBAC
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("component", COMPONENT_GRANTS)
+def test_a_scope_all_component_adds_exactly_its_rules(with_components, component):
+    assert grants(with_components[component], CONTROLLER) == CONTROLLER_GRANTS | COMPONENT_GRANTS[component]
+
+
+def test_the_recycle_components_rules_are_the_calls_the_controller_makes_in_that_mode():
+    granted = CONTROLLER_GRANTS | COMPONENT_GRANTS["unmanaged-recycle"]
+    assert {(group, resource, verb) for _, group, resource, verb, _ in granted} == CONTROLLER_RBAC_ALL_RECYCLE
+    observe = CONTROLLER_GRANTS | COMPONENT_GRANTS["unmanaged-observe"]  # observing leaves the eviction unused
+    assert {(group, resource, verb) for _, group, resource, verb, _ in observe} == (
+        CONTROLLER_RBAC | {CILIUM_CONFIG_READ})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("component, action", [("unmanaged-observe", "observe"), ("unmanaged-recycle", "recycle")])
+def test_a_scope_all_component_sets_the_controllers_scope_and_action(with_components, component, action):
+    objects = with_components[component]
+    args = cli.build_parser().parse_args(container(objects, CONTROLLER)["args"])
+    config = parse_config(find(objects, "ConfigMap", "cilium-startup-guard-config")["data"]["config.yaml"], "cm")
+    settings = controller_verb.unmanaged_settings(args, config)
+    assert (settings.scope, settings.effective_action) == ("all", action)
+    assert args.cilium_namespace == CILIUM_NAMESPACE == CILIUM_CONFIG_GRANT[0]  # where the Role lets it read
 
 
 @pytest.mark.parametrize("install", names(certificates="self-managed-job"))
@@ -718,7 +792,10 @@ def test_controller_flags_are_its_wiring_and_its_tunables_at_their_defaults(rend
     controller = container(rendered[install], CONTROLLER)
     assert controller["args"][0] == "controller"
     args = flags(controller["args"][1:])
-    assert set(args) == {"--lease-namespace", "--lease-name", "--metrics-port", "--config"} | CONTROLLER_TUNABLES
+    scope = set(args) & {"--unmanaged-scope", "--unmanaged-action"}  # a scope `all` component's, checked below
+    wiring = {"--lease-namespace", "--lease-name", "--metrics-port", "--config"}
+    assert set(args) - scope == wiring | CONTROLLER_TUNABLES
+    assert bool(scope) is bool(BY_NAME[install].unmanaged and not BY_NAME[install].helm)
     (port,) = controller["ports"]
     assert args["--metrics-port"] == str(port["containerPort"]) == "9090"
     for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
@@ -752,8 +829,13 @@ def test_config_map_holds_the_defaults_written_out(rendered, install):
     text = config_text(rendered[install])
     config = parse_config(text, "ConfigMap cilium-startup-guard-config")
     assert config.to_policy() == PolicyConfig()
-    # exemptions: None in ConfigFile() means "the built-in list", which to_policy() compared above.
-    assert config.model_dump(exclude={"exemptions"}) == ConfigFile().model_dump(exclude={"exemptions"})
+    # exemptions: None in ConfigFile() means "the built-in list", which to_policy() compared above; the chart
+    # writes a chosen unmanaged scope into the file (the kustomize components pass flags).
+    dumped = config.model_dump(exclude={"exemptions"})
+    if BY_NAME[install].helm and BY_NAME[install].unmanaged:
+        assert dumped["controller"]["unmanaged"]["scope"] == "all"
+        dumped["controller"]["unmanaged"]["scope"] = "gated"
+    assert dumped == ConfigFile().model_dump(exclude={"exemptions"})
     # Every key is written out, so the file documents every setting.
     written = set(yaml.safe_load(text))
     assert written == {field.alias or name for name, field in ConfigFile.model_fields.items()}

@@ -1,11 +1,11 @@
 """`audit`: every DaemonSet (and object of the other configured kinds) of a live cluster under the webhook's policy,
-its pods Cilium does not manage, and the nodes' NoExecute taints. `build_report` is pure; `collect` lists through
-webhook.kube, never the client itself.
+its pods Cilium does not manage, every unmanaged pod of any owner, and the nodes' NoExecute taints. `build_report` is
+pure; `collect` lists through webhook.kube, never the client itself.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -14,11 +14,13 @@ import orjson
 
 from webhook import kube, policy, workloads
 from webhook.catalog import Offender
-from webhook.cilium import AgentState, agent_state, endpoint_state, is_cilium_taint
+from webhook.cilium import AgentState, endpoint_state, is_cilium_taint
 from webhook.config import DEFAULT_AGENT_SELECTOR, DEFAULT_AUDIT_TIMEOUT, DEFAULT_CILIUM_NAMESPACE
+from webhook.controller.rules import NodeFacts, Situation, pod_facts
 from webhook.kube import ApiError, Kube, Target
-from webhook.policy import ExemptReason, PolicyConfig
+from webhook.policy import DEFAULT_GATE_CONDITION, ExemptReason, PolicyConfig
 from webhook.report import dump_json, format_columns
+from webhook.unmanaged import Snapshot, owner_facts, situations, snapshot_unmanaged
 from webhook.workloads import KINDS, Kind
 
 NOEXECUTE = "NoExecute"
@@ -95,16 +97,32 @@ class TaintCount:
 
 
 @dataclass(frozen=True)
+class UnmanagedPod:
+    namespace: str
+    name: str
+    node: str
+    owner_kind: str | None  # the controlling owner; None for a bare pod
+    owner_name: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"namespace": self.namespace, "name": self.name, "node": self.node, "owner_kind": self.owner_kind,
+                "owner_name": self.owner_name}
+
+
+@dataclass(frozen=True)
 class Report:
     daemonsets: tuple[WorkloadAudit, ...]
     node_noexecute_taints: tuple[TaintCount, ...]
     others: tuple[tuple[Kind, tuple[WorkloadAudit, ...]], ...] = ()  # the other configured kinds, in Kind order
+    unmanaged_pods: tuple[UnmanagedPod, ...] | None = ()  # every owner's; None when endpoints could not be listed
 
     def as_json(self) -> dict[str, Any]:
-        """`daemonsets` exactly as before, one array per other configured kind (same fields), then the taints."""
+        """`daemonsets` exactly as before, one array per other configured kind (same fields), the taints, then
+        every unmanaged pod."""
         return {"daemonsets": [d.as_json() for d in self.daemonsets],
                 **{KINDS[kind].plural: [a.as_json() for a in audits] for kind, audits in self.others},
-                "node_noexecute_taints": [t.as_json() for t in self.node_noexecute_taints]}
+                "node_noexecute_taints": [t.as_json() for t in self.node_noexecute_taints],
+                "unmanaged_pods": None if self.unmanaged_pods is None else [p.as_json() for p in self.unmanaged_pods]}
 
     @property
     def findings(self) -> int:
@@ -112,7 +130,8 @@ class Report:
 
 
 def build_report(cluster: Cluster, config: PolicyConfig) -> Report:
-    unmanaged = _unmanaged_by_owner(cluster, config.cilium_taint_key)
+    pods = _unmanaged(cluster, config)
+    unmanaged = None if pods is None else _by_owner(pods)
     gated_pods = _gated_owners(cluster.pods, config.gate_condition_type)
     daemonsets = _audit_all(Kind.DAEMONSET, cluster.daemonsets, config, unmanaged, gated_pods)
     others = []
@@ -123,7 +142,9 @@ def build_report(cluster: Cluster, config: PolicyConfig) -> Report:
         reviewed = [o for o in objects if policy.is_reviewed(kind, o, "CREATE", config)]
         counts = _rolled_up(kind, cluster, unmanaged)
         others.append((kind, _audit_all(kind, reviewed, config, counts, Counter())))
-    return Report(daemonsets, noexecute_taints(cluster.nodes, config.cilium_taint_key), tuple(others))
+    listed = None if pods is None else tuple(sorted((_unmanaged_pod(p) for p in pods),
+                                                   key=lambda p: (p.namespace, p.name)))
+    return Report(daemonsets, noexecute_taints(cluster.nodes, config.cilium_taint_key), tuple(others), listed)
 
 
 def _audit_all(kind: Kind, objects: Sequence[Mapping[str, Any]], config: PolicyConfig,
@@ -178,13 +199,10 @@ def _rolled_up(kind: Kind, cluster: Cluster, unmanaged: Counter[str] | None) -> 
 
 def is_unmanaged(pod: Mapping[str, Any], endpoint: Mapping[str, Any] | None, agent: AgentState) -> bool:
     """Running on the pod network, not terminating, where the Cilium agent is ready, and no CiliumEndpoint of its
-    own: an endpoint owned by an earlier pod of the same name does not count (the controller's stance)."""
-    metadata, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
-    return (status.get("phase") == "Running"
-            and spec.get("hostNetwork") is not True
-            and metadata.get("deletionTimestamp") is None
-            and agent is AgentState.READY
-            and endpoint_state(endpoint, str(metadata.get("uid") or "")) is None)
+    own, right now: the shared definition (webhook.unmanaged) without its grace period."""
+    facts = pod_facts(pod, DEFAULT_GATE_CONDITION)
+    situation = Situation(pod=facts, endpoint_state=endpoint_state(endpoint, facts.uid), node=NodeFacts(agent))
+    return snapshot_unmanaged(situation, owner_facts(pod))
 
 
 def noexecute_taints(nodes: Sequence[Mapping[str, Any]], cilium_taint_key: str) -> tuple[TaintCount, ...]:
@@ -199,27 +217,31 @@ def noexecute_taints(nodes: Sequence[Mapping[str, Any]], cilium_taint_key: str) 
                  for (key, value), n in sorted(counts.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")))
 
 
-def _unmanaged_by_owner(cluster: Cluster, taint_key: str) -> Counter[str] | None:
-    """Unmanaged pods counted by the uid of each owner; None when CiliumEndpoints could not be listed."""
+def _unmanaged(cluster: Cluster, config: PolicyConfig) -> list[Mapping[str, Any]] | None:
+    """The pods Cilium does not manage right now, of every owner; None when CiliumEndpoints could not be listed."""
     if cluster.endpoints is None:
         return None
-    endpoints = {_key(e): e for e in cluster.endpoints}
-    nodes = {str((n.get("metadata") or {}).get("name") or ""): n for n in cluster.nodes}
-    agents: defaultdict[str, list[Mapping[str, Any]]] = defaultdict(list)
-    for agent in cluster.agent_pods:
-        agents[str((agent.get("spec") or {}).get("nodeName") or "")].append(agent)
-    states: dict[str, AgentState] = {}
+    snapshot = Snapshot(cluster.pods, cluster.nodes, cluster.agent_pods, cluster.endpoints)
+    return [pod for pod, situation in situations(snapshot, config.cilium_taint_key, config.gate_condition_type)
+            if snapshot_unmanaged(situation, owner_facts(pod))]
+
+
+def _by_owner(pods: Sequence[Mapping[str, Any]]) -> Counter[str]:
+    """Unmanaged pods counted by the uid of each owner, and each by its own uid ("pod:<uid>", for bare pods)."""
     counts: Counter[str] = Counter()
-    for pod in cluster.pods:
-        node = str((pod.get("spec") or {}).get("nodeName") or "")
-        if node not in states:
-            states[node] = agent_state(nodes.get(node), agents.get(node, []), taint_key)
-        if is_unmanaged(pod, endpoints.get(_key(pod)), states[node]):
-            metadata = pod.get("metadata") or {}
-            counts.update({str(o.get("uid")) for o in metadata.get("ownerReferences") or []
-                           if isinstance(o, Mapping) and o.get("uid")})
-            counts[f"pod:{metadata.get('uid') or ''}"] += 1  # the pod itself, for bare pods
+    for pod in pods:
+        metadata = pod.get("metadata") or {}
+        counts.update({str(o.get("uid")) for o in metadata.get("ownerReferences") or []
+                       if isinstance(o, Mapping) and o.get("uid")})
+        counts[f"pod:{metadata.get('uid') or ''}"] += 1
     return counts
+
+
+def _unmanaged_pod(pod: Mapping[str, Any]) -> UnmanagedPod:
+    owner = owner_facts(pod).owner
+    namespace, name = _key(pod)
+    return UnmanagedPod(namespace, name, str((pod.get("spec") or {}).get("nodeName") or ""), owner.kind or None,
+                        owner.name or None)
 
 
 def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
@@ -255,6 +277,11 @@ def render_table(report: Report, config: PolicyConfig) -> str:
                                 + [(str(t), str(t.nodes)) for t in report.node_noexecute_taints])
     else:
         lines.append(f"no NoExecute taints on nodes besides {config.cilium_taint_key}")
+    if report.unmanaged_pods:
+        lines.append("")
+        lines += format_columns([("UNMANAGED POD", "NODE", "OWNER")] + [
+            (f"{p.namespace}/{p.name}", p.node, f"{p.owner_kind}/{p.owner_name}" if p.owner_kind else "-")
+            for p in report.unmanaged_pods])
     lines.append("")
     lines.append(_summary(report))
     return "\n".join(lines) + "\n"
@@ -275,9 +302,8 @@ def _workload_table(header: str, audits: Sequence[WorkloadAudit]) -> list[str]:
 def _summary(report: Report) -> str:
     every = [*report.daemonsets, *(a for _, audits in report.others for a in audits)]
     exempt = sum(d.exempt_reason is not None for d in every)
-    counts = [d.unmanaged_pods for d in every]
-    unmanaged = ("unmanaged pods unknown (CiliumEndpoints could not be listed)" if None in counts
-                 else f"{sum(c or 0 for c in counts)} pod(s) not managed by Cilium")
+    unmanaged = ("unmanaged pods unknown (CiliumEndpoints could not be listed)" if report.unmanaged_pods is None
+                 else f"{len(report.unmanaged_pods)} pod(s) not managed by Cilium")
     audited = ", ".join([f"{len(report.daemonsets)} DaemonSet(s)",
                          *(f"{len(audits)} {kind.value}(s)" for kind, audits in report.others)])
     return (f"{audited} audited: {report.findings} with a blanket NoExecute toleration, {exempt} exempt; "

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 
-from webhook.enums import Mode
+from webhook.enums import Mode, UnmanagedAction, UnmanagedScope
 from webhook.errors import ConfigError, describe_yaml_error
 from webhook.policy import (
     CILIUM_TAINT_KEY,
@@ -50,6 +50,41 @@ DEFAULT_RETRY_PERIOD = 2.0
 _NAME = r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]"
 _PREFIX = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
 _QUALIFIED_NAME = re.compile(rf"({_PREFIX}/)?{_NAME}")
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a DNS label
+_LABEL_VALUE = rf"({_NAME})?"
+# One requirement of a label selector, as kube-apiserver parses it: key, !key, key=v, key==v, key!=v,
+# key in (v,...), key notin (v,...).
+_LABEL_REQUIREMENT = re.compile(
+    r"\s*(!\s*(?P<absent>\S+)|(?P<key>[^\s!=(),]+)\s*((?P<op>==|=|!=)\s*(?P<value>[^\s,()]*)"
+    r"|\s+(in|notin)\s*\((?P<values>[^()]*)\))?)\s*")
+
+
+@dataclass(frozen=True)
+class PodScope:
+    """Which pods `recycle` and the controller's `all` scope look at: `--namespace`, `--exclude-namespace`,
+    `--selector`."""
+
+    namespaces: tuple[str, ...] = ()  # none: every namespace
+    exclude_namespaces: tuple[str, ...] = ()
+    selector: str = ""  # a label selector; "" selects every pod
+
+    def includes(self, namespace: str) -> bool:
+        return (not self.namespaces or namespace in self.namespaces) and namespace not in self.exclude_namespaces
+
+
+@dataclass(frozen=True)
+class UnmanagedSettings:
+    """The gate controller's unmanaged scope and action; `controller.unmanaged` in the file, and flags."""
+
+    scope: UnmanagedScope = UnmanagedScope.GATED
+    action: UnmanagedAction | None = None  # None: recycle for the gated scope, observe for all
+    pods: PodScope = field(default_factory=PodScope)
+
+    @property
+    def effective_action(self) -> UnmanagedAction:
+        if self.action is not None:
+            return self.action
+        return UnmanagedAction.RECYCLE if self.scope is UnmanagedScope.GATED else UnmanagedAction.OBSERVE
 
 
 @dataclass(frozen=True)
@@ -112,6 +147,40 @@ class Settings:
 def _is_qualified_name(value: str) -> bool:
     prefix, _, _ = value.rpartition("/")
     return bool(_QUALIFIED_NAME.fullmatch(value)) and len(prefix) <= 253
+
+
+def label_selector_problem(text: str) -> str | None:
+    """Why `text` is not a label selector kube-apiserver would take, or None when it is one ("" selects all)."""
+    for term in _selector_terms(text):
+        m = _LABEL_REQUIREMENT.fullmatch(term)
+        if m is None:
+            return f"{term.strip()!r} is not a label requirement (key, !key, key=value, key!=value, key in (a,b))"
+        key = m.group("absent") or m.group("key")
+        if not _is_qualified_name(key):
+            return f"{key!r} is not a valid label key"
+        values = [m.group("value")] if m.group("op") else (m.group("values") or "").split(",")
+        if m.group("values") is not None or m.group("op"):
+            for value in values:
+                if not re.fullmatch(_LABEL_VALUE, value.strip()):
+                    return f"{value.strip()!r} is not a valid label value"
+    return None
+
+
+def namespace_problem(name: str) -> str | None:
+    return None if _NAMESPACE.fullmatch(name) else f"{name!r} is not a namespace name (a DNS label)"
+
+
+def _selector_terms(text: str) -> list[str]:
+    """The comma-separated requirements, commas inside (a,b) lists left alone."""
+    terms, depth, current = [], 0, ""
+    for ch in text:
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            terms.append(current)
+            current = ""
+        else:
+            current += ch
+    return [*terms, current] if text.strip() else []
 
 
 class _Strict(BaseModel):
@@ -194,12 +263,36 @@ class _ServerFile(_Strict):
         return ServerSettings(**self.model_dump())
 
 
+class _UnmanagedFile(_Strict):
+    """The gate controller's unmanaged scope; the same as its flags, which win."""
+
+    scope: UnmanagedScope = UnmanagedScope.GATED
+    action: UnmanagedAction | None = None
+    namespaces: list[str] = Field(default_factory=list)
+    exclude_namespaces: list[str] = Field(default_factory=list, alias="excludeNamespaces")
+    selector: str = ""
+
+    @model_validator(mode="after")
+    def _valid(self) -> _UnmanagedFile:
+        for name in (*self.namespaces, *self.exclude_namespaces):
+            if problem := namespace_problem(name):
+                raise ValueError(problem)
+        if problem := label_selector_problem(self.selector):
+            raise ValueError(f"selector: {problem}")
+        return self
+
+    def to_settings(self) -> UnmanagedSettings:
+        return UnmanagedSettings(self.scope, self.action, PodScope(
+            tuple(self.namespaces), tuple(self.exclude_namespaces), self.selector.strip()))
+
+
 class _ControllerFile(_Strict):
-    """Leader-election timings of the gate controller; its other settings are flags."""
+    """Leader-election timings and the unmanaged scope of the gate controller; its other settings are flags."""
 
     lease_duration: StrictInt = Field(default=DEFAULT_LEASE_DURATION, alias="leaseDurationSeconds", ge=1)
     renew_deadline: float = Field(default=DEFAULT_RENEW_DEADLINE, alias="renewDeadlineSeconds", gt=0)
     retry_period: float = Field(default=DEFAULT_RETRY_PERIOD, alias="retryPeriodSeconds", gt=0)
+    unmanaged: _UnmanagedFile = Field(default_factory=_UnmanagedFile)
 
     @model_validator(mode="after")
     def _ordered(self) -> _ControllerFile:

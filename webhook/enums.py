@@ -1,4 +1,4 @@
-"""The shared vocabulary: policy modes, review endpoints and outcomes, error, refusal and close reasons.
+"""The shared vocabulary: modes, review endpoints and outcomes, error, refusal and close reasons, unmanaged scope.
 A leaf, stdlib only: bodylimit, protocol and metrics name these without importing the policy or the envelope.
 """
 
@@ -50,3 +50,17 @@ class CloseReason(StrEnum):
     TLS_HANDSHAKE_FAILED = "tls_handshake_failed"  # not TLS, no common protocol version, or the client left
     WRITE_TIMEOUT = "write_timeout"  # the client stopped reading an answer
     PIPELINE_LIMIT = "pipeline_limit"  # more requests sent ahead than protocol.MAX_PIPELINED
+
+
+class UnmanagedScope(StrEnum):
+    """Which unmanaged pods the gate controller looks after."""
+
+    GATED = "gated"  # the pods it gates
+    ALL = "all"  # every pod on the pod network in the scoped namespaces
+
+
+class UnmanagedAction(StrEnum):
+    """What the gate controller does with an unmanaged pod."""
+
+    RECYCLE = "recycle"  # evict it, so that its owner recreates it under Cilium
+    OBSERVE = "observe"  # report it (metric, one Event), write nothing to it

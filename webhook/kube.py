@@ -86,6 +86,8 @@ STATEFULSETS = Resource("apps", "v1", "statefulsets", namespaced=True)
 REPLICASETS = Resource("apps", "v1", "replicasets", namespaced=True)
 JOBS = Resource("batch", "v1", "jobs", namespaced=True)
 CRONJOBS = Resource("batch", "v1", "cronjobs", namespaced=True)
+# Where a pod's controlling owner of each kind is read (webhook.unmanaged.RECREATING_KINDS).
+OWNER_RESOURCES = {"ReplicaSet": REPLICASETS, "StatefulSet": STATEFULSETS, "DaemonSet": DAEMONSETS, "Job": JOBS}
 CILIUM_ENDPOINTS = Resource("cilium.io", "v2", "ciliumendpoints", namespaced=True)
 LEASES = Resource("coordination.k8s.io", "v1", "leases", namespaced=True)
 EVENTS = Resource("events.k8s.io", "v1", "events", namespaced=True)
@@ -269,13 +271,24 @@ class WatchStream:
                 step()
 
 
-def get_pod(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
-    return _get_or_none(kube.core.read_namespaced_pod, name, namespace)
+def get_pod(kube: Kube, namespace: str, name: str, timeout: float | None = None) -> dict[str, Any] | None:
+    return _get_or_none(kube.core.read_namespaced_pod, name, namespace, total=timeout)
 
 
-def get_cilium_endpoint(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
-    r = CILIUM_ENDPOINTS
-    return _get_or_none(kube.custom.get_namespaced_custom_object, r.group, r.version, namespace, r.plural, name)
+def get_cilium_endpoint(kube: Kube, namespace: str, name: str, timeout: float | None = None) -> dict[str, Any] | None:
+    return get_object(kube, CILIUM_ENDPOINTS, namespace, name, timeout)
+
+
+def get_object(kube: Kube, resource: Resource, namespace: str, name: str,
+               timeout: float | None = None) -> dict[str, Any] | None:
+    """One namespaced object of a group resource (a pod's owner, a CiliumEndpoint); None when not found."""
+    r = resource
+    return _get_or_none(kube.custom.get_namespaced_custom_object, r.group, r.version, namespace, r.plural, name,
+                        total=timeout)
+
+
+def get_config_map(kube: Kube, namespace: str, name: str, timeout: float | None = None) -> dict[str, Any] | None:
+    return _get_or_none(kube.core.read_namespaced_config_map, name, namespace, total=timeout)
 
 
 def has_resource(kube: Kube, resource: Resource, timeout: float | None = None) -> bool:
@@ -308,13 +321,12 @@ def patch_pod_status(kube: Kube, namespace: str, name: str, patch: Mapping[str, 
                        _content_type=STRATEGIC_MERGE_PATCH, _request_timeout=(CONNECT_TIMEOUT, REQUEST_TIMEOUT)))
 
 
-def evict_pod(kube: Kube, namespace: str, name: str, uid: str) -> None:
+def evict_pod(kube: Kube, namespace: str, name: str, uid: str, timeout: float | None = None) -> None:
     """POST pods/eviction (policy/v1), so PodDisruptionBudgets apply; the uid precondition spares a
     recreated pod of the same name. Raises ApiError 429 when a budget refuses."""
     body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": namespace},
             "deleteOptions": {"preconditions": {"uid": uid}}}
-    _call(kube.core.create_namespaced_pod_eviction, name, namespace, body,
-          _request_timeout=(CONNECT_TIMEOUT, REQUEST_TIMEOUT))
+    _call(kube.core.create_namespaced_pod_eviction, name, namespace, body, _request_timeout=_request_timeout(timeout))
 
 
 def create_event(kube: Kube, namespace: str, event: Mapping[str, Any]) -> dict[str, Any]:
@@ -415,9 +427,12 @@ def _selectors(target: Target) -> dict[str, str]:
     return {k: v for k, v in selectors.items() if v}
 
 
-def _get_or_none(function: Any, *args: Any, timeout: float = REQUEST_TIMEOUT) -> dict[str, Any] | None:
+def _get_or_none(function: Any, *args: Any, timeout: float = REQUEST_TIMEOUT,
+                 total: float | None = None) -> dict[str, Any] | None:
+    """`timeout` bounds the answer after connecting; `total`, when given, connecting and answering together."""
+    bound = _request_timeout(total) if total is not None else (CONNECT_TIMEOUT, timeout)
     try:
-        return _json(_call(function, *args, _request_timeout=(CONNECT_TIMEOUT, timeout)))
+        return _json(_call(function, *args, _request_timeout=bound))
     except ApiError as err:
         if err.status == 404:
             return None

@@ -9,13 +9,13 @@ import importlib.metadata
 import sys
 from collections.abc import Sequence
 
-from webhook.cli import audit, certs, controller, policy, review, serve
+from webhook.cli import audit, certs, controller, policy, recycle, review, serve
 from webhook.cli.common import EXIT_USAGE, PROG
 from webhook.errors import ConfigError
 
 __all__ = ["EXIT_USAGE", "PROG", "build_parser", "main"]
 
-VERBS = (serve, review, certs, controller, audit, policy)  # in the order `--help` lists them
+VERBS = (serve, review, certs, controller, audit, recycle, policy)  # in the order `--help` lists them
 
 
 def main(argv: Sequence[str] | None = None) -> int:

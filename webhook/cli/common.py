@@ -9,7 +9,13 @@ import sys
 from enum import StrEnum
 from pathlib import Path
 
-from webhook.config import DEFAULT_AGENT_SELECTOR, DEFAULT_CILIUM_NAMESPACE
+from webhook.config import (
+    DEFAULT_AGENT_SELECTOR,
+    DEFAULT_CILIUM_NAMESPACE,
+    PodScope,
+    label_selector_problem,
+    namespace_problem,
+)
 from webhook.enums import Mode
 
 PROG = "cilium-startup-guard"
@@ -49,6 +55,25 @@ def kubeconfig_of(args: argparse.Namespace) -> Path | None:
     from webhook import kube  # only verbs that talk to a cluster get here
 
     return kube.default_kubeconfig()
+
+
+def add_scope_flags(parser: ArgumentContainer) -> None:
+    """--namespace, --exclude-namespace and --selector: which pods `recycle` and the controller's scope `all` look
+    at. Each given flag replaces its key of the file's controller.unmanaged; scope_of() applies them."""
+    parser.add_argument("--namespace", action="append", type=namespace_name, metavar="NS",
+                        help="only pods in this namespace; repeat for more (default: every namespace)")
+    parser.add_argument("--exclude-namespace", action="append", type=namespace_name, metavar="NS",
+                        help="never pods in this namespace; repeatable")
+    parser.add_argument("--selector", type=label_selector, metavar="SELECTOR",
+                        help="only pods with these labels, as kubectl get -l takes them (default: every pod)")
+
+
+def scope_of(args: argparse.Namespace, configured: PodScope) -> PodScope:
+    return PodScope(
+        namespaces=tuple(args.namespace) if args.namespace is not None else configured.namespaces,
+        exclude_namespaces=(tuple(args.exclude_namespace) if args.exclude_namespace is not None
+                            else configured.exclude_namespaces),
+        selector=args.selector if args.selector is not None else configured.selector)
 
 
 def add_config_flag(parser: ArgumentContainer) -> None:
@@ -96,3 +121,15 @@ def port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"expected a port number (0-65535), got {text!r}")
     return int(text)
+
+
+def namespace_name(text: str) -> str:
+    if problem := namespace_problem(text):
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def label_selector(text: str) -> str:
+    if problem := label_selector_problem(text):
+        raise argparse.ArgumentTypeError(problem)
+    return text.strip()

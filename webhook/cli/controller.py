@@ -10,7 +10,16 @@ import signal
 import socket
 import uuid
 
-from webhook.cli.common import PROG, KubeconfigLookup, add_cluster_flags, kubeconfig_of, non_negative, port
+from webhook.cli.common import (
+    PROG,
+    KubeconfigLookup,
+    add_cluster_flags,
+    add_scope_flags,
+    kubeconfig_of,
+    non_negative,
+    port,
+    scope_of,
+)
 from webhook.config import (
     DEFAULT_GRACE_PERIOD,
     DEFAULT_LEASE_NAME,
@@ -18,8 +27,10 @@ from webhook.config import (
     DEFAULT_RECYCLE_RATE,
     DEFAULT_RELEASE_AFTER,
     ConfigFile,
+    UnmanagedSettings,
     load_config,
 )
+from webhook.enums import UnmanagedAction, UnmanagedScope
 from webhook.errors import ConfigError
 from webhook.logs import configure_logging
 
@@ -50,6 +61,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                           "else default)")
     ctl.add_argument("--lease-name", default=DEFAULT_LEASE_NAME, metavar="NAME",
                      help=f"name of the leader Lease (default {DEFAULT_LEASE_NAME})")
+    ctl.add_argument("--unmanaged-scope", choices=[s.value for s in UnmanagedScope],
+                     help="which unmanaged pods to look after: the gated ones, or every pod on the pod network in "
+                          "the scope of --namespace, --exclude-namespace and --selector (default: "
+                          "controller.unmanaged.scope of --config, else gated)")
+    ctl.add_argument("--unmanaged-action", choices=[a.value for a in UnmanagedAction],
+                     help="evict unmanaged pods, or only report them (metric, one Event each) (default: "
+                          "controller.unmanaged.action of --config, else recycle for scope gated, observe for all)")
+    add_scope_flags(ctl)
     ctl.add_argument("--dry-run", action="store_true",
                      help="observe only: log and count what would be done, write nothing, take no lease")
     ctl.add_argument("--release-all", action="store_true",
@@ -82,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         cilium_taint_key=policy.cilium_taint_key,
         timings=Timings(grace_period=args.grace_period, release_after=args.release_after),
         recycle_rate=args.recycle_rate, cilium_namespace=args.cilium_namespace,
-        agent_selector=args.cilium_agent_selector, dry_run=args.dry_run, lease=lease, identity=identity)
+        agent_selector=args.cilium_agent_selector, unmanaged=unmanaged_settings(args, file), dry_run=args.dry_run,
+        lease=lease, identity=identity)
     try:
         if args.release_all:
             return release_all(client, options)
@@ -102,3 +122,12 @@ def run(args: argparse.Namespace) -> int:
             probes.close()
     finally:
         client.close()
+
+
+def unmanaged_settings(args: argparse.Namespace, file: ConfigFile) -> UnmanagedSettings:
+    """controller.unmanaged of the file, each key replaced by its flag when given."""
+    configured = file.controller.unmanaged.to_settings()
+    return UnmanagedSettings(
+        scope=UnmanagedScope(args.unmanaged_scope) if args.unmanaged_scope else configured.scope,
+        action=UnmanagedAction(args.unmanaged_action) if args.unmanaged_action else configured.action,
+        pods=scope_of(args, configured.pods))

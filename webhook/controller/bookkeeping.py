@@ -20,6 +20,7 @@ class PodRecord:
 
     eviction_retry_at: float | None = None  # a PodDisruptionBudget refused: no eviction before this
     evicted: bool = False
+    reported: bool = False  # its UnmanagedPodDetected Event is written (or, in a dry run, logged)
     gone: bool = False  # the API server said gone or replaced (404, 409, 422): dropped, not retried
     dry_run_done: set[Action] = field(default_factory=set)  # dry run: each would-be action is counted once
 
@@ -27,8 +28,10 @@ class PodRecord:
 @dataclass
 class NodeRecord:
     pods: set[Key] = field(default_factory=set)  # gated pods scheduled there
+    scoped: set[Key] = field(default_factory=set)  # pods of the `all` scope scheduled there
     agents: set[Key] = field(default_factory=set)  # Cilium agent pods scheduled there
     ready_since: float | None = None  # when this controller saw the node's agent become ready
+    booted_at: float | None = None  # the node rebooted: see rules.NodeFacts.booted_at
 
 
 class Bookkeeping:
@@ -39,6 +42,8 @@ class Bookkeeping:
         self._waiting: set[Key] = set()  # gated pods whose gate is not True yet
         self._failures: dict[Key, int] = {}  # reconciles failed in a row, for the retry backoff
         self._plans: Counter[tuple[Action, str]] = Counter()
+        self._unmanaged: dict[Key, tuple[str, str]] = {}  # unmanaged pods, by key: (namespace, owner kind)
+        self._unmanaged_counts: Counter[tuple[str, str]] = Counter()
 
     # --- informer side ---
 
@@ -61,6 +66,20 @@ class Bookkeeping:
                 self._pods.pop(old_uid, None)
             return len(self._waiting)
 
+    def scoped_pod_changed(self, key: Key, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
+        """File a pod of the `all` scope under its node, and forget a pod uid that went away."""
+        old_node, new_node = node_of(old), node_of(new)
+        old_uid = uid_of(old)
+        with self._lock:
+            if old_node and old_node != new_node:
+                self._node(old_node).scoped.discard(key)
+            if new_node and new is not None:
+                self._node(new_node).scoped.add(key)
+            elif new is None and old_node:
+                self._node(old_node).scoped.discard(key)
+            if old_uid and (new is None or uid_of(new) != old_uid):
+                self._pods.pop(old_uid, None)
+
     def agent_changed(self, key: Key, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
         """File a Cilium agent pod under its node."""
         old_node, new_node = node_of(old), node_of(new)
@@ -78,15 +97,29 @@ class Bookkeeping:
             return list(record.agents) if record else []
 
     def agent_readiness(self, node: str, ready: bool, now: float) -> list[Key]:
-        """Note whether the node's agent is ready (since `now`, unless it already was); returns the gated pods
-        on the node, which the change may concern."""
+        """Note whether the node's agent is ready (since `now`, unless it already was); returns the pods on the
+        node, which the change may concern."""
         with self._lock:
             record = self._node(node)
             if not ready:
                 record.ready_since = None
             elif record.ready_since is None:
                 record.ready_since = now
-            return list(record.pods)
+            return list(record.pods | record.scoped)
+
+    def node_rebooted(self, node: str, booted_at: float, ready: bool, now: float) -> list[Key]:
+        """The node's boot ID changed: its pods count as started anew, and its agent as ready since `now` at the
+        earliest, even if it never showed not ready. Returns the pods on the node."""
+        with self._lock:
+            record = self._node(node)
+            record.booted_at = booted_at
+            record.ready_since = now if ready else None
+            return list(record.pods | record.scoped)
+
+    def booted_at(self, node: str) -> float | None:
+        with self._lock:
+            record = self._nodes.get(node)
+            return record.booted_at if record else None
 
     def ready_since(self, node: str, now: float) -> float:
         """When the node's agent was first seen ready, `now` when this is the first time; for a ready agent."""
@@ -125,6 +158,33 @@ class Bookkeeping:
         with self._lock:
             record = self._pod(uid)
             record.evicted, record.eviction_retry_at = True, None
+
+    def first_report(self, uid: str) -> bool:
+        """An unmanaged pod is reported once (one Event per pod); True the first time."""
+        with self._lock:
+            record = self._pod(uid)
+            first, record.reported = not record.reported, True
+            return first
+
+    def unmanaged(self, key: Key, labels: tuple[str, str] | None) -> list[tuple[tuple[str, str], int]]:
+        """Note whether the pod is unmanaged, with its (namespace, owner kind), or not (None); returns the label
+        sets whose count changed, with their new counts, for the gauge."""
+        with self._lock:
+            old = self._unmanaged.get(key)
+            if old == labels:
+                return []
+            changed = []
+            if old is not None:
+                del self._unmanaged[key]
+                self._unmanaged_counts[old] -= 1
+                changed.append((old, self._unmanaged_counts[old]))
+                if not self._unmanaged_counts[old]:
+                    del self._unmanaged_counts[old]
+            if labels is not None:
+                self._unmanaged[key] = labels
+                self._unmanaged_counts[labels] += 1
+                changed.append((labels, self._unmanaged_counts[labels]))
+            return changed
 
     def first_time(self, uid: str, action: Action) -> bool:
         """Dry run: the pod is left as it is, so each would-be action is counted once per pod."""

@@ -51,6 +51,7 @@ class Informer:
         watch_timeout: int = 300,
         absent_recheck: float = 30.0,
         backoff: Backoff | None = None,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         self.name = name
         self._list = list_objects
@@ -62,6 +63,9 @@ class Informer:
         self._watch_timeout = watch_timeout
         self._absent_recheck = absent_recheck
         self._backoff = backoff or Backoff(0.5, 30.0)
+        # Applied to every object before it is cached or handed on, like client-go's SetTransform: a cache of many
+        # objects keeps only the fields its decisions read.
+        self._transform = transform or (lambda obj: obj)
         self._cache: dict[Key, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._stream: Stream | None = None
@@ -150,9 +154,9 @@ class Informer:
         return version
 
     def _apply(self, event: WatchEvent) -> str:
-        obj = event.object
         if event.type == "BOOKMARK":
-            return resource_version(obj)
+            return resource_version(event.object)
+        obj = self._transform(event.object)
         key = object_key(obj)
         with self._lock:
             old = self._cache.get(key)
@@ -164,7 +168,7 @@ class Informer:
         return resource_version(obj)
 
     def _replace(self, items: Iterable[dict[str, Any]]) -> None:
-        fresh = {object_key(obj): obj for obj in items}
+        fresh = {object_key(obj): obj for obj in map(self._transform, items)}
         with self._lock:
             old, self._cache = self._cache, fresh
         for key in old.keys() - fresh.keys():

@@ -1,5 +1,6 @@
-"""The gate controller's loop: informers feed a work queue; a worker plans with rules.py and acts through kube.py.
-Imports no HTTP server and no admission code; remembers what it must between reconciles in bookkeeping.py.
+"""The gate controller's loop: informers feed a work queue; a worker plans with rules.py and unmanaged.py and has
+acting.py carry the plan out. Imports no HTTP server and no admission code; remembers what it must between
+reconciles in bookkeeping.py.
 """
 
 from __future__ import annotations
@@ -8,72 +9,52 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
 from webhook import kube
 from webhook.backoff import Backoff
-from webhook.cilium import AgentState, agent_state, endpoint_state
-from webhook.config import DEFAULT_AGENT_SELECTOR, DEFAULT_CILIUM_NAMESPACE, DEFAULT_RECYCLE_RATE
+from webhook.cilium import CILIUM_CONFIG, AgentState, agent_state, endpoint_state, operator_watcher
+from webhook.controller.acting import OBSERVED, Actor
 from webhook.controller.bookkeeping import Bookkeeping
-from webhook.controller.events import event_body
 from webhook.controller.informer import Informer
-from webhook.controller.lease import LeaderElector, LeaseConfig
+from webhook.controller.lease import LeaderElector
 from webhook.controller.metrics import ControllerMetrics
-from webhook.controller.ratelimit import recycle_bucket
+from webhook.controller.options import ControllerOptions
 from webhook.controller.rules import (
-    GONE_STATUSES,
     Action,
     NodeFacts,
     Plan,
-    PodFacts,
     Situation,
-    Timings,
-    condition_patch,
-    condition_text,
+    boot_id,
     node_of,
     plan,
     pod_facts,
+    reboot_boundary,
     uid_of,
 )
 from webhook.controller.workqueue import Key, WorkQueue
 from webhook.kube import ApiError, Kube, Target
-from webhook.policy import CILIUM_TAINT_KEY, DEFAULT_GATE_CONDITION, DEFAULT_GATE_LABEL
+from webhook.unmanaged import (
+    CANDIDATE_PODS,
+    OwnerFacts,
+    is_unmanaged,
+    owner_facts,
+    owner_verdict,
+    plan_unmanaged,
+    selections,
+    trim_pod,
+)
+
+__all__ = ["ControllerOptions", "GateController"]
 
 log = logging.getLogger(__name__)
 
-EVICTION_RETRY_FLOOR = 30.0  # a refused eviction is retried no sooner than this
-
-
-@dataclass(frozen=True)
-class ControllerOptions:
-    gate_condition: str = DEFAULT_GATE_CONDITION
-    gate_label: str = DEFAULT_GATE_LABEL
-    cilium_taint_key: str = CILIUM_TAINT_KEY
-    timings: Timings = field(default_factory=Timings)
-    recycle_rate: float = DEFAULT_RECYCLE_RATE
-    cilium_namespace: str = DEFAULT_CILIUM_NAMESPACE
-    agent_selector: str = DEFAULT_AGENT_SELECTOR
-    dry_run: bool = False
-    lease: LeaseConfig | None = None  # required unless dry_run: dry-run replicas take no part in the election
-    identity: str = "cilium-startup-guard"  # reportingInstance of events; the Lease holder
-    # Internal timings, not flags; tests shorten them.
-    eviction_retry_floor: float = EVICTION_RETRY_FLOOR
-    resync_period: float = 300.0
-    relist_period: float = 900.0
-    watch_timeout: int = 300  # seconds; each watch lasts this long times a random 1..2, as in client-go
-    absent_recheck: float = 30.0  # how often to look for ciliumendpoints again while it is not served
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
-
-    @property
-    def gate_selector(self) -> str:
-        return f"{self.gate_label}=true"
-
 
 class GateController:
-    """Four informers (gated pods, their CiliumEndpoints, nodes, Cilium agent pods) feed one work queue; one
-    worker plans and acts. Only the Lease holder writes; a dry-run replica plans, logs and counts."""
+    """Four informers (gated pods, CiliumEndpoints, nodes, Cilium agent pods), and with scope `all` one per list
+    of the scope's pods, feed one work queue; one worker plans and acts. Only the Lease holder writes; a dry-run
+    replica plans, logs and counts."""
 
     def __init__(self, client: Kube, options: ControllerOptions, metrics: ControllerMetrics, *,
                  clock: Callable[[], float] = time.time) -> None:
@@ -85,20 +66,28 @@ class GateController:
         self._clock = clock
         o = options
         gated = Target(kube.PODS, label_selector=o.gate_selector)
-        # Cilium copies the pod's labels onto its CiliumEndpoint, so the gate label selects these too.
-        endpoints = Target(kube.CILIUM_ENDPOINTS, label_selector=o.gate_selector)
+        # Cilium copies the pod's labels onto its CiliumEndpoint, so the gate label selects these too; scope `all`
+        # needs every pod's, the gated ones' included.
+        endpoints = Target(kube.CILIUM_ENDPOINTS, label_selector=None if o.all_pods else o.gate_selector)
         self.pods = self._informer("gated-pods", gated, self._on_pod)
         self.endpoints = self._informer("cilium-endpoints", endpoints, self._on_endpoint, optional=True,
                                         lister=lambda: self._list_endpoints(endpoints))
         self.nodes = self._informer("nodes", Target(kube.NODES), self._on_node)
         self.agents = self._informer("cilium-agents", Target(
             kube.PODS, namespace=o.cilium_namespace, label_selector=o.agent_selector), self._on_agent)
-        self._informers = (self.pods, self.endpoints, self.nodes, self.agents)
+        # Scope `all`: every Running pod on the pod network in the scope, cached with only what the decisions read.
+        self.scoped = [self._informer(
+            f"scoped-pods-{s.namespace or 'all'}", Target(kube.PODS, s.namespace, s.label_selector,
+                                                          s.field_selector or None),
+            self._on_scoped_pod, transform=trim_pod) for s in selections(o.unmanaged.pods, CANDIDATE_PODS)
+        ] if o.all_pods else []
+        self._informers = (self.pods, self.endpoints, self.nodes, self.agents, *self.scoped)
         self._elector = None if o.lease is None else LeaderElector(
             client, o.lease, self._started_leading, self._stopped_leading)
         self._queue = WorkQueue()
-        self._bucket = recycle_bucket(o.recycle_rate, clock())  # the worker's alone: not thread-safe
         self.books = Bookkeeping()
+        self._act = Actor(client, o, metrics, self.books, requeue=self._queue.add_after, may_write=self._may_write,
+                          clock=clock)
         self._done = threading.Event()
         self._stopping = threading.Event()
         self._elector_stop = threading.Event()
@@ -125,12 +114,18 @@ class GateController:
             self._elector_thread = threading.Thread(target=self._elector.run, args=(self._elector_stop,),
                                                     name="leader-election", daemon=True)
             self._threads.append(self._elector_thread)
+        if self.options.all_pods:
+            self._threads.append(threading.Thread(target=self._check_operator_watcher, name="operator-check",
+                                                  daemon=True))
         for thread in self._threads:
             thread.start()
+        o = self.options
         log.info("gate controller started", extra={
-            "identity": self.options.identity, "dry_run": self.options.dry_run,
-            "grace_period": self.options.timings.grace_period, "release_after": self.options.timings.release_after,
-            "recycle_rate": self.options.recycle_rate, "gate": self.options.gate_condition})
+            "identity": o.identity, "dry_run": o.dry_run, "grace_period": o.timings.grace_period,
+            "release_after": o.timings.release_after, "recycle_rate": o.recycle_rate, "gate": o.gate_condition,
+            "unmanaged_scope": str(o.unmanaged.scope), "unmanaged_action": str(o.unmanaged.effective_action),
+            "namespaces": list(o.unmanaged.pods.namespaces), "exclude_namespaces":
+                list(o.unmanaged.pods.exclude_namespaces), "selector": o.unmanaged.pods.selector})
 
     def stop(self) -> None:
         """Safe from a signal handler: run() does the shutdown."""
@@ -140,7 +135,8 @@ class GateController:
         return all(i.synced.is_set() for i in self._informers)
 
     def is_healthy(self) -> bool:
-        return bool(self._threads) and all(t.is_alive() for t in self._threads if t is not self._elector_thread)
+        return bool(self._threads) and all(t.is_alive() for t in self._threads
+                                           if t is not self._elector_thread and t.name != "operator-check")
 
     @property
     def leading(self) -> bool:
@@ -175,7 +171,7 @@ class GateController:
 
     def _informer(self, name: str, target: Target, on_change: Callable[[Key, Any, Any], None], *,
                   optional: bool = False, lister: Callable[[], tuple[list[dict[str, Any]], str]] | None = None,
-                  ) -> Informer:
+                  transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Informer:
         o = self.options
         return Informer(
             name,
@@ -188,6 +184,7 @@ class GateController:
             watch_timeout=o.watch_timeout,
             absent_recheck=o.absent_recheck,
             backoff=Backoff(o.backoff_initial, o.backoff_max),
+            transform=transform,
         )
 
     def _list_endpoints(self, target: Target) -> tuple[list[dict[str, Any]], str]:
@@ -200,11 +197,24 @@ class GateController:
         self.metrics.pods_waiting.set(self.books.pod_changed(key, old, new, waiting=waiting))
         self._queue.add(key)
 
+    def _on_scoped_pod(self, key: Key, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        self.books.scoped_pod_changed(key, old, new)
+        self._queue.add(key)
+
     def _on_endpoint(self, key: Key, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         self._queue.add(key)  # the pod of the same namespace and name
 
     def _on_node(self, key: Key, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
-        self._node_changed(key[1])
+        node, now = key[1], self._clock()
+        booted_at = reboot_boundary(old, new, now)
+        if booted_at is not None:  # the Node object survived a reboot, so no taint held its pods back
+            ready = self._agent_state(node) is AgentState.READY
+            keys = self.books.node_rebooted(node, booted_at, ready, now)
+            log.info("node rebooted; its pods are checked again as if they had just started", extra={
+                "node": node, "boot_id": boot_id(new), "pods": len(keys)})
+            for pod_key in keys:
+                self._queue.add(pod_key)
+        self._node_changed(node)
 
     def _on_agent(self, key: Key, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         self.books.agent_changed(key, old, new)
@@ -231,8 +241,33 @@ class GateController:
         return agent_state(self.nodes.get(("", node)), agents, self.options.cilium_taint_key)
 
     def _enqueue_all(self) -> None:
-        for key in self.pods.cached_keys():
-            self._queue.add(key)
+        for informer in (self.pods, *self.scoped):
+            for key in informer.cached_keys():
+                self._queue.add(key)
+
+    def _check_operator_watcher(self) -> None:
+        """One line at start-up: does Cilium's operator restart unmanaged pods too? Two recyclers double the
+        disruption. Read from the cilium-config ConfigMap the operator takes its settings from."""
+        o = self.options
+        where = {"namespace": o.cilium_namespace, "configmap": CILIUM_CONFIG}
+        try:
+            config = kube.get_config_map(self._kube, o.cilium_namespace, CILIUM_CONFIG)
+        except ApiError as err:
+            log.warning("cannot tell whether Cilium's operator restarts unmanaged pods too", extra={
+                **where, "status": err.status, "error": err.message})
+            return
+        if config is None:
+            log.info("no cilium-config ConfigMap: cannot tell whether Cilium's operator restarts unmanaged pods",
+                     extra=where)
+            return
+        watcher = operator_watcher(config.get("data") or {})
+        fields = {**where, "operator": watcher.describe(), "interval": watcher.interval, "selector": watcher.selector}
+        if watcher.restarts_pods and not o.observe:
+            log.warning("Cilium's operator restarts unmanaged pods too: two recyclers double the disruption; turn "
+                        "one off (Cilium: Helm value operator.unmanagedPodWatcher.restart=false)", extra=fields)
+        else:
+            log.info("Cilium's operator unmanaged-pod watcher", extra={
+                **fields, "operator_restarts_pods": watcher.restarts_pods})
 
     # --- the worker ---
 
@@ -261,13 +296,45 @@ class GateController:
         if not self.is_ready():
             self._queue.add_after(key, 0.2)
             return
-        pod = self.pods.get(key)
-        if pod is not None and self.books.is_gone(uid_of(pod)):
-            pod = None  # dropped, not retried: the watch brings the deletion or the new pod
-        if pod is not None:
-            now = self._clock()
-            self._carry_out(key, pod, self._plan(self._situation(pod), now), now, checked=False)
+        gated = self._live(self.pods.get(key))
+        is_gated = gated is not None and pod_facts(gated, self.options.gate_condition).has_gate
+        other = None if is_gated else self._live(self._scoped_pod(key))
+        now = self._clock()
+        if other is not None:  # scope `all`: a pod this controller does not gate
+            step = self._plan_ungated(self._situation(other), owner_facts(other), now)
+            self._note(key, other, step)
+            self._carry_out(key, other, step, now, checked=False, gated=False)
+        elif gated is not None:
+            step = self._plan(self._situation(gated), now)
+            self._note(key, gated, step)
+            self._carry_out(key, gated, step, now, checked=False)
+        else:
+            self._note(key, None, None)
         self.books.succeeded(key)
+
+    def _live(self, pod: dict[str, Any] | None) -> dict[str, Any] | None:
+        """None for a pod the API server already called gone: dropped, not retried; the watch brings the deletion
+        or the new pod."""
+        return None if pod is None or self.books.is_gone(uid_of(pod)) else pod
+
+    def _scoped_pod(self, key: Key) -> dict[str, Any] | None:
+        for informer in self.scoped:
+            pod = informer.get(key)
+            if pod is not None:
+                return pod
+        return None
+
+    def _plan_ungated(self, situation: Situation, owner: OwnerFacts, now: float) -> Plan:
+        step = plan_unmanaged(situation, owner, self.options.timings, now)
+        self.books.planned(step)
+        return step
+
+    def _note(self, key: Key, pod: Mapping[str, Any] | None, step: Plan | None) -> None:
+        """Keep the unmanaged-pods gauge in step with what the plan says of the pod."""
+        labels = None
+        if pod is not None and step is not None and is_unmanaged(step):
+            labels = (key[0], owner_facts(pod).owner.label)
+        self.metrics.set_unmanaged(self.books.unmanaged(key, labels))
 
     def _plan(self, situation: Situation, now: float) -> Plan:
         step = plan(situation, self.options.timings, now)
@@ -286,25 +353,31 @@ class GateController:
     def _node_facts(self, node: str) -> NodeFacts:
         if not node:
             return NodeFacts()
-        state = self._agent_state(node)
+        state, booted_at = self._agent_state(node), self.books.booted_at(node)
         if state is not AgentState.READY:
-            return NodeFacts(state)
-        return NodeFacts(state, self.books.ready_since(node, self._clock()))
+            return NodeFacts(state, booted_at=booted_at)
+        return NodeFacts(state, self.books.ready_since(node, self._clock()), booted_at)
 
-    def _carry_out(self, key: Key, pod: Mapping[str, Any], step: Plan, now: float, *, checked: bool) -> None:
+    def _carry_out(self, key: Key, pod: Mapping[str, Any], step: Plan, now: float, *, checked: bool,
+                   gated: bool = True) -> None:
         if step.action is Action.WAIT:
             if step.recheck_at is not None:
                 self._queue.add_after(key, step.recheck_at - now + 0.01)
         elif step.action in (Action.SET_CONDITION, Action.RELEASE):
-            self._set_gate(pod, step, now)
+            self._act.set_gate(pod, step, now)
+        elif step.action is Action.REPORT:
+            self._act.report(pod, step.reason)
         elif step.action is Action.RECYCLE:
-            if checked:
-                self._evict(key, pod, now)
+            if self.options.observe:
+                self._act.report(pod, OBSERVED)
+            elif checked:
+                self._act.evict(key, pod, now)
             else:
-                self._check_and_recycle(key, pod)
+                self._check_and_recycle(key, pod, gated)
 
-    def _check_and_recycle(self, key: Key, pod: Mapping[str, Any]) -> None:
-        """Re-read the pod and its endpoint just before evicting, and plan again on what is fresh."""
+    def _check_and_recycle(self, key: Key, pod: Mapping[str, Any], gated: bool) -> None:
+        """Re-read the pod, its endpoint and (for a pod this controller does not gate) its owner just before
+        evicting, and plan again on what is fresh."""
         uid = uid_of(pod)
         fresh = kube.get_pod(self._kube, *key)
         if fresh is None or uid_of(fresh) != uid:
@@ -313,102 +386,18 @@ class GateController:
             return
         endpoint = kube.get_cilium_endpoint(self._kube, *key) if self.endpoints.available else None
         now = self._clock()
-        step = self._plan(self._situation(fresh, endpoint, cached_endpoint=False), now)
-        self._carry_out(key, fresh, step, now, checked=True)
-
-    def _evict(self, key: Key, pod: Mapping[str, Any], now: float) -> None:
-        uid, dry_run = uid_of(pod), self.options.dry_run
-        fields = {"namespace": key[0], "pod": key[1], "uid": uid, "node": node_of(pod), "dry_run": dry_run}
-        if self.books.was_evicted(uid):
-            return
-        wait = self._bucket.wait_time(now)
-        if wait > 0:
-            log.info("recycling rate limit reached; waiting", extra={**fields, "wait_seconds": round(wait, 1)})
-            if wait != float("inf"):
-                self._queue.add_after(key, wait)
-            return
-        if dry_run:
-            if self.books.first_time(uid, Action.RECYCLE):
-                self._bucket.take(now)
-                self.metrics.pods_recycled.labels(dry_run="true").inc()
-                log.warning("would evict an unmanaged pod (dry run)", extra=fields)
-            return
-        if not self._may_write():
-            return
-        try:
-            kube.evict_pod(self._kube, key[0], key[1], uid)
-        except ApiError as err:
-            if err.status == 429:
-                retry_at = now + max(self.options.eviction_retry_floor, err.retry_after or 0.0)
-                self.books.eviction_refused(uid, retry_at)
-                self.metrics.evictions_refused.inc()
-                log.warning("eviction refused (a PodDisruptionBudget?); will retry, never delete", extra={
-                    **fields, "error": err.message, "retry_in_seconds": round(retry_at - now, 1)})
-                self._queue.add_after(key, retry_at - now)
-                return
-            if err.status in (404, 409):
-                log.info("pod gone or replaced before its eviction", extra={**fields, "status": err.status})
-                self.books.mark_gone(uid)
-                return
-            raise
-        self._bucket.take(now)
-        self.books.mark_evicted(uid)
-        self.metrics.pods_recycled.labels(dry_run="false").inc()
-        grace = self.options.timings.grace_period
-        log.warning("evicted a pod that Cilium does not manage", extra=fields)
-        self._event(pod, "UnmanagedPodRecycled", "Warning", "Evict",
-                    f"No CiliumEndpoint {grace:g}s after the Cilium agent on node {node_of(pod)} was ready: Cilium "
-                    f"does not manage this pod's network. Evicted it so that its controller recreates it under "
-                    f"Cilium.")
-
-    def _set_gate(self, pod: Mapping[str, Any], step: Plan, now: float) -> None:
-        f = pod_facts(pod, self.options.gate_condition)
-        gate, dry_run = self.options.gate_condition, self.options.dry_run
-        release = step.action is Action.RELEASE
-        fields = {"namespace": f.namespace, "pod": f.name, "uid": f.uid, "node": f.node_name,
-                  "reason": step.reason, "dry_run": dry_run}
-        if dry_run:
-            if self.books.first_time(f.uid, step.action):
-                self._count_gate(step, f, now, dry_run=True)
-                log.info("would set the gate condition (dry run)", extra=fields)
-            return
-        if not self._may_write():
-            return
-        reason, message = condition_text(step, self.options.timings)
-        try:
-            kube.patch_pod_status(self._kube, f.namespace, f.name, condition_patch(f.uid, gate, reason, message, now))
-        except ApiError as err:
-            if err.status in GONE_STATUSES:
-                log.info("pod gone or replaced; dropped", extra={**fields, "status": err.status})
-                self.books.mark_gone(f.uid)
-                return
-            raise
-        self._count_gate(step, f, now, dry_run=False)
-        if release:
-            log.warning("released a gate without a ready CiliumEndpoint", extra=fields)
-            self._event(pod, "GateReleased", "Warning", "ReleaseGate", message)
+        situation = self._situation(fresh, endpoint, cached_endpoint=False)
+        if gated:
+            step = self._plan(situation, now)
         else:
-            log.info("gate condition set", extra={**fields, "wait_seconds": _since(f.started_at, now)})
-            self._event(pod, "CiliumManaged", "Normal", "SetCondition", message)
-
-    def _count_gate(self, step: Plan, f: PodFacts, now: float, *, dry_run: bool) -> None:
-        label = "true" if dry_run else "false"
-        if step.action is Action.RELEASE:
-            self.metrics.gates_released.labels(reason=step.reason, dry_run=label).inc()
-        else:
-            self.metrics.conditions_set.labels(dry_run=label).inc()
-        if f.started_at is not None:
-            self.metrics.gate_wait.labels(dry_run=label).observe(max(0.0, now - f.started_at))
-
-    def _event(self, pod: Mapping[str, Any], reason: str, event_type: str, action: str, note: str) -> None:
-        """Best effort: an event that cannot be written is logged, never retried."""
-        body = event_body(pod, reason, event_type, action, note, instance=self.options.identity, now=self._clock())
-        try:
-            kube.create_event(self._kube, body["metadata"]["namespace"], body)
-        except ApiError as err:
-            log.warning("could not record an event", extra={
-                "namespace": body["metadata"]["namespace"], "pod": body["regarding"]["name"], "event_reason": reason,
-                "status": err.status, "error": err.message})
+            owner = owner_facts(fresh)
+            step = plan_unmanaged(situation, owner, self.options.timings, now)
+            if step.action is Action.RECYCLE and owner.needs_reading:
+                found = kube.get_object(self._kube, kube.OWNER_RESOURCES[owner.owner.kind], key[0], owner.owner.name)
+                owner = replace(owner, verdict=owner_verdict(owner.owner, found))
+            step = self._plan_ungated(situation, owner, now)
+        self._note(key, fresh, step)
+        self._carry_out(key, fresh, step, now, checked=True, gated=gated)
 
     def _may_write(self) -> bool:
         return not self.options.dry_run and self._elector is not None and self._elector.may_write()
@@ -416,7 +405,3 @@ class GateController:
     def _retry_later(self, key: Key) -> None:
         failures = self.books.failed(key)
         self._queue.add_after(key, min(self.options.backoff_max, self.options.backoff_initial * 2 ** (failures - 1)))
-
-
-def _since(start: float | None, now: float) -> float | None:
-    return None if start is None else round(now - start, 3)

@@ -46,12 +46,25 @@ class ControllerMetrics:
             "1 while the API serves ciliumendpoints; 0 means gates are released after the grace period.",
             registry=r)
         self.endpoints_available.set(1)
+        # Set by the replica that reconciles (the leader, or a --dry-run replica), in every action mode, so that
+        # alerts need no recycling; a series goes away when its count drops to zero.
+        self.unmanaged_pods = Gauge(
+            "cilium_startup_guard_unmanaged_pods",
+            "Pods Cilium does not manage past the grace period, by namespace and controlling owner kind.",
+            ["namespace", "owner_kind"], registry=r)
         # Series exist (at zero) from the start, so that rate() and alerts see the first increment.
         mode = "true" if dry_run else "false"
         for counter in (self.conditions_set, self.pods_recycled, self.gate_wait):
             counter.labels(dry_run=mode)
         for reason in ("max-wait", "no-cilium-endpoints", "host-network"):
             self.gates_released.labels(reason=reason, dry_run=mode)
+
+    def set_unmanaged(self, changed: list[tuple[tuple[str, str], int]]) -> None:
+        for (namespace, owner_kind), count in changed:
+            if count:
+                self.unmanaged_pods.labels(namespace=namespace, owner_kind=owner_kind).set(count)
+            else:
+                self.unmanaged_pods.remove(namespace, owner_kind)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -17,6 +17,12 @@ from webhook.config import DEFAULT_GRACE_PERIOD, DEFAULT_RELEASE_AFTER
 ENDPOINT_READY = "ready"  # CiliumEndpoint status.state once the endpoint is fully regenerated
 FINISHED_PHASES = ("Succeeded", "Failed")
 GONE_STATUSES = (404, 409, 422)  # the pod is gone or was replaced: drop it, do not retry
+# Eviction answers, for the controller and `recycle` alike. 429: a PodDisruptionBudget (or the API server's own
+# limit) refused; retry later, never delete. 404 or 409: the pod is gone, or a new one has its name (the uid
+# precondition failed); drop it.
+EVICTION_REFUSED = 429
+EVICTION_GONE = (404, 409)
+EVICTION_RETRY_FLOOR = 30.0  # a refused eviction is retried no sooner than this
 
 
 class Action(StrEnum):
@@ -25,6 +31,7 @@ class Action(StrEnum):
     SET_CONDITION = "set-condition"  # Cilium manages the pod: gate True, Normal event
     RELEASE = "release"  # a fail-safe sets the gate True without a ready endpoint: Warning event
     RECYCLE = "recycle"  # unmanaged and never will be: evict
+    REPORT = "report"  # unmanaged, but evicting it would not bring it back under Cilium: report it only
 
 
 class ReleaseReason(StrEnum):
@@ -47,6 +54,7 @@ class PodFacts:
     terminating: bool = False
     has_gate: bool = True  # spec.readinessGates names the gate condition
     gate_true: bool = False
+    containers_started_at: float | None = None  # the latest status.containerStatuses[].state.running.startedAt
 
     @property
     def is_waiting(self) -> bool:
@@ -58,6 +66,9 @@ class PodFacts:
 class NodeFacts:
     agent: AgentState = AgentState.UNKNOWN
     ready_since: float | None = None  # when this controller saw the agent become ready
+    # The node rebooted (its boot ID changed): the last status its previous boot reported, or when the controller
+    # saw the new boot ID. Pods that existed before must have started their containers again since.
+    booted_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -113,18 +124,39 @@ def plan(situation: Situation, timings: Timings, now: float) -> Plan:
         return Plan(Action.RELEASE, ReleaseReason.MAX_WAIT)
     # From here the pod has no endpoint. It is a recycling candidate even with its gate True (say, released
     # by the maximum wait): an unmanaged pod is what this controller exists to fix.
-    release_at = None if pod.gate_true else max_wait
+    return unmanaged_step(situation, timings, now, release_at=None if pod.gate_true else max_wait)
+
+
+def unmanaged_step(situation: Situation, timings: Timings, now: float, release_at: float | None = None) -> Plan:
+    """For a scheduled pod without a CiliumEndpoint of its own, where the API serves CiliumEndpoints: wait, or
+    recycle it as unmanaged. The one rule for gated pods, for every other pod (`webhook.unmanaged`) and for
+    `recycle`; `release_at` is a gated pod's maximum wait, which also ends a wait."""
+    pod, node = situation.pod, situation.node
     if pod.phase != "Running" or not pod.pod_ip:
         return Plan(Action.WAIT, "not-running", release_at)
-    if situation.node.agent is not AgentState.READY:
-        return Plan(Action.WAIT, str(situation.node.agent), release_at)
-    grace_end = max(pod.started_at or now, situation.node.ready_since or now) + timings.grace_period
+    if node.booted_at is not None and not restarted_since(pod, node.booted_at):
+        return Plan(Action.WAIT, "not-restarted-since-boot", release_at)  # its status predates the reboot
+    if node.agent is not AgentState.READY:
+        return Plan(Action.WAIT, str(node.agent), release_at)
+    grace_end = max(pod.started_at or now, node.ready_since or now) + timings.grace_period
     if now < grace_end:
         return Plan(Action.WAIT, "grace-period", _earliest(grace_end, release_at))
     retry_at = situation.eviction_retry_at
     if retry_at is not None and now < retry_at:
         return Plan(Action.WAIT, "eviction-refused", _earliest(retry_at, release_at))
     return Plan(Action.RECYCLE, "unmanaged")
+
+
+def restarted_since(pod: PodFacts, booted_at: float) -> bool:
+    """The pod was created after the boot, or its containers started again since: its network namespace is the
+    new boot's."""
+    started = [t for t in (pod.started_at, pod.containers_started_at) if t is not None]
+    return bool(started) and max(started) > booted_at
+
+
+def eviction_retry_at(now: float, retry_after: float | None, floor: float = EVICTION_RETRY_FLOOR) -> float:
+    """When to try a refused eviction again: the answer's Retry-After, but never sooner than `floor`."""
+    return now + max(floor, retry_after or 0.0)
 
 
 def _done_or(pod: PodFacts, next_step: Plan) -> Plan:
@@ -201,7 +233,33 @@ def pod_facts(pod: Mapping[str, Any], condition_type: str) -> PodFacts:
         has_gate=any(g.get("conditionType") == condition_type for g in spec.get("readinessGates") or []
                      if isinstance(g, Mapping)),
         gate_true=is_gate_true(pod, condition_type),
+        containers_started_at=containers_started_at(status),
     )
+
+
+def containers_started_at(status: Mapping[str, Any]) -> float | None:
+    """When the most recently started container of the pod started; None when none runs."""
+    times = [parse_time(((c.get("state") or {}).get("running") or {}).get("startedAt"))
+             for c in status.get("containerStatuses") or [] if isinstance(c, Mapping)]
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
+
+
+def boot_id(node: Mapping[str, Any] | None) -> str:
+    return str((((node or {}).get("status") or {}).get("nodeInfo") or {}).get("bootID") or "")
+
+
+def reboot_boundary(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None, now: float) -> float | None:
+    """When a node's boot ID changed from `old` to `new`: the last heartbeat its previous boot reported (the Ready
+    condition's lastHeartbeatTime, in the node's own clock like its containers' start times), else `now`. None
+    when it did not reboot. A Node object survives a reboot, so the Cilium taint does not come back."""
+    before, after = boot_id(old), boot_id(new)
+    if not before or not after or before == after:
+        return None
+    ready = next((c for c in ((old or {}).get("status") or {}).get("conditions") or []
+                  if isinstance(c, Mapping) and c.get("type") == "Ready"), {})
+    heartbeat = parse_time(ready.get("lastHeartbeatTime"))
+    return heartbeat if heartbeat is not None and heartbeat <= now else now
 
 
 def is_gate_true(pod: Mapping[str, Any], condition_type: str) -> bool:

@@ -56,8 +56,19 @@ seccompProfile:
 {{- end }}
 
 {{/* The whole config file, read by the webhook (reloaded) and the controller (at start-up). */}}
+{{/* The controller's unmanaged scope is all, and it recycles (an unset action means observe for scope all). */}}
+{{- define "csg.unmanagedAll" -}}
+{{- if eq .Values.controller.unmanaged.scope "all" }}true{{ end -}}
+{{- end }}
+{{- define "csg.unmanagedRecycle" -}}
+{{- if and (eq .Values.controller.unmanaged.scope "all") (eq (.Values.controller.unmanaged.action | default "observe") "recycle") }}true{{ end -}}
+{{- end }}
+
 {{- define "csg.config" -}}
 {{- $v := .Values -}}
+{{- /* Helm drops a null value; the file spells the unset action out, as manifests/base/config.yaml does. */ -}}
+{{- $unmanaged := merge (dict) $v.controller.unmanaged -}}
+{{- $_ := set $unmanaged "action" $v.controller.unmanaged.action -}}
 {{- toYaml (dict
       "mode" $v.mode
       "allowOptOut" $v.allowOptOut
@@ -68,7 +79,7 @@ seccompProfile:
       "exemptions" $v.exemptions
       "replacementTolerations" $v.replacementTolerations
       "server" $v.webhook.server
-      "controller" $v.controller.leaderElection) }}
+      "controller" (merge (dict "unmanaged" $unmanaged) $v.controller.leaderElection)) }}
 {{- end }}
 
 {{/*
@@ -234,4 +245,14 @@ name against what the code exports).
   annotations:
     summary: PodDisruptionBudgets have refused the controller's evictions for an hour.
     description: Unmanaged pods cannot be recycled; they keep running without Cilium managing their network.
+- alert: CiliumStartupGuardUnmanagedPods
+  expr: max by (namespace, owner_kind) (cilium_startup_guard_unmanaged_pods) > 0
+  for: 15m
+  labels:
+    severity: warning
+  annotations:
+    summary: '{{ "{{ $value }}" }} {{ "{{ $labels.owner_kind }}" }} pod(s) in {{ "{{ $labels.namespace }}" }} run without Cilium managing their network.'
+    description: >-
+      Running on the pod network without a CiliumEndpoint on a node whose Cilium agent is ready, past the grace
+      period and not recycled since; no network policy applies to them.
 {{- end }}
