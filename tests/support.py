@@ -135,8 +135,11 @@ class ServerProcess:
     def context(self) -> ssl.SSLContext:
         return client_context(self.ca_pem())
 
-    def connect(self, context: ssl.SSLContext | None = None) -> ssl.SSLSocket:
-        raw = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+    def connect(self, context: ssl.SSLContext | None = None, source: str | None = None) -> ssl.SSLSocket:
+        """A TLS connection, from `source` (another 127.x address) when given: the server caps connections per
+        source address."""
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=10,
+                                       source_address=(source, 0) if source else None)
         return (context or self.context()).wrap_socket(raw, server_hostname="localhost")
 
     def log_text(self) -> str:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from tests.support import AppClient, load_fixture
-from webhook.app import create_app
+from webhook import app as app_module
+from webhook.app import ANSWER_CHUNK_BYTES, LARGE_REVIEW_BYTES, create_app
+from webhook.bodylimit import BodyReader
 from webhook.config import Settings
 from webhook.enums import Mode
 from webhook.policy import PolicyConfig
@@ -141,3 +147,97 @@ def test_a_daemonset_pod_is_gated_and_logged_by_its_generated_name_prefix(caplog
     (record,) = [r for r in caplog.records if r.getMessage() == "admission decision"]
     fields = record.fields  # type: ignore[attr-defined]
     assert (fields["kind"], fields["name"], fields["outcome"]) == ("Pod", "ebs-csi-node-", "patched")
+
+
+def test_a_large_answer_goes_out_in_pieces_that_add_up_to_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    answer = bytes(range(256)) * 1000  # 256000 bytes: four pieces
+    monkeypatch.setattr(app_module, "handle_review", lambda *_: (200, answer))
+    app = create_app(Settings())
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/mutate", "headers": [(b"content-type", b"application/json")]}
+    asyncio.run(app(scope, receive, send))
+    pieces = [m for m in sent if m["type"] == "http.response.body"]
+    assert [len(p["body"]) for p in pieces] == [ANSWER_CHUNK_BYTES] * 3 + [len(answer) - 3 * ANSWER_CHUNK_BYTES]
+    assert [p.get("more_body", False) for p in pieces] == [True, True, True, False]
+    assert b"".join(p["body"] for p in pieces) == answer
+
+
+def _reviewed_on(monkeypatch: pytest.MonkeyPatch, padding: int) -> tuple[str, dict[str, Any]]:
+    """The name of the thread that reviewed a request padded by `padding` bytes, and the answer."""
+    threads: list[str] = []
+    real = app_module.handle_review
+
+    def spy(*args: Any) -> tuple[int, bytes]:
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(app_module, "handle_review", spy)
+    review = load_fixture("daemonset_ebs_csi_node.json")
+    review["request"]["object"]["metadata"]["annotations"]["padding"] = "x" * padding
+    answer = call(Settings(), "POST", "/validate", json=review).json()["response"]
+    assert answer["uid"] == review["request"]["uid"]
+    return threads[0], answer
+
+
+def test_a_large_review_is_reviewed_off_the_event_loop_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    thread, answer = _reviewed_on(monkeypatch, LARGE_REVIEW_BYTES)
+    assert thread.startswith("large-review")
+    assert answer["warnings"]
+
+
+def test_an_ordinary_review_is_reviewed_on_the_event_loop_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    thread, _ = _reviewed_on(monkeypatch, 0)
+    assert thread == threading.main_thread().name
+
+
+def _order_of_events(monkeypatch: pytest.MonkeyPatch, sources: tuple[str, str]) -> list[str]:
+    """Two large reviews sent at once, from `sources`: when each body was read and each review began and ended."""
+    events: list[str] = []
+    real_read, real_review = BodyReader.read, app_module.handle_review
+
+    async def read(self: BodyReader, scope: Any, receive: Any, send: Any) -> bytes | None:
+        events.append(f"read {scope['client'][0]}")
+        return await real_read(self, scope, receive, send)
+
+    def review(content_type: str, body: bytes, *args: Any) -> tuple[int, bytes]:
+        source = orjson.loads(body)["request"]["name"]
+        events.append(f"review {source}")
+        time.sleep(0.1)
+        events.append(f"answered {source}")
+        return real_review(content_type, body, *args)
+
+    monkeypatch.setattr(BodyReader, "read", read)
+    monkeypatch.setattr(app_module, "handle_review", review)
+    app = create_app(Settings())
+
+    async def post(source: str) -> None:
+        body = load_fixture("daemonset_ebs_csi_node.json")
+        body["request"]["name"] = source
+        body["request"]["object"]["metadata"]["annotations"]["padding"] = "x" * LARGE_REVIEW_BYTES
+        transport = httpx.ASGITransport(app=app, client=(source, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as client:
+            assert (await client.post("/validate", json=body)).status_code == 200
+
+    async def both() -> None:
+        await asyncio.gather(*(post(source) for source in sources))
+
+    asyncio.run(both())
+    return events
+
+
+def test_a_second_large_review_from_one_source_is_not_read_before_the_first_is_answered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    events = _order_of_events(monkeypatch, ("192.0.2.1", "192.0.2.1"))
+    assert events == ["read 192.0.2.1", "review 192.0.2.1", "answered 192.0.2.1"] * 2
+
+
+def test_a_large_review_from_another_source_is_read_meanwhile(monkeypatch: pytest.MonkeyPatch) -> None:
+    events = _order_of_events(monkeypatch, ("192.0.2.1", "192.0.2.2"))
+    assert events.index("read 192.0.2.2") < events.index("answered 192.0.2.1")

@@ -107,6 +107,33 @@ def test_unreadable_input_exits_2_with_one_line(capsys: pytest.CaptureFixture[st
     assert out == ""
 
 
+def _input_without_objects(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    if kind == "empty-stdin":  # what `helm template ... | review -` reads when helm fails
+        monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+        return "-"
+    if kind == "yaml-but-no-kubernetes-object":
+        (tmp_path / "notes.yaml").write_text("foo: bar\n---\n- 1\n")
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["empty-stdin", "empty-folder", "yaml-but-no-kubernetes-object"])
+def test_input_without_any_kubernetes_object_exits_2_with_one_line(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kind: str) -> None:
+    status, out, err = run(capsys, _input_without_objects(kind, tmp_path, monkeypatch))
+    assert status == 2
+    assert "no Kubernetes object" in err
+    assert err.count("\n") == 1
+    assert out == ""
+
+
+def test_kubernetes_objects_without_a_daemonset_are_clean(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "cm.yaml"
+    path.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+    status, out, _ = run(capsys, str(path))
+    assert status == 0
+    assert "0 DaemonSet(s) reviewed" in out
+
+
 def test_missing_path_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     status, _, err = run(capsys, str(tmp_path / "absent.yaml"))
     assert status == 2

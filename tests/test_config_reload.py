@@ -100,6 +100,22 @@ def test_broken_file_is_rejected_and_the_last_good_one_stays(tmp_path, caplog):
     assert "cilium_startup_guard_config_last_reload_successful 1.0" in _metric(app, "cilium_startup_guard_config")
 
 
+def test_a_server_change_is_reported_as_waiting_for_a_restart(tmp_path, caplog):
+    path = _configmap(tmp_path, "mode: warn\n", 0)
+    app, watcher = _app_and_watcher(path)
+    _configmap(tmp_path, "mode: strip\nserver:\n  maxConnections: 2000\n", 1)
+    watcher.check()
+    assert app.state.runtime.settings.policy.mode is Mode.STRIP  # the policy is taken
+    assert app.state.runtime.settings.server.max_connections == 1024  # the server setting is not
+    [waiting] = [r for r in caplog.records if r.getMessage().startswith("server settings changed")]
+    assert waiting.levelno == logging.WARNING
+    assert waiting.keys == ["server.maxConnections"]
+    assert "cilium_startup_guard_config_last_reload_successful 0.0" in _metric(app, "cilium_startup_guard_config")
+    _configmap(tmp_path, "mode: strip\n", 2)  # back to what is in force
+    watcher.check()
+    assert "cilium_startup_guard_config_last_reload_successful 1.0" in _metric(app, "cilium_startup_guard_config")
+
+
 def test_removed_file_keeps_the_configuration(tmp_path):
     path = tmp_path / CONFIG
     path.write_text("mode: strip\n")

@@ -341,7 +341,8 @@ def test_the_webhook_reloads_every_config_key_outside_server(tmp_path):
                                     "ciliumTaintKey": "example.com/not-ready", "exemptions": [],
                                     "readinessGate": {"podLabel": "example.com/gated"},
                                     "replacementTolerations": [{"key": "example.com/x", "operator": "Exists"}]}))
-    fresh = reload_settings(current)
+    fresh, waiting = reload_settings(current)
+    assert waiting == ()  # nothing of the file waits for a restart
     assert (fresh.policy.mode.value, fresh.allow_on_error, fresh.policy.allow_opt_out) == ("deny", False, False)
     assert (fresh.policy.cilium_taint_key, fresh.policy.exemptions, fresh.policy.gate_label) == (
         "example.com/not-ready", (), "example.com/gated")

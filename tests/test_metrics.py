@@ -108,7 +108,8 @@ def test_metric_names_follow_prometheus_conventions():
     assert set(ours) == {
         PREFIX + "admission_requests", PREFIX + "admission_errors", PREFIX + "admission_duration_seconds",
         PREFIX + "blanket_tolerations_seen", PREFIX + "blanket_tolerations_stripped", PREFIX + "http_refused",
-        PREFIX + "config_reloads", PREFIX + "config_last_reload_successful", PREFIX + "certificate_reloads",
+        PREFIX + "connections_closed", PREFIX + "connections_open", PREFIX + "config_reloads",
+        PREFIX + "config_last_reload_successful", PREFIX + "certificate_reloads",
         PREFIX + "certificate_not_after_timestamp_seconds"}
     for name, kind in ours.items():  # the parser drops _total from counter family names
         assert kind in ("counter", "gauge") or name.endswith("_seconds")

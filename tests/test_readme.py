@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 import tomllib
+from pathlib import Path
+
+import pytest
 
 from tests.docs_text import ROOT, broken_links, code_blocks, paths_in_code
 
@@ -54,3 +57,12 @@ def test_the_fast_lane_command_selects_by_the_registered_slow_marker() -> None:
     markers = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"].get("markers", [])
     assert '-m "not slow"' in README
     assert any(m.split(":")[0].strip() == "slow" for m in markers), markers
+
+
+def test_quick_start_calls_the_review_endpoint_that_serve_suggests(capsys: pytest.CaptureFixture[str]) -> None:
+    from webhook.cli.serve import _print_how_to_call
+
+    documented = re.findall(r"--data @\S+ https://localhost:8443(/\w+)", README)
+    _print_how_to_call("127.0.0.1", Path("certs/ca.crt"), 8443)
+    suggested = re.findall(r"--data @\S+ https://localhost:8443(/\w+)", capsys.readouterr().err)
+    assert documented and documented[0] == suggested[0] == "/validate"

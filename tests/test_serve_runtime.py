@@ -18,8 +18,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from tests.support import ServerProcess, load_fixture, make_certs
 from webhook.certs import CERT_FILE, KEY_FILE
 from webhook.config import build_settings
+from webhook.listener import ConnectionLimits, Listener, Slot
 from webhook.protocol import GuardedHttpToolsProtocol
-from webhook.server import build_server
+from webhook.server import TRIM_AFTER_CONNECTIONS, build_server
 
 pytestmark = pytest.mark.slow  # a `serve` process or server
 
@@ -56,3 +57,36 @@ def test_serve_runs_on_uvloop_with_the_guarded_httptools_protocol(tmp_path: Path
         assert isinstance(loop, uvloop.Loop)
     finally:
         loop.close()
+        for sock in server.sockets:  # bound by build_server
+            sock.close()
+
+
+def test_freed_memory_is_handed_back_after_connections_ended_or_a_large_review(tmp_path: Path) -> None:
+    make_certs(tmp_path)
+    server = build_server(build_settings(port=0), tmp_path / CERT_FILE, tmp_path / KEY_FILE)
+    try:
+        trims: list[int] = []
+        server._trim = trims.append
+        server.listener = Listener([], server.context, ConnectionLimits(100, 100, 5.0), start_http=lambda _: None)
+        table = server.listener.table
+
+        def end_connections(count: int) -> None:
+            for _ in range(count):
+                slot = table.admit("192.0.2.1")
+                assert isinstance(slot, Slot)
+                slot.release()
+
+        end_connections(TRIM_AFTER_CONNECTIONS - 1)
+        server._give_back_memory()
+        assert trims == []  # a few connections: not worth a trim
+        end_connections(1)
+        server._give_back_memory()
+        assert len(trims) == 1
+        server.runtime.large_reviews_done += 1
+        server._give_back_memory()
+        assert len(trims) == 2
+        server._give_back_memory()
+        assert len(trims) == 2  # nothing new since
+    finally:
+        for sock in server.sockets:
+            sock.close()

@@ -11,7 +11,7 @@ from webhook.errors import ConfigError
 
 def test_defaults_without_a_file():
     assert build_settings().server == ServerSettings()
-    assert ServerSettings().max_body_bytes == 8 * 1024 * 1024
+    assert ServerSettings().max_body_bytes == 3 * 1024 * 1024
 
 
 def test_file_keys_are_camel_case_and_flags_win(tmp_path):
@@ -45,6 +45,23 @@ def test_reload_keeps_the_server_settings_of_start_up(tmp_path):
     path.write_text("server:\n  maxBodyBytes: 4096\n")
     settings = build_settings(path)
     path.write_text("mode: strip\nserver:\n  maxBodyBytes: 999999\n")
-    reloaded = reload_settings(settings)
+    reloaded, waiting = reload_settings(settings)
     assert reloaded.server.max_body_bytes == 4096
     assert reloaded.policy.mode.value == "strip"
+    assert waiting == ("maxBodyBytes",)
+
+
+def test_reload_with_the_server_settings_of_start_up_has_nothing_waiting(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("server:\n  maxBodyBytes: 4096\n")
+    settings = build_settings(path)
+    path.write_text("mode: strip\nserver:\n  maxBodyBytes: 4096\n")
+    assert reload_settings(settings)[1] == ()
+
+
+def test_a_server_key_a_flag_overrides_does_not_wait_for_a_restart(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("server:\n  writeTimeoutSeconds: 3\n")
+    settings = build_settings(path, server={"write_timeout": 7.0})
+    path.write_text("server:\n  writeTimeoutSeconds: 4\n  maxConnections: 2000\n")
+    assert reload_settings(settings)[1] == ("maxConnections",)

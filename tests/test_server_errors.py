@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import orjson
 import pytest
@@ -141,3 +142,47 @@ def test_info_lines_hold_no_object_content(tmp_path, caplog):
     for line in lines:
         assert SECRET_MARKER not in line
         assert "tolerations" not in orjson.loads(line) and "object" not in orjson.loads(line)
+
+
+def test_request_fields_in_the_decision_line_are_clipped_to_kubernetes_lengths(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    review = daemonset_review(namespace="n" * 100_000, name="d" * 100_000)
+    review["request"]["kind"]["kind"] = "K" * 100_000
+    _client(tmp_path).post("/validate", json=review)
+    [decision] = [r for r in caplog.records if r.getMessage() == "admission decision"]
+    line = JsonFormatter().format(decision)
+    fields = orjson.loads(line)
+    assert (len(fields["namespace"]), len(fields["name"]), len(fields["kind"])) == (63, 253, 63)
+    assert fields["namespace"].endswith("…")
+    assert len(line) < 2048
+
+
+def test_an_error_line_is_clipped_like_the_answer_message(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    review = daemonset_review(namespace="n" * 100_000)
+    review["request"]["object"]["spec"]["template"]["spec"]["tolerations"] = "not a list"
+    _client(tmp_path).post("/validate", json=review)
+    [refusal] = [r for r in caplog.records if r.getMessage() == "bad admission request"]
+    assert len(orjson.loads(JsonFormatter().format(refusal))["error"]) <= admission.MAX_MESSAGE_LENGTH
+
+
+@pytest.mark.parametrize("extra", [
+    pytest.param({"payload": "x" * 1_000_000}, id="text-field"),
+    pytest.param({"fields": {"name": "x" * 1_000_000}}, id="reserved-key-field"),
+    pytest.param({"payload": ["x" * 1_000_000]}, id="non-text-field"),
+])
+def test_every_log_line_is_bounded_whatever_a_caller_passes(extra):
+    record = logging.LogRecord("webhook.test", logging.INFO, __file__, 1, "m" * 1_000_000, None, None)
+    for key, value in extra.items():
+        setattr(record, key, value)
+    assert len(JsonFormatter().format(record)) < 16 * 1024
+
+
+def test_a_long_traceback_keeps_its_first_and_last_lines():
+    try:
+        raise ValueError("start " + "x" * 1_000_000 + " end")
+    except ValueError:
+        record = logging.LogRecord("webhook.test", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+    exception = orjson.loads(JsonFormatter().format(record))["exception"]
+    assert len(exception) < 20 * 1024
+    assert exception.startswith("Traceback") and exception.endswith(" end")

@@ -46,7 +46,7 @@ def test_body_over_the_limit_is_refused_before_it_is_read(server):
         status, headers, body = read_response(conn)
     assert status == 413
     assert headers["connection"] == "close"
-    assert "larger than 8388608 bytes" in orjson.loads(body)["detail"]
+    assert "larger than 3145728 bytes" in orjson.loads(body)["detail"]
     assert server.rss_bytes() - rss_before < 4 * MIB  # nowhere near the 16 MiB announced
     assert _metric(server, 'cilium_startup_guard_http_refused_total{reason="body_too_large"}') == 1
 
@@ -58,7 +58,7 @@ def test_chunked_body_over_the_limit_is_refused_while_it_streams(server):
                      b"Transfer-Encoding: chunked\r\n\r\n")
         conn.settimeout(0.05)
         answer = b""
-        for _ in range(32):  # up to 32 MiB; the limit is 8 MiB
+        for _ in range(32):  # up to 32 MiB; the limit is 3 MiB
             try:
                 conn.sendall(chunk)
                 answer += conn.recv(65536)
@@ -73,7 +73,7 @@ def test_chunked_body_over_the_limit_is_refused_while_it_streams(server):
 
 
 def test_body_under_the_limit_is_reviewed(server):
-    review = daemonset_review(padding="x" * (7 * MIB))
+    review = daemonset_review(padding="x" * (3 * MIB - 4096))
     with httpx.Client(verify=server.context(), base_url=server.base_url, timeout=30) as client:
         response = client.post("/mutate", content=orjson.dumps(review), headers={"Content-Type": "application/json"})
     assert response.status_code == 200

@@ -5,8 +5,13 @@ Reads the raw body and hands it to admission.py; no decision is made here and no
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -16,9 +21,10 @@ from starlette.types import Receive, Scope, Send
 
 from webhook import admission
 from webhook.admission import BadReview
-from webhook.bodylimit import BodyLimit, BodyReader
+from webhook.bodylimit import BodyReader, content_length
 from webhook.config import Settings
 from webhook.enums import Endpoint, ErrorReason, Outcome
+from webhook.listener import source_of
 from webhook.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from webhook.metrics import Metrics
 
@@ -26,6 +32,22 @@ log = logging.getLogger(__name__)
 
 JSON_MEDIA_TYPE = "application/json"
 _JSON_CONTENT_TYPE = (b"content-type", JSON_MEDIA_TYPE.encode())
+# Larger answers go out in pieces of this size, each once the client has taken the one before (the protocol
+# pauses writing while the TLS layer holds anything): a client that stops reading holds one piece, not all.
+ANSWER_CHUNK_BYTES = 64 * 1024
+# Fields taken from the request are logged at most as long as Kubernetes lets them be (a longer one cannot come
+# from kube-apiserver): namespace a DNS-1123 label, names DNS-1123 subdomains, kinds DNS-1035 labels once lower-cased
+# (https://github.com/kubernetes/kubernetes/blob/03014f486c86dbe8a7fbe275fe14250854aab219/staging/src/k8s.io/
+# apimachinery/pkg/util/validation/validation.go). An error message is clipped like the answer's status message.
+MAX_NAMESPACE_LENGTH = 63
+MAX_NAME_LENGTH = 253
+MAX_KIND_LENGTH = 63
+MAX_ERROR_LENGTH = admission.MAX_MESSAGE_LENGTH
+# Reviews with a body at least this large (kube-apiserver's are 5-50 KB) are reviewed on one worker thread, one
+# after the other, while the event loop goes on answering the rest: the policy is Python code, which hands the
+# GIL back every few milliseconds, so a 3 MiB review no longer holds up every request behind it. One source
+# address has one such review in hand at a time (SourceTurns).
+LARGE_REVIEW_BYTES = 256 * 1024
 
 
 class Runtime:
@@ -38,6 +60,46 @@ class Runtime:
         self.settings = settings
         self.metrics = metrics
         self.draining = False
+        self.large_reviews_done = 0
+        self.turns = SourceTurns()
+        self._large_reviews: ThreadPoolExecutor | None = None
+
+    def large_reviews(self) -> ThreadPoolExecutor:
+        """The worker thread for large reviews, started on first use."""
+        if self._large_reviews is None:
+            self._large_reviews = ThreadPoolExecutor(max_workers=1, thread_name_prefix="large-review")
+        return self._large_reviews
+
+    def close(self) -> None:
+        if self._large_reviews is not None:
+            self._large_reviews.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class _Turn:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+class SourceTurns:
+    """One large review at a time per source address: the next one from the same source is not even read before
+    the one in hand has been answered. A client that sends many at once holds up its own, not anyone else's, and
+    holds one body in memory, not all of them."""
+
+    def __init__(self) -> None:
+        self._turns: dict[str, _Turn] = {}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, source: str) -> AsyncIterator[None]:
+        entry = self._turns.setdefault(source, _Turn())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if not entry.users:
+                del self._turns[source]
 
 
 class WebhookApp(FastAPI):
@@ -69,7 +131,6 @@ def create_app(settings: Settings) -> WebhookApp:
     routes = {f"/{endpoint.value}": ReviewRoute(endpoint, runtime, reader) for endpoint in Endpoint}
     app = WebhookApp(routes, title="cilium-startup-guard", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.runtime = runtime
-    app.add_middleware(BodyLimit, reader=reader)
     for path, route in routes.items():
         app.router.routes.append(Route(path, route, methods=["POST"]))
 
@@ -109,15 +170,36 @@ class ReviewRoute:
         self.reader = reader
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        declared = content_length(scope)
+        if declared is not None and declared < LARGE_REVIEW_BYTES:
+            await self._review(scope, receive, send)
+            return
+        # Large, or chunked and so of a size unknown until read (kube-apiserver always sends Content-Length).
+        client = scope.get("client")
+        async with self.runtime.turns.turn(source_of(client[0]) if client else ""):
+            await self._review(scope, receive, send)
+
+    async def _review(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await self.reader.read(scope, receive, send)
         if body is None:
             return  # refused (413, 408) or the client left
         content_type = next((value.decode("latin-1") for name, value in scope["headers"]
                              if name == b"content-type"), "")
-        status, answer = handle_review(content_type, body, self.endpoint, self.runtime)
+        if len(body) < LARGE_REVIEW_BYTES:
+            status, answer = handle_review(content_type, body, self.endpoint, self.runtime)
+        else:
+            status, answer = await asyncio.get_running_loop().run_in_executor(
+                self.runtime.large_reviews(), handle_review, content_type, body, self.endpoint, self.runtime)
+            self.runtime.large_reviews_done += 1
+        del body  # not held while a slow client reads the answer
         await send({"type": "http.response.start", "status": status, "headers": [
             _JSON_CONTENT_TYPE, (b"content-length", str(len(answer)).encode())]})
-        await send({"type": "http.response.body", "body": answer})
+        if len(answer) <= ANSWER_CHUNK_BYTES:
+            await send({"type": "http.response.body", "body": answer})
+            return
+        for start in range(0, len(answer), ANSWER_CHUNK_BYTES):
+            end = start + ANSWER_CHUNK_BYTES
+            await send({"type": "http.response.body", "body": answer[start:end], "more_body": end < len(answer)})
 
 
 def handle_review(content_type: str, body: bytes, endpoint: Endpoint, runtime: Runtime) -> tuple[int, bytes]:
@@ -158,8 +240,8 @@ def _refuse(err: BadReview, endpoint: Endpoint, metrics: Metrics, started: float
     metrics.count_error(endpoint, ErrorReason.BAD_REQUEST)
     metrics.observe_review(endpoint, Outcome.ERROR, time.perf_counter() - started)
     log.warning("bad admission request", extra={
-        "uid": err.uid, "endpoint": endpoint.value, "error": str(err), "outcome": Outcome.ERROR.value,
-        "duration_ms": _elapsed_ms(started)})
+        "uid": err.uid, "endpoint": endpoint.value, "error": clip(str(err), MAX_ERROR_LENGTH),
+        "outcome": Outcome.ERROR.value, "duration_ms": _elapsed_ms(started)})
     if err.uid is None:
         return _answer({"detail": str(err)}, 400)
     return _answer(admission.error_response(err.uid, str(err)))
@@ -168,9 +250,15 @@ def _refuse(err: BadReview, endpoint: Endpoint, metrics: Metrics, started: float
 def _log_decision(review: admission.Review, endpoint: Endpoint, settings: Settings, outcome: Outcome,
                   started: float) -> None:
     log.info("admission decision", extra={"fields": {
-        "uid": review.uid, "endpoint": endpoint.value, "kind": review.kind, "namespace": review.namespace,
-        "name": review.display_name, "operation": review.operation, "dry_run": review.dry_run,
+        "uid": review.uid, "endpoint": endpoint.value, "kind": clip(review.kind, MAX_KIND_LENGTH),
+        "namespace": clip(review.namespace, MAX_NAMESPACE_LENGTH), "name": clip(review.display_name, MAX_NAME_LENGTH),
+        "operation": review.operation, "dry_run": review.dry_run,
         "mode": settings.policy.mode.value, "outcome": outcome.value, "duration_ms": _elapsed_ms(started)}})
+
+
+def clip(text: str, limit: int) -> str:
+    """`text`, or its first `limit` - 1 characters and "…" when it is longer than `limit`."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _elapsed_ms(started: float) -> float:

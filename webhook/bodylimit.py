@@ -1,9 +1,7 @@
-"""Reads a request body within a size and a time limit: BodyReader for a route that wants the bytes, and
-BodyLimit, pure ASGI middleware that hands the body on whole to the app it wraps.
+"""Reads a request body within a size and a time limit, for the routes that take one (the review routes).
 
 413 before anything is read when Content-Length is over the limit, and as soon as the count of a chunked
-body passes it; 408 when the body does not arrive in time. Pure ASGI rather than BaseHTTPMiddleware: no
-extra task or stream per request. Imports nothing of FastAPI.
+body passes it; 408 when the body does not arrive in time. Imports nothing of FastAPI.
 """
 
 from __future__ import annotations
@@ -12,7 +10,7 @@ import asyncio
 from collections.abc import Callable
 
 import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from webhook.enums import Refusal
 
@@ -27,7 +25,7 @@ class BodyReader:
 
     async def read(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
         """The body; None when it was refused (the refusal is sent) or the client left (nobody to answer)."""
-        declared = _content_length(scope)
+        declared = content_length(scope)
         if declared is not None and declared > self.max_bytes:
             await self._refuse(send, Refusal.BODY_TOO_LARGE, 413, self._too_large())
             return None
@@ -66,23 +64,8 @@ class BodyReader:
         await send({"type": "http.response.body", "body": body})
 
 
-class BodyLimit:
-    """Middleware: the app gets the body, read by a BodyReader, as one message."""
-
-    def __init__(self, app: ASGIApp, reader: BodyReader) -> None:
-        self.app = app
-        self.reader = reader
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        body = await self.reader.read(scope, receive, send)
-        if body is not None:
-            await self.app(scope, _replay(body, receive), send)
-
-
-def _content_length(scope: Scope) -> int | None:
+def content_length(scope: Scope) -> int | None:
+    """The request's Content-Length, or None when it has none (chunked) or one that is not a number."""
     for name, value in scope["headers"]:
         if name == b"content-length":
             try:
@@ -91,15 +74,3 @@ def _content_length(scope: Scope) -> int | None:
                 return None  # the HTTP parser has refused it already; count what arrives instead
     return None
 
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()  # after the body: wait for the disconnect, as the server would
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay

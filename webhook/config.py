@@ -92,12 +92,29 @@ class UnmanagedSettings:
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """Limits and timings of the HTTPS server; read at start-up only (a reload does not change them)."""
+    """Limits and timings of the HTTPS server; read at start-up only (a reload does not change them).
 
-    # kube-apiserver sends object and oldObject: several MiB at most (etcd stores objects up to 1.5 MiB).
-    max_body_bytes: int = 8 * MIB
+    The documentation's "Limits and timeouts" table gives the reasons for each default, with sources.
+    """
+
+    # etcd stores at most 1.5 MiB per object (https://etcd.io/docs/v3.5/dev-guide/limit/) and a review carries two
+    # of them (object and oldObject); kube-apiserver takes write bodies up to the same 3 MiB, MaxRequestBodyBytes in
+    # https://github.com/kubernetes/kubernetes/blob/019f335d6b88bcf40180069e160f22f880afd409/staging/src/k8s.io/
+    # apiserver/pkg/server/config.go
+    max_body_bytes: int = 3 * MIB
     # Request line and headers; kube-apiserver sends well under 4 KiB.
     max_header_bytes: int = 64 * 1024
+    # Connections open at once from one source address, and in all. kube-apiserver keeps up to 25 idle
+    # connections per webhook host and opens more only while more calls are in flight (idleConnsPerHost and
+    # TLSHandshakeTimeout in https://github.com/kubernetes/kubernetes/blob/079d5e5fffad73840943d379bb5e60bc4845bd6a/
+    # staging/src/k8s.io/client-go/transport/cache.go); each connection costs about 35-50 KiB.
+    max_connections_per_source: int = 128
+    max_connections: int = 1024
+    # From accept to the end of the TLS handshake. kube-apiserver's client gives up after 10 s itself (client-go's
+    # TLSHandshakeTimeout); a handshake on a cluster network takes milliseconds.
+    tls_handshake_timeout: float = 5.0
+    # How long a client may leave the server's send buffers full (not reading the answer) before it is cut off.
+    write_timeout: float = 10.0
     # From connection (or first byte of a request) to the end of its headers, and for the whole body.
     header_timeout: float = 10.0
     body_timeout: float = 10.0
@@ -126,6 +143,8 @@ class Settings:
     # --mode wins over the file's mode, also after the file is reloaded.
     mode_override: Mode | None = None
     server: ServerSettings = field(default_factory=ServerSettings)
+    # The ServerSettings fields given as flags: they win over the file's server: keys.
+    server_flags: tuple[str, ...] = ()
 
 
 def _is_qualified_name(value: str) -> bool:
@@ -223,6 +242,12 @@ class _ServerFile(_Strict):
 
     max_body_bytes: StrictInt = Field(default=ServerSettings.max_body_bytes, alias="maxBodyBytes", ge=1024)
     max_header_bytes: StrictInt = Field(default=ServerSettings.max_header_bytes, alias="maxHeaderBytes", ge=1024)
+    max_connections_per_source: StrictInt = Field(default=ServerSettings.max_connections_per_source,
+                                                  alias="maxConnectionsPerSource", ge=1)
+    max_connections: StrictInt = Field(default=ServerSettings.max_connections, alias="maxConnections", ge=1)
+    tls_handshake_timeout: float = Field(default=ServerSettings.tls_handshake_timeout,
+                                         alias="tlsHandshakeTimeoutSeconds", gt=0)
+    write_timeout: float = Field(default=ServerSettings.write_timeout, alias="writeTimeoutSeconds", gt=0)
     header_timeout: float = Field(default=ServerSettings.header_timeout, alias="headerTimeoutSeconds", gt=0)
     body_timeout: float = Field(default=ServerSettings.body_timeout, alias="bodyTimeoutSeconds", gt=0)
     keep_alive_timeout: StrictInt = Field(default=ServerSettings.keep_alive_timeout,
@@ -230,6 +255,12 @@ class _ServerFile(_Strict):
     shutdown_delay: float = Field(default=ServerSettings.shutdown_delay, alias="shutdownDelaySeconds", ge=0)
     shutdown_timeout: float = Field(default=ServerSettings.shutdown_timeout, alias="shutdownTimeoutSeconds", gt=0)
     reload_interval: float = Field(default=ServerSettings.reload_interval, alias="reloadIntervalSeconds", gt=0)
+
+    @model_validator(mode="after")
+    def _caps(self) -> _ServerFile:
+        if self.max_connections_per_source > self.max_connections:
+            raise ValueError("maxConnectionsPerSource must not exceed maxConnections")
+        return self
 
     def to_settings(self) -> ServerSettings:
         return ServerSettings(**self.model_dump())
@@ -356,20 +387,30 @@ def build_settings(config_file: Path | None = None, mode: Mode | None = None,
         raise ConfigError(f"server settings: {_describe(err)}") from None
     given = {k: v for k, v in overrides.items() if v is not None}
     return Settings(policy=_policy(file, mode), allow_on_error=file.failure_mode == "allow",
-                    config_file=config_file, mode_override=mode, server=server_settings, **given)
+                    config_file=config_file, mode_override=mode, server=server_settings,
+                    server_flags=tuple(sorted(given_server)), **given)
 
 
-def reload_settings(current: Settings) -> Settings:
+def reload_settings(current: Settings) -> tuple[Settings, tuple[str, ...]]:
     """The policy and failure mode re-read from current.config_file, --mode re-applied; the rest is kept
-    (the server: section is read at start-up only).
+    (the server: section is read at start-up only). Also the server: keys whose new values are not in force
+    (they wait for a restart), as spelled in the file.
 
     Raises ConfigError for a file that cannot be used, so that the caller keeps `current`.
     """
     if current.config_file is None:
-        return current
+        return current, ()
     file = load_config(current.config_file)
-    return replace(current, policy=_policy(file, current.mode_override),
-                   allow_on_error=file.failure_mode == "allow")
+    fresh = replace(current, policy=_policy(file, current.mode_override), allow_on_error=file.failure_mode == "allow")
+    return fresh, _server_changes(current, file)
+
+
+def _server_changes(current: Settings, file: ConfigFile) -> tuple[str, ...]:
+    flags = {name: getattr(current.server, name) for name in current.server_flags}
+    wanted = {**file.server.model_dump(), **flags}
+    in_force = vars(current.server)
+    return tuple(_ServerFile.model_fields[name].alias or name for name in _ServerFile.model_fields
+                 if wanted[name] != in_force[name])
 
 
 def _policy(file: ConfigFile, mode: Mode | None) -> PolicyConfig:

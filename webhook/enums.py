@@ -1,4 +1,4 @@
-"""The shared vocabulary: policy modes, review endpoints and outcomes, error and refusal reasons, unmanaged scope.
+"""The shared vocabulary: modes, review endpoints and outcomes, error, refusal and close reasons, unmanaged scope.
 A leaf, stdlib only: bodylimit, protocol and metrics name these without importing the policy or the envelope.
 """
 
@@ -39,6 +39,17 @@ class Refusal(StrEnum):
     BODY_TIMEOUT = "body_timeout"
     HEADER_TOO_LARGE = "header_too_large"
     HEADER_TIMEOUT = "header_timeout"
+
+
+class CloseReason(StrEnum):
+    """Why the server closed a connection by itself, outside any request."""
+
+    PER_SOURCE_LIMIT = "per_source_limit"  # at once, on accept
+    TOTAL_LIMIT = "total_limit"  # at once, on accept
+    TLS_HANDSHAKE_TIMEOUT = "tls_handshake_timeout"
+    TLS_HANDSHAKE_FAILED = "tls_handshake_failed"  # not TLS, no common protocol version, or the client left
+    WRITE_TIMEOUT = "write_timeout"  # the client stopped reading an answer
+    PIPELINE_LIMIT = "pipeline_limit"  # more requests sent ahead than protocol.MAX_PIPELINED
 
 
 class UnmanagedScope(StrEnum):

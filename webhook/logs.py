@@ -1,4 +1,4 @@
-"""Structured logs: one JSON object a line on stderr (named logs.py so as not to shadow stdlib logging).
+"""Structured logs: one JSON object a line on stderr, every line bounded (named logs.py: not to shadow logging).
 Imports nothing of the project. Data goes in `extra=`; keys LogRecord reserves ("name") in `extra={"fields": {...}}`.
 """
 
@@ -12,6 +12,9 @@ from typing import Any
 import orjson
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and becomes a field.
+# Callers clip request data to Kubernetes' own lengths already; these bounds catch whatever they missed.
+MAX_FIELD_CHARS = 4096
+MAX_EXCEPTION_CHARS = 16384
 _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message", "asctime", "fields",
     "color_message",  # uvicorn's copy of the message with terminal colour codes
@@ -33,17 +36,43 @@ class JsonFormatter(logging.Formatter):
             "time": f"{self._second_text}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": _clip(record.getMessage(), MAX_FIELD_CHARS),
         }
         for key, value in vars(record).items():
             if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
-                entry[key] = value
+                entry[key] = _clip(value, MAX_FIELD_CHARS)
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            entry.update(fields)
+            entry.update((key, _clip(value, MAX_FIELD_CHARS)) for key, value in fields.items())
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+            entry["exception"] = _clip_middle(self.formatException(record.exc_info), MAX_EXCEPTION_CHARS)
+        return orjson.dumps(entry, default=_bounded_str).decode()
+
+
+def _clip(value: Any, limit: int) -> Any:
+    if isinstance(value, str):
+        return _clip_text(value, limit)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    # A list or mapping (rare: fields are scalars) is kept as it is unless its JSON is too long.
+    text = orjson.dumps(value, default=str).decode()
+    return value if len(text) <= limit else _clip_text(text, limit)
+
+
+def _clip_text(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _clip_middle(text: str, limit: int) -> str:
+    # A traceback's first lines say where it started, its last lines what went wrong: keep both ends.
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n…\n{text[-half:]}"
+
+
+def _bounded_str(value: Any) -> str:
+    return _clip_text(str(value), MAX_FIELD_CHARS)
 
 
 def configure_logging(level: str = "info") -> None:

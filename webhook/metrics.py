@@ -17,7 +17,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from webhook.enums import Endpoint, ErrorReason, Outcome, Refusal
+from webhook.enums import CloseReason, Endpoint, ErrorReason, Outcome, Refusal
 
 PREFIX = "cilium_startup_guard"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -54,11 +54,18 @@ class Metrics:
                                  ["namespace"], registry=r)
         refused = Counter(f"{PREFIX}_http_refused", "Requests refused before review (size or time limits), by reason.",
                           ["reason"], registry=r)
+        closed = Counter(f"{PREFIX}_connections_closed",
+                         "Connections the server closed by itself outside a request, by reason: over a connection "
+                         "cap, TLS handshake too slow or failed, answer not read, too many pipelined requests.",
+                         ["reason"], registry=r)
+        self.connections_open = Gauge(f"{PREFIX}_connections_open",
+                                      "Connections open now, in the TLS handshake or after it.", registry=r)
         config_reloads = Counter(f"{PREFIX}_config_reloads", "Reloads of the configuration file, by result.",
                                  ["result"], registry=r)
         self.config_last_reload_successful = Gauge(
             f"{PREFIX}_config_last_reload_successful",
-            "1 when the configuration file in force is the one on disk, 0 when the last reload was rejected.",
+            "1 when the configuration in force is the file on disk; 0 when the last reload was rejected or "
+            "changed server: settings, which need a restart.",
             registry=r)
         cert_reloads = Counter(f"{PREFIX}_certificate_reloads", "Reloads of the serving certificate, by result.",
                                ["result"], registry=r)
@@ -70,6 +77,7 @@ class Metrics:
         self._errors = {(e, x): errors.labels(e.value, x.value) for e in Endpoint for x in ErrorReason}
         self._latency = {e: latency.labels(e.value) for e in Endpoint}
         self._refused = {x: refused.labels(x.value) for x in Refusal}
+        self._closed = {x: closed.labels(x.value) for x in CloseReason}
         self._config_reloads = {ok: config_reloads.labels("success" if ok else "failure") for ok in (True, False)}
         self._cert_reloads = {ok: cert_reloads.labels("success" if ok else "failure") for ok in (True, False)}
         self._namespaces: set[str] = set()
@@ -100,9 +108,13 @@ class Metrics:
     def count_refusal(self, reason: Refusal) -> None:
         self._refused[reason].inc()
 
-    def count_config_reload(self, ok: bool) -> None:
+    def count_close(self, reason: CloseReason) -> None:
+        self._closed[reason].inc()
+
+    def count_config_reload(self, ok: bool, in_force: bool = True) -> None:
+        """`in_force`: the whole file took effect; False when server: changes wait for a restart."""
         self._config_reloads[ok].inc()
-        self.config_last_reload_successful.set(1 if ok else 0)
+        self.config_last_reload_successful.set(1 if ok and in_force else 0)
 
     def count_certificate_reload(self, ok: bool) -> None:
         self._cert_reloads[ok].inc()

@@ -1,24 +1,40 @@
-"""uvicorn's httptools protocol with bounds on the request head: its size and the time it takes to arrive.
+"""uvicorn's httptools protocol with bounds: on the request head (its size, its header count, the time it takes to
+arrive), and on a client that stops reading the answer.
 
-uvicorn times out idle keep-alive connections, but not a connection that never sends a request, nor headers
-that trickle in or never end (httptools sets no size limit). Both would let a few clients hold connections
-and memory forever. The body is bounded separately, by the BodyLimit middleware.
+uvicorn times out idle keep-alive connections, but not a connection that never sends a request, nor headers that
+trickle in or never end (httptools sets no size limit), nor an answer the client never reads (the transport
+buffers all of it). Each would let a few clients hold connections and memory. The body is bounded separately,
+by bodylimit.BodyReader. Errors the parser finds are answered with the same JSON `{"detail": ...}` as the app's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
+import struct
+import termios
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from webhook.enums import Refusal
+from webhook.enums import CloseReason, Refusal
+from webhook.listener import Slot
 
 log = logging.getLogger(__name__)
+
+# Apache's LimitRequestFields default; kube-apiserver sends about six headers. Thousands of tiny headers within
+# the byte limit would each cost a tuple and two bytes objects.
+MAX_HEADER_COUNT = 100
+# Requests queued behind the one being answered. The parser reads every request in a chunk at once, and uvicorn
+# queues each (a scope and a cycle, about 2 KiB): 256 KiB of pipelined GETs would be 7000 of them. Go's HTTP client
+# (kube-apiserver's) and the kubelet's probes never pipeline.
+MAX_PIPELINED = 16
 
 
 @dataclass(frozen=True)
@@ -28,42 +44,137 @@ class HeadLimits:
     on_refusal: Callable[[Refusal], None] = lambda _: None
 
 
+@dataclass(frozen=True)
+class WriteLimits:
+    timeout: float
+    on_close: Callable[[CloseReason], None] = lambda _: None
+
+
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback: httptools stops parsing and feed_data() raises HttpParserCallbackError."""
+
+
+class _TooManyPipelined(Exception):
+    """Raised from on_headers_complete, like _HeadTooLarge."""
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """A head starts when the connection is made or the first byte of the next request arrives; it must be
-    complete within `timeout` seconds and `max_bytes` bytes. The idle time between requests is uvicorn's
-    keep-alive timeout."""
+    complete within `timeout` seconds, `max_bytes` bytes and MAX_HEADER_COUNT headers. The idle time between
+    requests is uvicorn's keep-alive timeout, counted from when the answer has been sent, not handed over.
+
+    The TLS transport asks this protocol to pause writing as soon as it holds any of the answer that the kernel
+    did not take; a client that leaves it paused for the write timeout, without the kernel's send queue shrinking
+    meanwhile, is cut off. So is a client that sends more than MAX_PIPELINED requests ahead of its answers.
+    """
 
     limits: ClassVar[HeadLimits]
+    write_limits: ClassVar[WriteLimits]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, slot: Slot | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.slot = slot
         self._head_timer: asyncio.TimerHandle | None = None
-        self._head_bytes = 0
+        self._head_bytes = 0  # raw bytes received while the head is incomplete
+        self._head_size = 0  # bytes of the URL and headers the parser has handed over
+        self._header_count = 0
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._unsent_at_check: int | None = None
+        self._keep_alive_when_sent = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # Pause as soon as the TLS layer holds anything the socket did not take; resume once it holds nothing.
+        transport.set_write_buffer_limits(high=1, low=0)
         self._start_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end_head()
+        self._end_write_wait()
+        if self.slot is not None:
+            self.slot.release()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        # uvicorn's, except for the limits and the JSON answers.
+        self._unset_keepalive_if_required()
+        self._keep_alive_when_sent = False
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as err:
+            if isinstance(err, httptools.HttpParserCallbackError) and (
+                    isinstance(err.__context__, _HeadTooLarge) or self._head_over_limit()):
+                self._refuse_large_head()
+                return
+            if isinstance(err.__context__, _TooManyPipelined):
+                self.write_limits.on_close(CloseReason.PIPELINE_LIMIT)
+                log.info("connection closed", extra={"reason": CloseReason.PIPELINE_LIMIT.value,
+                                                     "client": _peer(self.client)})
+                self.transport.abort()  # the answers owed cannot all be given: nothing more is sent
+                return
+            log.info("invalid HTTP request", extra={"error": str(err)[:200], "client": _peer(self.client)})
+            self.send_400_response(f"invalid HTTP request: {err}"[:200])
+            return
+        except httptools.HttpParserUpgrade:
+            pass  # no WebSocket here: the request is served as plain HTTP, without uvicorn's two warning lines
         if self._head_timer is not None:  # the head is still incomplete after this chunk
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_bytes and not self.transport.is_closing():
-                self._refuse(Refusal.HEADER_TOO_LARGE, 431, "Request Header Fields Too Large",
-                             f"request headers are larger than {self.limits.max_bytes} bytes")
+                self._refuse_large_head()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._head_size = 0
+        self._header_count = 0
         if self._head_timer is None:
             self._start_head()
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        self._head_size += len(url)
+        if self._head_over_limit():
+            raise _HeadTooLarge
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        self._head_size += len(name) + len(value) + 4  # ": " and CRLF
+        self._header_count += 1
+        if self._head_over_limit():
+            raise _HeadTooLarge
 
     def on_headers_complete(self) -> None:
         self._end_head()
         super().on_headers_complete()
+        if len(self.pipeline) > MAX_PIPELINED:
+            raise _TooManyPipelined
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.flow.write_paused and self.timeout_keep_alive_task is not None:
+            # Part of the answer is still waiting for the client: the connection is not idle yet.
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
+            self._keep_alive_when_sent = True
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._unsent_at_check = _unsent_bytes(self.transport)
+            self._write_timer = self.loop.call_later(self.write_limits.timeout, self._write_timed_out)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._end_write_wait()
+        if self._keep_alive_when_sent and not self.transport.is_closing():
+            self._keep_alive_when_sent = False
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                self.timeout_keep_alive_handler)
+
+    def send_400_response(self, msg: str) -> None:
+        self._answer_and_close(400, "Bad Request", msg)
+
+    def _head_over_limit(self) -> bool:
+        return self._head_size > self.limits.max_bytes or self._header_count > MAX_HEADER_COUNT
 
     def _start_head(self) -> None:
         self._head_bytes = 0
@@ -80,10 +191,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(Refusal.HEADER_TIMEOUT, 408, "Request Timeout",
                          f"request headers not received within {self.limits.timeout:g} s")
 
+    def _refuse_large_head(self) -> None:
+        self._refuse(Refusal.HEADER_TOO_LARGE, 431, "Request Header Fields Too Large",
+                     f"request headers are larger than {self.limits.max_bytes} bytes or more than "
+                     f"{MAX_HEADER_COUNT} fields")
+
     def _refuse(self, reason: Refusal, status: int, phrase: str, detail: str) -> None:
         self._end_head()
         self.limits.on_refusal(reason)
         log.info("connection closed", extra={"reason": reason.value, "client": _peer(self.client)})
+        self._answer_and_close(status, phrase, detail)
+
+    def _answer_and_close(self, status: int, phrase: str, detail: str) -> None:
         if self.cycle is None or self.cycle.response_complete:
             # Nothing else is being written on this connection: the client may learn why.
             body = orjson.dumps({"detail": detail})
@@ -92,10 +211,41 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 b"connection: close\r\n\r\n%s" % (status, phrase.encode(), len(body), body))
         self.transport.close()
 
+    def _end_write_wait(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
 
-def guarded_protocol(limits: HeadLimits) -> type[GuardedHttpToolsProtocol]:
-    """A protocol class bound to `limits`: uvicorn instantiates the class it is given, with its own arguments."""
-    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"limits": limits})
+    def _write_timed_out(self) -> None:
+        self._write_timer = None
+        unsent = _unsent_bytes(self.transport)
+        if unsent is not None and self._unsent_at_check is not None and unsent < self._unsent_at_check:
+            # The kernel's queue shrank: the client is reading, only slowly. The kernel wakes the transport only
+            # once a good part of its send buffer is free, so a slow reader can leave writing paused for long.
+            self._unsent_at_check = unsent
+            self._write_timer = self.loop.call_later(self.write_limits.timeout, self._write_timed_out)
+            return
+        self.write_limits.on_close(CloseReason.WRITE_TIMEOUT)
+        log.info("connection closed", extra={"reason": CloseReason.WRITE_TIMEOUT.value, "client": _peer(self.client)})
+        self.transport.abort()  # close() would wait to flush what the client does not read
+
+
+def guarded_protocol(limits: HeadLimits, write_limits: WriteLimits) -> type[GuardedHttpToolsProtocol]:
+    """A protocol class bound to the limits: uvicorn instantiates the class it is given, with its own arguments."""
+    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,),
+                {"limits": limits, "write_limits": write_limits})
+
+
+def _unsent_bytes(transport: asyncio.BaseTransport) -> int | None:
+    """Bytes in the kernel's send queue of the connection's socket (not yet sent or not yet acknowledged), or None
+    when the transport has no socket to ask."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        unsent: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        return unsent
+    return None
 
 
 def _peer(client: tuple[str, int] | None) -> str | None:

@@ -109,15 +109,19 @@ class ConfigReloader:
     def __call__(self) -> None:
         current = self.runtime.settings
         try:
-            fresh = reload_settings(current)
+            fresh, waiting = reload_settings(current)
         except ConfigError as err:
             self.runtime.metrics.count_config_reload(False)
             log.error("configuration rejected; the last good configuration stays in force",
                       extra={"error": str(err), "mode": current.policy.mode.value})
             return
         self.runtime.settings = fresh
-        self.runtime.metrics.count_config_reload(True)
+        self.runtime.metrics.count_config_reload(True, in_force=not waiting)
         log.info("configuration reloaded", extra={"config_file": str(current.config_file),
                                                   "mode": fresh.policy.mode.value,
                                                   "failure_mode": "allow" if fresh.allow_on_error else "deny"})
+        if waiting:
+            # The listener, its limits and timers are set up once: these take effect on the next start.
+            log.warning("server settings changed in the configuration file are not applied until a restart",
+                        extra={"keys": [f"server.{key}" for key in waiting]})
 

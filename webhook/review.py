@@ -63,6 +63,9 @@ class Result:
 
 
 def load_documents(paths: list[str], stdin: TextIO) -> list[Document]:
+    """Every document of the inputs; ReviewInputError when one cannot be read, or when none of them holds a
+    Kubernetes object at all: an empty stdin (the command that renders the manifests failed) or an empty folder
+    must not pass a CI check."""
     documents: list[Document] = []
     for name, text in _read_inputs(paths, stdin):
         try:
@@ -72,6 +75,10 @@ def load_documents(paths: list[str], stdin: TextIO) -> list[Document]:
         for index, content in enumerate(parsed, start=1):
             source = name if len(parsed) == 1 else f"{name}#{index}"
             documents += _documents_in(source, content)
+    if not any(_is_kubernetes_object(d.content) for d in documents):
+        inputs = ", ".join("stdin" if p == "-" else p for p in paths)
+        raise ReviewInputError(f"no Kubernetes object (a document with apiVersion and kind) in {inputs}; "
+                               "was the input empty, or did the command that renders it fail?")
     return documents
 
 
@@ -203,6 +210,11 @@ def _kind_named(group: str, kind: str) -> Kind | None:
     if found is None and kind == Kind.DAEMONSET.value and group == "extensions":
         return Kind.DAEMONSET
     return found
+
+
+def _is_kubernetes_object(content: Any) -> bool:
+    return isinstance(content, dict) and isinstance(content.get("apiVersion"), str) and isinstance(
+        content.get("kind"), str)
 
 
 def _is_admission_review(content: Any) -> bool:

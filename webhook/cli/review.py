@@ -17,7 +17,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     review = commands.add_parser("review", help="run the policy offline on manifests or AdmissionReviews",
                                  description="Reviews the objects of the configured kinds (DaemonSets by default). "
                                              "Exit status: 0 clean, 1 a non-exempt one has a blanket "
-                                             "NoExecute toleration, 2 unreadable input or configuration.")
+                                             "NoExecute toleration, 2 unreadable input or configuration, or no "
+                                             "Kubernetes object in the inputs at all.")
     review.add_argument("paths", nargs="+", metavar="FILE|DIR|-",
                         help="YAML or JSON files (multi-document), directories of them, or - for stdin")
     review.add_argument("--output", choices=["table", "json"], default="table")

@@ -10,20 +10,22 @@ import sys
 from pathlib import Path
 
 from webhook import certs
-from webhook.cli.common import add_policy_flags, mode_of
+from webhook.cli.common import add_policy_flags, mode_of, port
 from webhook.config import DEFAULT_CERTS_DIR, DEFAULT_PORT, ServerSettings, build_settings
 from webhook.errors import ConfigError
 from webhook.logs import configure_logging
 
 # Flags that are ServerSettings fields of the same name.
-SERVER_FLAGS = ("max_body_bytes", "max_header_bytes", "header_timeout", "body_timeout", "keep_alive_timeout",
+SERVER_FLAGS = ("max_body_bytes", "max_header_bytes", "max_connections_per_source", "max_connections",
+                "tls_handshake_timeout", "header_timeout", "body_timeout", "write_timeout", "keep_alive_timeout",
                 "shutdown_delay", "shutdown_timeout", "reload_interval")
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = commands.add_parser("serve", help="run the admission webhook over HTTPS")
     serve.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=None, help=f"port to listen on (default {DEFAULT_PORT})")
+    serve.add_argument("--port", type=port, default=None,
+                       help=f"port to listen on, 1-65535, or 0 for any free one (default {DEFAULT_PORT})")
     serve.add_argument("--tls-cert", type=Path, help="serving certificate (PEM); with --tls-key")
     serve.add_argument("--tls-key", type=Path, help="private key of the serving certificate (PEM)")
     serve.add_argument("--certs-dir", type=Path, default=None,
@@ -35,10 +37,21 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help=f"refuse larger request bodies with 413 (default {ServerSettings.max_body_bytes})")
     limits.add_argument("--max-header-bytes", type=int, metavar="N",
                         help=f"refuse larger request heads with 431 (default {ServerSettings.max_header_bytes})")
+    limits.add_argument("--max-connections-per-source", type=int, metavar="N",
+                        help="connections open at once from one address (an IPv6 /64); more are reset at once "
+                             f"(default {ServerSettings.max_connections_per_source})")
+    limits.add_argument("--max-connections", type=int, metavar="N",
+                        help=f"connections open at once in all (default {ServerSettings.max_connections})")
+    limits.add_argument("--tls-handshake-timeout", type=float, metavar="S",
+                        help="seconds from accepting a connection to the end of its TLS handshake "
+                             f"(default {ServerSettings.tls_handshake_timeout:g})")
     limits.add_argument("--header-timeout", type=float, metavar="S",
                         help=f"seconds for a request's headers to arrive (default {ServerSettings.header_timeout:g})")
     limits.add_argument("--body-timeout", type=float, metavar="S",
                         help=f"seconds for a request's body to arrive (default {ServerSettings.body_timeout:g})")
+    limits.add_argument("--write-timeout", type=float, metavar="S",
+                        help="seconds a client may leave an answer unread before it is cut off "
+                             f"(default {ServerSettings.write_timeout:g})")
     limits.add_argument("--keep-alive-timeout", type=int, metavar="S",
                         help=f"seconds an idle connection stays open (default {ServerSettings.keep_alive_timeout})")
     limits.add_argument("--shutdown-delay", type=float, metavar="S",
@@ -70,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
         cert, key = settings.certs_dir / certs.CERT_FILE, settings.certs_dir / certs.KEY_FILE
         ca = settings.certs_dir / certs.CA_CERT_FILE
         on_started = functools.partial(_print_how_to_call, settings.host, ca)
+    configure_logging(args.log_level)  # first: whatever building the server logs is a JSON line too
     server = build_server(settings, cert, key, on_started)
-    configure_logging(args.log_level)
     server.run()
     return 0 if server.started else 1
 
@@ -82,4 +95,4 @@ def _print_how_to_call(host: str, ca: Path, port: int) -> None:
     print(f"serving {url} (HTTPS only); try:\n"
           f"  curl --cacert {ca} {url}/healthz\n"
           f"  curl --cacert {ca} -H 'Content-Type: application/json' "
-          f"--data @tests/fixtures/daemonset_ebs_csi_node.json {url}/mutate", file=sys.stderr, flush=True)
+          f"--data @tests/fixtures/daemonset_ebs_csi_node.json {url}/validate", file=sys.stderr, flush=True)
