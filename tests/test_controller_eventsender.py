@@ -103,7 +103,7 @@ def test_an_event_waits_while_the_controller_is_busy_and_is_sent_once_it_is_not(
     thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
     thread.start()
     sender.record(POD, {"n": 1})
-    assert not sender.flush(timeout=0.3) and sent == []  # held back while busy
+    assert not sender.flush(timeout=0.1) and sent == []  # held back while busy
     busy[0] = False
     assert sender.flush(timeout=5) and sent == [{"n": 1}]
     sender.close()
@@ -112,7 +112,7 @@ def test_an_event_waits_while_the_controller_is_busy_and_is_sent_once_it_is_not(
 
 def test_an_event_is_not_held_back_longer_than_the_most_it_may_wait():
     sent: list[dict[str, Any]] = []
-    sender = EventSender(sent.append, defer_while=lambda: True, max_defer=0.2, clock=Clock())
+    sender = EventSender(sent.append, defer_while=lambda: True, max_defer=0.05, clock=Clock())
     stop = threading.Event()
     thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
     thread.start()
