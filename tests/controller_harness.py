@@ -16,10 +16,10 @@ import pytest
 
 from tests.fakekube import FakeKube, Request
 from tests.objects import agent_pod, gate_status, node
-from webhook import kube
 from webhook.controller.lease import LeaseConfig
 from webhook.controller.loop import ControllerOptions, GateController
 from webhook.controller.metrics import ControllerMetrics
+from webhook.controller.reachability import connect
 from webhook.controller.rules import Action, Timings
 
 GRACE = 0.4
@@ -45,7 +45,8 @@ class Replica:
     """One controller process: its own client, metrics and thread."""
 
     def __init__(self, kubeconfig: Path, opts: ControllerOptions) -> None:
-        self.client = kube.connect(kubeconfig, "fake", user_agent=f"cilium-startup-guard/{opts.identity}")
+        # As `controller` connects: urllib3 retries nothing, outages are logged once by Reachability.
+        self.client = connect(kubeconfig, "fake", f"cilium-startup-guard/{opts.identity}", opts.workers)
         self.metrics = ControllerMetrics(dry_run=opts.dry_run)
         self.controller = GateController(self.client, opts, self.metrics)
         self.exit_code: int | None = None

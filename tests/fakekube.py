@@ -5,7 +5,9 @@ cluster-scoped, each registered with `add_resource`. It serves:
 
 - discovery: /api, /api/v1, /apis, /apis/GROUP/VERSION (a removed resource disappears from it and answers 404)
 - list with labelSelector, fieldSelector (= == !=, only the fields kube-apiserver lets each resource be
-  selected by: 400 for any other), limit and continue
+  selected by: 400 for any other), limit and continue; with a resourceVersion ("0", or not older than N) as
+  kube-apiserver's watch cache serves it: whole, the limit ignored, or refused (`refuse_cached_lists`: 429, 410
+  or 504 "Too large resource version")
 - watch: chunked JSON lines of {type, object} from a resourceVersion (or the current state when none is
   given), 410 Gone (as an ERROR event, like kube-apiserver) for a compacted one, timeoutSeconds, and
   `drop_watches()` to cut every open watch connection
@@ -17,7 +19,14 @@ cluster-scoped, each registered with `add_resource`. It serves:
 - events.k8s.io/v1 Event validation as kube-apiserver does it for that API (422); Secret validation: base64
   data, the keys a kubernetes.io/tls Secret requires, an immutable type (422)
 - a resourceVersion inside a patch is a precondition (409 when stale), as kube-apiserver makes it
-- a record of every request (`requests`, `calls()`) and fault injection (`fail()`)
+- a record of every request (`requests`, `calls()`) and fault injection: `fail()`, `throttle()` (429 with
+  Retry-After, plain text as kube-apiserver's), `outage()` (a burst of 5xx for some seconds), `compact()` with
+  `drop_watches()` (a watch cut: the next watch from an old resourceVersion gets 410), `restart()` (every
+  connection cut, the port closed for a while, watch history gone, the objects kept)
+- latency: `write_latency` seconds added to every write before it is applied, outside the store's lock, so
+  writes overlap as on a real API server whose etcd round trip dominates; reads and watches get none. Every
+  connection has TCP_NODELAY (read back into `nodelay`): the stock `http.server` sends headers and body in two
+  writes, which with Nagle's algorithm and delayed ACKs would add ~40 ms to each answer
 - `rbac_of(request)`: the (apiGroup, resource, verb) that RBAC authorizes a recorded request as
 
 Resource versions come from one counter, as etcd revisions do. Not modelled: authentication and RBAC,
@@ -33,6 +42,7 @@ import json
 import re
 import secrets
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -44,6 +54,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import jsonpatch
+import orjson
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,8 @@ DEFAULT_RESOURCES = (
     ResourceType("cilium.io", "v2", "ciliumendpoints", "CiliumEndpoint", True, ("status",)),
 )
 
+WRITES = ("POST", "PUT", "PATCH", "DELETE")
+
 # Strategic merge patch: lists merged by these keys (from the Kubernetes API's patchMergeKey tags);
 # every other list is replaced, as for a JSON merge patch.
 MERGE_KEYS = {
@@ -122,6 +135,13 @@ class Request:
     at: float = field(default_factory=time.monotonic, compare=False)  # when it arrived (monotonic clock)
 
 
+@dataclass(frozen=True)
+class Answer:
+    request: Request
+    status: int
+    at: float  # monotonic clock; for a watch, when its stream began
+
+
 @dataclass
 class Fault:
     method: str
@@ -130,6 +150,7 @@ class Fault:
     times: int | None  # None: until removed
     when: Callable[[Request], bool] | None = None
     retry_after: int | None = None
+    until: float | None = None  # monotonic deadline: the fault ends then, however many times it answered
 
 
 @dataclass
@@ -181,7 +202,8 @@ def invalid(rt: ResourceType, name: str, causes: list[str]) -> ApiError:
 
 
 class FakeKube:
-    def __init__(self, resources: tuple[ResourceType, ...] = DEFAULT_RESOURCES) -> None:
+    def __init__(self, resources: tuple[ResourceType, ...] = DEFAULT_RESOURCES, *, write_latency: float = 0.0,
+                 port: int = 0) -> None:
         self._types: dict[tuple[str, str], ResourceType] = {}  # (group, plural)
         for rt in resources:
             self.add_resource(rt)
@@ -189,15 +211,28 @@ class FakeKube:
         self._rv = 100
         self._oldest_rv = 0  # watches from below this answer 410 Gone
         self._history: list[_Change] = []
+        self._history_rvs: list[int] = []  # the changes' resourceVersions, for bisecting
         self._cond = threading.Condition(threading.RLock())
         self.requests: list[Request] = []
+        self.answers: list[Answer] = []  # each request's status, and when it was answered
         self._faults: list[Fault] = []
         self._evictions_blocked: list[_EvictionBlock] = []
         self._drop_generation = 0
         self._watch_sockets: set[socket.socket] = set()
+        self._sockets: set[socket.socket] = set()  # every open client connection, for restart()
         self._stopping = False
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._port = port
+        # Each write (POST, PUT, PATCH, DELETE) waits this long before it is applied, outside the store's lock: the
+        # etcd round trip of a real API server, during which other requests, writes included, go on in parallel.
+        self.write_latency = write_latency
+        # A list with resourceVersion "0" (or another non-empty one) is served as from kube-apiserver's watch cache:
+        # whole, its limit ignored. When set, such lists are refused with this status instead (see
+        # refuse_cached_lists); lists with resourceVersion "" always go to "etcd", paginated.
+        self.cached_list_refusal: int | None = None
+        self.cached_lists = 0  # lists answered from the "watch cache"
+        self.nodelay: list[int] = []  # TCP_NODELAY as read back from each accepted connection
         # When true, deleting or evicting a running pod leaves it terminating (deletionTimestamp set) until
         # finish_deletion(), as a kubelet honouring terminationGracePeriodSeconds would.
         self.graceful_pod_deletion = False
@@ -205,8 +240,9 @@ class FakeKube:
     # --- lifecycle ---
 
     def start(self) -> FakeKube:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server = _Server(("127.0.0.1", self._port), _handler_for(self))
         self._server.daemon_threads = True
+        self._port = int(self._server.server_address[1])  # a restart comes back on the same port
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fakekube",
                                         daemon=True)
         self._thread.start()
@@ -214,19 +250,42 @@ class FakeKube:
 
     @property
     def url(self) -> str:
-        assert self._server is not None, "start() first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        assert self._server is not None or self._port, "start() first"
+        return f"http://127.0.0.1:{self._port}"
 
     def stop(self) -> None:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self.drop_watches()
+        self._close_listener()
+        self._cut_connections()
+
+    def restart(self, down_for: float = 0.0) -> None:
+        """Restart the API server: every connection is cut, nothing listens for `down_for` seconds, and the new
+        process's watch cache starts at the current resourceVersion, so a watch from an older one gets 410 Gone
+        (kube-apiserver keeps no watch history across a restart). The stored objects survive, as in etcd."""
+        self._close_listener()
+        self._cut_connections()
+        self.compact()
+        time.sleep(down_for)
+        self.start()
+
+    def _cut_connections(self) -> None:
+        with self._cond:
+            sockets = list(self._sockets)
+            self._drop_generation += 1
+            self._cond.notify_all()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _close_listener(self) -> None:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self._server = self._thread = None
 
     def kubeconfig(self, context: str = "fake") -> dict[str, Any]:
         """A kubeconfig document (as a dict) that points the real client here."""
@@ -265,11 +324,15 @@ class FakeKube:
 
     # --- direct access for tests (no HTTP, no request record) ---
 
-    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Store an object (apiVersion and kind say where); returns a copy with uid and resourceVersion."""
+    def create(self, obj: dict[str, Any], *, share: bool = False) -> dict[str, Any]:
+        """Store an object (apiVersion and kind say where); returns a copy with uid and resourceVersion.
+
+        `share`: store it without a deep copy (its metadata is copied), for benchmarks that store thousands of
+        objects sharing their unchanging parts; the caller must not change the object afterwards."""
         rt = self._type_of(obj)
         with self._cond:
-            return copy.deepcopy(self._create(rt, obj.get("metadata", {}).get("namespace", ""), obj))
+            stored = self._create(rt, obj.get("metadata", {}).get("namespace", ""), obj, share=share)
+            return stored if share else copy.deepcopy(stored)
 
     def get(self, name: str, namespace: str, object_name: str) -> dict[str, Any] | None:
         rt = self.resource(name)
@@ -322,6 +385,7 @@ class FakeKube:
         with self._cond:
             self._oldest_rv = self._rv
             self._history.clear()
+            self._history_rvs.clear()
             return self._oldest_rv
 
     def drop_watches(self) -> None:
@@ -344,13 +408,37 @@ class FakeKube:
             self._evictions_blocked.clear()
 
     def fail(self, method: str, path: str, status: int = 500, times: int | None = 1,
-             when: Callable[[Request], bool] | None = None, retry_after: int | None = None) -> Fault:
-        """Answer requests matching method and path (a regular expression searched in the path) with an
-        error, `times` times (None: until `clear_fault`)."""
-        fault = Fault(method.upper(), re.compile(path), status, times, when, retry_after)
+             when: Callable[[Request], bool] | None = None, retry_after: int | None = None,
+             seconds: float | None = None) -> Fault:
+        """Answer requests matching method (or "*" for any) and path (a regular expression searched in the path)
+        with an error, `times` times (None: until `clear_fault`) and at most for `seconds`. A 429 is answered as
+        kube-apiserver's max-in-flight and priority-and-fairness filters do: plain text and a Retry-After header
+        (https://github.com/kubernetes/kubernetes/blob/04791b4906602ffda5ccf9bc4c84d3329f1d7080/staging/src/k8s.io/apiserver/pkg/server/filters/maxinflight.go)."""
+        until = None if seconds is None else time.monotonic() + seconds
+        fault = Fault(method.upper(), re.compile(path), status, times, when, retry_after, until)
         with self._cond:
             self._faults.append(fault)
         return fault
+
+    def throttle(self, path: str, retry_after: int, times: int | None = None,
+                 when: Callable[[Request], bool] | None = None) -> Fault:
+        """429 Too Many Requests with `Retry-After: retry_after` for writes to `path` (PATCH, POST, PUT)."""
+        return self.fail("WRITE", path, status=429, times=times, when=when, retry_after=retry_after)
+
+    def outage(self, seconds: float, status: int = 503, path: str = ".") -> Fault:
+        """A burst of server errors: every request matching `path` (watches included) answers `status` for
+        `seconds`, as an API server whose etcd is unavailable does."""
+        return self.fail("*", path, status=status, times=None, seconds=seconds)
+
+    def refuse_cached_lists(self, status: int | None) -> None:
+        """Refuse lists that would be served from the watch cache (resourceVersion "0" or another non-empty one):
+        429 with Retry-After: 1, as kube-apiserver does while its watch cache initializes (KEP-4568,
+        https://github.com/kubernetes/enhancements/tree/master/keps/sig-api-machinery/4568-resilient-watchcache-initialization),
+        410 Expired, or 504 "Too large resource version", the two that make client-go's reflector list again with
+        resourceVersion "" (https://github.com/kubernetes/kubernetes/blob/000c6651b28123ea483df5bf317a4947e0aae352/staging/src/k8s.io/client-go/tools/cache/reflector.go).
+        None serves them again."""
+        with self._cond:
+            self.cached_list_refusal = status
 
     def clear_fault(self, fault: Fault) -> None:
         with self._cond:
@@ -375,16 +463,16 @@ class FakeKube:
         self._rv += 1
         return str(self._rv)
 
-    def _create(self, rt: ResourceType, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _create(self, rt: ResourceType, namespace: str, body: dict[str, Any], *, share: bool = False) -> dict[str, Any]:
         if rt.group == "events.k8s.io":
             problems = validate_event_v1(body)
             if problems:
                 raise invalid(rt, body.get("metadata", {}).get("name", ""), problems)
         if rt.plural == "secrets" and not rt.group:
             _check_secret(rt, body)
-        obj = copy.deepcopy(body)
+        obj = {**body, "metadata": dict(body.get("metadata") or {})} if share else copy.deepcopy(body)
         obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
-        metadata = obj.setdefault("metadata", {})
+        metadata = obj["metadata"] if share else obj.setdefault("metadata", {})
         if rt.namespaced:
             if not namespace:
                 raise ApiError(400, "BadRequest", "the namespace of the object is required")
@@ -430,7 +518,9 @@ class FakeKube:
         return gone
 
     def _record(self, rt: ResourceType, kind: str, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
-        self._history.append(_Change(self._rv, rt, kind, copy.deepcopy(old), copy.deepcopy(new)))
+        # Stored objects are never changed in place (every write stores a new dict), so history shares them.
+        self._history.append(_Change(self._rv, rt, kind, old, new))
+        self._history_rvs.append(self._rv)
         self._cond.notify_all()
 
     # --- HTTP: routing ---
@@ -441,25 +531,41 @@ class FakeKube:
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         content_type = (headers.get("Content-Type") or "").split(";")[0].strip()
         try:
-            parsed = json.loads(body) if body else None
-        except ValueError:
+            parsed = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
             return 400, ApiError(400, "BadRequest", "request body is not JSON").status(), {}
         request = Request(method, parts.path, query, content_type, parsed, headers.get("User-Agent") or "")
         with self._cond:
             self.requests.append(request)
             fault = self._fault_for(request)
+        answer = self._answer(request, fault)
+        with self._cond:
+            self.answers.append(Answer(request, answer[0], time.monotonic()))
+        return answer
+
+    def _answer(self, request: Request, fault: Fault | None) -> tuple[int, Any, dict[str, str]]:
         if fault is not None:
             extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after else {}
+            if fault.status == 429:
+                return 429, b"Too many requests, please try again later.\n", extra
             return fault.status, ApiError(fault.status, "InternalError" if fault.status >= 500 else "Injected",
-                                          f"injected fault for {method} {parts.path}").status(), extra
+                                          f"injected fault for {request.method} {request.path}").status(), extra
+        if self.write_latency > 0 and request.method in WRITES:
+            time.sleep(self.write_latency)
         try:
             return self._route(request)
         except ApiError as err:
             return err.code, err.status(), err.headers
 
     def _fault_for(self, request: Request) -> Fault | None:
-        for fault in self._faults:
-            if fault.method == request.method and fault.path.search(request.path) and (
+        now = time.monotonic()
+        for fault in list(self._faults):
+            if fault.until is not None and now >= fault.until:
+                self._faults.remove(fault)
+                continue
+            method_matches = fault.method in ("*", request.method) or (
+                fault.method == "WRITE" and request.method in ("POST", "PUT", "PATCH"))
+            if method_matches and fault.path.search(request.path) and (
                     fault.when is None or fault.when(request)):
                 if fault.times is not None:
                     fault.times -= 1
@@ -502,20 +608,20 @@ class FakeKube:
                     return 200, self._watch(rt, ns, r.query), {}
                 return 200, self._list(rt, ns, r.query), {}
             if r.method == "POST":
-                return 201, copy.deepcopy(self._create(rt, ns, _object_body(r))), {}
+                return 201, self._create(rt, ns, _object_body(r)), {}
             if r.method == "DELETE":
                 return 200, self._delete_collection(rt, ns, r.query), {}
         elif sub == "eviction":
             if r.method == "POST":
                 return self._evict(rt, ns, name, _object_body(r))
         elif r.method == "GET":
-            return 200, copy.deepcopy(self._stored(rt, ns, name)), {}
+            return 200, self._stored(rt, ns, name), {}
         elif r.method == "PUT":
-            return 200, copy.deepcopy(self._update(rt, ns, name, sub, _object_body(r))), {}
+            return 200, self._update(rt, ns, name, sub, _object_body(r)), {}
         elif r.method == "PATCH":
-            return 200, copy.deepcopy(self._patch(rt, ns, name, sub, r)), {}
+            return 200, self._patch(rt, ns, name, sub, r), {}
         elif r.method == "DELETE" and not sub:
-            return 200, copy.deepcopy(self._delete(rt, ns, name, r.body or {})), {}
+            return 200, self._delete(rt, ns, name, r.body or {}), {}
         raise ApiError(405, "MethodNotAllowed", f"{r.method} is not supported here")
 
     # --- discovery ---
@@ -566,6 +672,9 @@ class FakeKube:
     def _list(self, rt: ResourceType, ns: str, query: dict[str, str]) -> dict[str, Any]:
         matches = self._matching(rt, ns, query)
         list_rv, start = self._rv, None
+        version = query.get("resourceVersion") or ""
+        if version and not query.get("continue"):
+            return self._list_from_cache(rt, matches, version)
         if query.get("continue"):
             try:
                 token = json.loads(base64.b64decode(query["continue"]))
@@ -588,7 +697,26 @@ class FakeKube:
             metadata["remainingItemCount"] = len(keys) - len(page)
         bucket = self._objects.get(_bucket(rt), {})
         return {"kind": f"{rt.kind}List", "apiVersion": rt.api_version, "metadata": metadata,
-                "items": [copy.deepcopy(bucket[k]) for k in page]}
+                "items": [bucket[k] for k in page]}
+
+    def _list_from_cache(self, rt: ResourceType, matches: Callable[[dict[str, Any]], bool],
+                         version: str) -> dict[str, Any]:
+        """A list with a resourceVersion ("0": any; N: not older than N) as kube-apiserver's watch cache serves
+        it: every item at once, the limit ignored ("watch cache is ignoring Limit in that case", client-go's
+        reflector.go, cited at refuse_cached_lists)."""
+        if self.cached_list_refusal == 429:
+            raise ApiError(429, "TooManyRequests", "storage is (re)initializing", {"retryAfterSeconds": 1},
+                           {"Retry-After": "1"})
+        if self.cached_list_refusal == 410:
+            raise ApiError(410, "Expired", f"too old resource version: {version} ({self._oldest_rv})")
+        if self.cached_list_refusal == 504 or (version != "0" and _int_or(version, -1) > self._rv):
+            raise ApiError(504, "Timeout", f"Too large resource version: {version}, current: {self._rv}",
+                           {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                            "retryAfterSeconds": 1})
+        self.cached_lists += 1
+        bucket = self._objects.get(_bucket(rt), {})
+        return {"kind": f"{rt.kind}List", "apiVersion": rt.api_version, "metadata": {"resourceVersion": str(self._rv)},
+                "items": [o for _, o in sorted(bucket.items()) if matches(o)]}
 
     def _watch(self, rt: ResourceType, ns: str, query: dict[str, str]) -> Iterator[dict[str, Any]]:
         """Called under the lock: decide the starting point now, stream later (see _stream_watch)."""
@@ -596,7 +724,7 @@ class FakeKube:
         since = query.get("resourceVersion") or ""
         timeout = min(float(query.get("timeoutSeconds") or 1800), 1800.0)
         if since in ("", "0"):
-            initial = [{"type": "ADDED", "object": copy.deepcopy(o)}
+            initial = [{"type": "ADDED", "object": o}
                        for _, o in sorted(self._objects.get(_bucket(rt), {}).items()) if matches(o)]
             position = self._rv
         else:
@@ -620,7 +748,7 @@ class FakeKube:
                     gone = ApiError(410, "Expired", "too old resource version")
                     yield {"type": "ERROR", "object": gone.status()}
                     return
-                start = bisect_right([c.rv for c in self._history], position)
+                start = bisect_right(self._history_rvs, position)
                 changes = self._history[start:]
                 if not changes:
                     left = deadline - time.monotonic()
@@ -645,7 +773,7 @@ class FakeKube:
                 else:
                     kind = None
                 if kind is not None:
-                    yield {"type": kind, "object": copy.deepcopy(change.new)}
+                    yield {"type": kind, "object": change.new}
 
     # --- writes ---
 
@@ -1028,6 +1156,13 @@ def strategic_merge_patch(target: Any, patch: Any, key: str | None = None) -> An
 # --- helpers ---
 
 
+def _int_or(text: str, default: int) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return default
+
+
 def _bucket(rt: ResourceType) -> tuple[str, str]:
     return rt.group, rt.plural
 
@@ -1046,10 +1181,30 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):  # a connection cut by restart() or drop_watches()
+            super().handle_error(request, client_address)
+
+
 def _handler_for(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, and chunked watch streams
         disable_nagle_algorithm = True  # headers and body go out as separate writes: no 40 ms delayed-ACK stalls
+
+        def setup(self) -> None:
+            super().setup()  # sets TCP_NODELAY (StreamRequestHandler, for disable_nagle_algorithm)
+            with fake._cond:
+                fake._sockets.add(self.connection)
+                fake.nodelay.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+        def finish(self) -> None:
+            with fake._cond:
+                fake._sockets.discard(self.connection)
+            with contextlib.suppress(OSError):
+                super().finish()
 
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
@@ -1058,9 +1213,10 @@ def _handler_for(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
             if isinstance(answer, Iterator):
                 self._stream(answer)
                 return
-            data = json.dumps(answer).encode()
+            text = isinstance(answer, bytes)  # a plain-text answer, as kube-apiserver's 429 is
+            data = answer if text else orjson.dumps(answer)
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", "text/plain; charset=utf-8" if text else "application/json")
             self.send_header("Content-Length", str(len(data)))
             for name, value in headers.items():
                 self.send_header(name, value)
@@ -1079,7 +1235,7 @@ def _handler_for(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 self.wfile.flush()
                 for event in events:
-                    line = json.dumps(event).encode() + b"\n"
+                    line = orjson.dumps(event) + b"\n"
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
                     self.wfile.flush()
                 self.wfile.write(b"0\r\n\r\n")

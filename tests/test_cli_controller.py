@@ -20,7 +20,8 @@ from webhook.enums import UnmanagedAction, UnmanagedScope
 
 FLAGS = {"--kubeconfig", "--context", "--config", "--grace-period", "--recycle-rate", "--release-after",
                "--metrics-port", "--lease-namespace", "--lease-name", "--cilium-namespace",
-               "--cilium-agent-selector", "--dry-run", "--release-all", "--unmanaged-scope", "--unmanaged-action",
+               "--cilium-agent-selector", "--dry-run", "--release-all", "--workers", "--unmanaged-scope",
+               "--unmanaged-action",
                "--namespace", "--exclude-namespace", "--selector"}
 REPO = Path(__file__).resolve().parent.parent
 

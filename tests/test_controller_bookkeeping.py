@@ -1,45 +1,27 @@
-"""What the gate controller's loop remembers between reconciles, per pod uid, per node and per queue key. Pure."""
+"""What the gate controller's loop remembers between reconciles, per pod uid and per node. Pure."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from tests.objects import agent_pod, gated_pod
 from webhook.controller.bookkeeping import Bookkeeping
 from webhook.controller.rules import Action, Plan
 
 KEY = ("default", "p")
 
 
-def pod(uid: str, node: str = "node-a") -> dict[str, Any]:
-    raw = gated_pod("p", node=node)
-    raw["metadata"]["uid"] = uid
-    return raw
-
-
-def test_a_gated_pod_is_filed_under_its_node_and_moves_with_it():
-    books = Bookkeeping()
-    books.pod_changed(KEY, None, pod("u1"), waiting=True)
-    assert books.agent_readiness("node-a", True, 0.0) == [KEY]
-    books.pod_changed(KEY, pod("u1"), pod("u1", node="node-b"), waiting=True)
-    assert books.agent_readiness("node-a", True, 0.0) == []
-    assert books.agent_readiness("node-b", True, 0.0) == [KEY]
-
-
 def test_waiting_pods_are_counted():
     books = Bookkeeping()
-    assert books.pod_changed(KEY, None, pod("u1"), waiting=True) == 1
-    assert books.pod_changed(("default", "q"), None, pod("u2"), waiting=True) == 2
-    assert books.pod_changed(KEY, pod("u1"), pod("u1"), waiting=False) == 1
-    assert books.pod_changed(("default", "q"), pod("u2"), None, waiting=False) == 0
+    assert books.pod_changed(KEY, "", "u1", waiting=True) == 1
+    assert books.pod_changed(("default", "q"), "", "u2", waiting=True) == 2
+    assert books.pod_changed(KEY, "u1", "u1", waiting=False) == 1
+    assert books.pod_changed(("default", "q"), "u2", "", waiting=False) == 0
 
 
 def test_a_deleted_pod_is_forgotten():
     books = Bookkeeping()
-    books.pod_changed(KEY, None, pod("u1"), waiting=True)
+    books.pod_changed(KEY, "", "u1", waiting=True)
     books.mark_gone("u1")
     books.eviction_refused("u1", 50.0)
-    books.pod_changed(KEY, pod("u1"), None, waiting=False)
+    books.pod_changed(KEY, "u1", "", waiting=False)
     assert not books.is_gone("u1")
     assert books.eviction_retry_at("u1") is None
 
@@ -48,7 +30,7 @@ def test_a_pod_replaced_under_the_same_name_starts_afresh():
     books = Bookkeeping()
     books.mark_evicted("u1")
     assert books.first_time("u1", Action.RECYCLE)
-    books.pod_changed(KEY, pod("u1"), pod("u2"), waiting=True)
+    books.pod_changed(KEY, "u1", "u2", waiting=True)
     assert not books.was_evicted("u1")
     assert books.first_time("u1", Action.RECYCLE)
 
@@ -56,7 +38,7 @@ def test_a_pod_replaced_under_the_same_name_starts_afresh():
 def test_an_update_of_the_same_pod_keeps_its_record():
     books = Bookkeeping()
     books.mark_gone("u1")
-    books.pod_changed(KEY, pod("u1"), pod("u1"), waiting=True)
+    books.pod_changed(KEY, "u1", "u1", waiting=True)
     assert books.is_gone("u1")
 
 
@@ -86,24 +68,6 @@ def test_agent_ready_since_is_the_first_sighting_and_resets_when_not_ready():
     assert books.ready_since("node-a", 50.0) == 50.0
 
 
-def test_agents_are_filed_under_their_node_until_deleted():
-    books = Bookkeeping()
-    agent = agent_pod("node-a")
-    key = ("kube-system", "cilium-node-a")
-    books.agent_changed(key, None, agent)
-    assert books.agents_on("node-a") == [key]
-    books.agent_changed(key, agent, None)
-    assert books.agents_on("node-a") == []
-    assert books.agents_on("node-unknown") == []
-
-
-def test_failures_count_up_until_a_success():
-    books = Bookkeeping()
-    assert [books.failed(KEY) for _ in range(3)] == [1, 2, 3]
-    books.succeeded(KEY)
-    assert books.failed(KEY) == 1
-
-
 def test_plans_are_counted_by_action_and_reason():
     books = Bookkeeping()
     books.planned(Plan(Action.WAIT, "grace-period", 5.0))
@@ -123,25 +87,22 @@ def test_unmanaged_pods_are_counted_by_namespace_and_owner_kind():
                                                                       (("default", "none"), 1)]
 
 
-def test_a_reboot_returns_every_pod_on_the_node_and_restarts_its_ready_clock():
+def test_a_reboot_restarts_the_nodes_ready_clock():
     books = Bookkeeping()
-    books.pod_changed(KEY, None, pod("u1"), waiting=True)
-    books.scoped_pod_changed(("shop", "web"), None, pod("u2"))
-    books.scoped_pod_changed(KEY, None, pod("u1"))  # a gated pod is in the scope's cache too
     assert books.ready_since("node-a", 10.0) == 10.0
-    assert sorted(books.node_rebooted("node-a", 95.0, True, 100.0)) == [KEY, ("shop", "web")]
+    books.node_rebooted("node-a", 95.0, True, 100.0)
     assert (books.booted_at("node-a"), books.ready_since("node-a", 200.0)) == (95.0, 100.0)
     books.node_rebooted("node-a", 295.0, False, 300.0)
     assert books.ready_since("node-a", 310.0) == 310.0  # not ready at the boot: ready from when it is seen ready
 
 
-def test_a_scoped_pod_leaving_its_node_or_the_cache_is_unfiled():
+def test_a_scoped_pod_that_goes_away_is_forgotten():
     books = Bookkeeping()
-    books.scoped_pod_changed(("shop", "web"), None, pod("u2"))
-    books.scoped_pod_changed(("shop", "web"), pod("u2"), pod("u2", node="node-b"))
-    assert books.agent_readiness("node-a", True, 0.0) == []
-    books.scoped_pod_changed(("shop", "web"), pod("u2", node="node-b"), None)
-    assert books.agent_readiness("node-b", True, 0.0) == []
+    books.mark_evicted("u2")
+    books.scoped_pod_changed("u2", "u2")
+    assert books.was_evicted("u2")
+    books.scoped_pod_changed("u2", "")
+    assert not books.was_evicted("u2")
 
 
 def test_an_unmanaged_pod_is_reported_once():
@@ -149,3 +110,12 @@ def test_an_unmanaged_pod_is_reported_once():
     assert books.first_report("u1") is True
     assert books.first_report("u1") is False
     assert books.first_report("u2") is True
+
+
+def test_a_gate_this_controller_set_counts_as_set_until_the_pod_goes():
+    books = Bookkeeping()
+    assert not books.gate_set("u1")
+    books.mark_gate_set("u1")
+    assert books.gate_set("u1")
+    books.pod_changed(KEY, "u1", "", waiting=False)
+    assert not books.gate_set("u1")

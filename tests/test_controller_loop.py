@@ -26,7 +26,7 @@ from tests.controller_harness import (
     writes,
 )
 from tests.fakekube import FakeKube, rbac_of
-from tests.objects import CILIUM_NAMESPACE, CONTROLLER_RBAC, GATE, endpoint, gated_pod, node
+from tests.objects import CILIUM_NAMESPACE, CONTROLLER_RBAC, GATE, endpoint, gated_pod, node, stamp
 from webhook.controller.lease import LeaseConfig
 from webhook.controller.rules import Action, Timings
 
@@ -208,15 +208,17 @@ def test_refused_eviction_waits_at_least_the_retry_floor(fake_kube: FakeKube, st
     assert time.monotonic() - first >= 0.9  # Retry-After (1 s) is longer than the floor and wins
 
 
-def test_recycling_rate_limit_holds(fake_kube: FakeKube, start, caplog):
-    caplog.set_level(logging.INFO, logger="webhook.controller")
+def test_recycling_rate_limit_holds_without_reads_or_a_log_line_per_waiting_pod(fake_kube: FakeKube, start, caplog):
+    caplog.set_level(logging.INFO, logger="webhook.controller.loop")
     cluster(fake_kube)
     for i in range(5):
         fake_kube.create(gated_pod(f"agent-{i}"))
-    start(options(recycle_rate=2))  # two a minute, burst two
+    replica = start(options(recycle_rate=2))  # two a minute, burst two
     fake_kube.wait_for(lambda: len(evictions(fake_kube)) >= 2)
-    # The other three were each held back by the limit, once, until a token is due in about 30 s.
-    wait_until(lambda: len({r.pod for r in logged(caplog, "recycling rate limit reached; waiting")}) == 3)
+    # The other three wait in line for a token, due in about 30 s; they were not read, and the line logged once.
+    wait_until(lambda: replica.metric("cilium_startup_guard_recycle_waiting") == 3)
+    assert len(logged(caplog, "recycling waits for the rate limit; pods wait in line, one is woken per token")) == 1
+    assert len(fake_kube.calls("GET", "/namespaces/default/pods/agent-")) == 2
     assert len(evictions(fake_kube)) == 2
     assert len(fake_kube.list("pods", "default")) == 3
 
@@ -302,8 +304,8 @@ def test_dry_run_changes_nothing_and_counts_once(fake_kube: FakeKube, start):
     wait_until(lambda: replica.metric("cilium_startup_guard_gate_conditions_set_total", dry_run="true") == 1)
     books = replica.controller.books
     recycles, sets = books.plans(Action.RECYCLE, "unmanaged"), books.plans(Action.SET_CONDITION, "endpoint-ready")
-    for name in ("managed", "unmanaged"):  # a change to each pod makes the worker plan both again
-        fake_kube.modify("pods", "default", name, lambda p: p["metadata"]["labels"].update(touched="yes"))
+    for name in ("managed", "unmanaged"):  # a change the controller reads makes the worker plan both again
+        fake_kube.modify("pods", "default", name, lambda p: p["status"].update(startTime=stamp(time.time() - 3600)))
     planned(replica, Action.RECYCLE, "unmanaged", recycles + 1)
     planned(replica, Action.SET_CONDITION, "endpoint-ready", sets + 1)
     assert len(writes(fake_kube)) == before

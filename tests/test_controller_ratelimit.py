@@ -41,3 +41,14 @@ def test_fractional_recycle_rate_still_allows_one_at_a_time():
     assert bucket.available(0)
     bucket.take(0)
     assert bucket.wait_time(0) == pytest.approx(120)
+
+
+def test_a_token_given_back_is_available_again_but_never_beyond_the_burst():
+    bucket = TokenBucket(60, 1, now=0.0)
+    bucket.take(0.0)
+    assert not bucket.available(0.0)
+    bucket.give_back(0.0)
+    assert bucket.available(0.0)
+    bucket.give_back(0.0)
+    bucket.take(0.0)
+    assert not bucket.available(0.0)

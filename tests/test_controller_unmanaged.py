@@ -26,6 +26,7 @@ from tests.objects import (
 )
 from webhook.config import PodScope, UnmanagedSettings
 from webhook.controller.rules import Action, Timings
+from webhook.controller.summaries import PodSummary
 from webhook.enums import UnmanagedAction, UnmanagedScope
 
 pytestmark = pytest.mark.slow  # the fake API server, and a controller's threads
@@ -89,7 +90,7 @@ def test_observe_counts_and_reports_each_unmanaged_pod_once_and_writes_nothing_t
     planned(replica, Action.WAIT, "not-ready", times=2)  # node-b's agent, node-c's taint
     planned(replica, Action.SKIP, "managed")  # web-5d8f-b has its endpoint
     recycles = replica.controller.books.plans(Action.RECYCLE, "unmanaged")
-    fake_kube.modify("pods", "shop", "db-0", lambda p: p["metadata"]["labels"].update(touched="yes"))
+    fake_kube.modify("pods", "shop", "db-0", lambda p: p["status"].update(startTime=stamp(time.time() - 3600)))
     planned(replica, Action.RECYCLE, "unmanaged", recycles + 1)
     assert regarding(fake_kube, "UnmanagedPodDetected") == REPORTED  # still one each
     assert pod_writes(fake_kube) == []
@@ -146,8 +147,8 @@ def test_the_scoped_cache_keeps_only_what_the_decisions_read(fake_kube, start):
     workloads(fake_kube)
     replica = start(options(unmanaged=OBSERVE))
     cached = replica.controller.scoped[0].get(("shop", "db-0"))
-    assert cached is not None
-    assert "containers" not in cached["spec"] and "labels" not in cached["metadata"]
+    assert isinstance(cached, PodSummary)  # the rules' facts and the owner, no more
+    assert (cached.facts.name, cached.owner.owner.kind) == ("db-0", "StatefulSet")
 
 
 def test_dry_run_in_scope_all_writes_nothing(fake_kube, start):
@@ -169,13 +170,13 @@ def test_the_rate_limit_holds_across_gated_and_ungated_pods(fake_kube, start, ca
         fake_kube.create(gated_pod(name))
     for name in ("web-5d8f-1", "web-5d8f-2"):
         fake_kube.create(workload_pod(name, "default", owner=web))
-    start(options(unmanaged=RECYCLE, recycle_rate=2))  # two a minute, burst two
+    replica = start(options(unmanaged=RECYCLE, recycle_rate=2))  # two a minute, burst two
     fake_kube.wait_for(lambda: len(evictions(fake_kube)) >= 2)
-    wait_until(lambda: len({r.pod for r in logged(caplog, "recycling rate limit reached; waiting")}) == 2)
+    wait_until(lambda: replica.metric("cilium_startup_guard_recycle_waiting") == 2)  # the other two, in one line
     evicted = {r.path.split("/")[6] for r in evictions(fake_kube)}
-    held = {r.pod for r in logged(caplog, "recycling rate limit reached; waiting")}
-    assert len(evictions(fake_kube)) == 2
-    assert evicted | held == {"gated-1", "gated-2", "web-5d8f-1", "web-5d8f-2"}
+    left = {p["metadata"]["name"] for p in fake_kube.list("pods", "default")}
+    assert len(evicted) == 2 and evicted | left == {"gated-1", "gated-2", "web-5d8f-1", "web-5d8f-2"}
+    assert len(logged(caplog, "recycling waits for the rate limit; pods wait in line, one is woken per token")) == 1
 
 
 # --- node reboots ---

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -11,6 +13,18 @@ import pytest
 
 from tests.fakekube import DEFAULT_RESOURCES, FakeKube, parse_field_selector, parse_label_selector
 from tests.objects import GATE, gated_pod
+
+
+def raw(fake: FakeKube, method: str, path: str, body: Any = None,
+        content_type: str = "application/json") -> tuple[int, dict[str, str], bytes]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(fake.url + path, data=data, method=method,
+                                     headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
 
 
 def call(fake: FakeKube, method: str, path: str, body: Any = None,
@@ -246,3 +260,124 @@ def test_secrets_are_validated_as_kube_apiserver_does(fake_kube: FakeKube, secre
         return
     fake_kube.create({**body, "type": old_type, "data": {"tls.crt": "QQ==", "tls.key": "QQ=="}})
     assert call(fake_kube, "PUT", "/api/v1/namespaces/ns/secrets/s", body)[0] == status
+
+
+# --- behaving like kube-apiserver at scale: latency, the watch cache, throttling, outages, restarts ---
+
+
+@pytest.mark.slow
+def test_every_accepted_connection_has_tcp_nodelay(fake_kube: FakeKube):
+    for _ in range(2):
+        call(fake_kube, "GET", "/api/v1/nodes")
+    assert len(fake_kube.nodelay) >= 1 and all(fake_kube.nodelay)
+
+
+@pytest.mark.slow
+def test_write_latency_delays_writes_and_not_reads():
+    fake = FakeKube(write_latency=0.2).start()
+    try:
+        fake.create(gated_pod("p"))
+        started = time.monotonic()
+        call(fake, "GET", "/api/v1/namespaces/default/pods/p")
+        read = time.monotonic() - started
+        started = time.monotonic()
+        call(fake, "PATCH", "/api/v1/namespaces/default/pods/p/status", {"status": {"phase": "Running"}},
+             "application/strategic-merge-patch+json")
+        write = time.monotonic() - started
+    finally:
+        fake.stop()
+    assert read < 0.15 <= 0.2 <= write
+
+
+@pytest.mark.slow
+def test_concurrent_writes_wait_their_latency_in_parallel():
+    fake = FakeKube(write_latency=0.3).start()
+    try:
+        for i in range(4):
+            fake.create(gated_pod(f"p{i}"))
+        started = time.monotonic()
+        connections = [http.client.HTTPConnection("127.0.0.1", int(fake.url.rsplit(":", 1)[1])) for _ in range(4)]
+        for i, connection in enumerate(connections):
+            connection.request("PATCH", f"/api/v1/namespaces/default/pods/p{i}/status", b'{"status":{}}',
+                               {"Content-Type": "application/strategic-merge-patch+json"})
+        statuses = [c.getresponse().status for c in connections]
+        elapsed = time.monotonic() - started
+    finally:
+        fake.stop()
+    assert statuses == [200] * 4
+    assert 0.3 <= elapsed < 1.0  # four writes of 0.3 s each, overlapping
+
+
+@pytest.mark.slow
+def test_a_list_at_resource_version_zero_is_whole_and_ignores_the_limit(fake_kube: FakeKube):
+    for i in range(5):
+        fake_kube.create(gated_pod(f"p{i}"))
+    status, body = call(fake_kube, "GET", "/api/v1/pods?limit=2&resourceVersion=0")
+    assert status == 200
+    assert len(body["items"]) == 5 and "continue" not in body["metadata"]
+    assert fake_kube.cached_lists == 1
+    _, paged = call(fake_kube, "GET", "/api/v1/pods?limit=2")
+    assert len(paged["items"]) == 2 and paged["metadata"]["continue"]
+
+
+@pytest.mark.slow
+def test_a_list_newer_than_the_store_is_too_large_a_resource_version(fake_kube: FakeKube):
+    status, body = call(fake_kube, "GET", "/api/v1/pods?resourceVersion=999999")
+    assert status == 504
+    assert body["details"]["causes"][0]["reason"] == "ResourceVersionTooLarge"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("refusal, reason", [(429, "TooManyRequests"), (410, "Expired"), (504, "Timeout")])
+def test_cached_lists_can_be_refused_while_quorum_lists_are_served(fake_kube: FakeKube, refusal, reason):
+    fake_kube.create(gated_pod("p"))
+    fake_kube.refuse_cached_lists(refusal)
+    status, body = call(fake_kube, "GET", "/api/v1/pods?resourceVersion=0")
+    assert (status, body["reason"]) == (refusal, reason)
+    assert call(fake_kube, "GET", "/api/v1/pods?limit=500")[0] == 200
+    fake_kube.refuse_cached_lists(None)
+    assert call(fake_kube, "GET", "/api/v1/pods?resourceVersion=0")[0] == 200
+
+
+@pytest.mark.slow
+def test_throttle_answers_429_in_plain_text_with_retry_after(fake_kube: FakeKube):
+    fake_kube.create(gated_pod("p"))
+    fake_kube.throttle("/pods/p/status$", retry_after=5, times=1)
+    status, headers, body = raw(fake_kube, "PATCH", "/api/v1/namespaces/default/pods/p/status", {"status": {}},
+                                "application/strategic-merge-patch+json")
+    assert (status, headers["Retry-After"]) == (429, "5")
+    assert headers["Content-Type"].startswith("text/plain") and b"Too many requests" in body
+    assert call(fake_kube, "GET", "/api/v1/namespaces/default/pods/p")[0] == 200  # reads are not throttled
+    assert raw(fake_kube, "PATCH", "/api/v1/namespaces/default/pods/p/status", {"status": {}},
+               "application/strategic-merge-patch+json")[0] == 200
+
+
+@pytest.mark.slow
+def test_an_outage_fails_every_request_for_its_seconds_then_ends(fake_kube: FakeKube):
+    fake_kube.outage(0.3, status=503)
+    assert call(fake_kube, "GET", "/api/v1/nodes")[0] == 503
+    assert call(fake_kube, "GET", "/apis/cilium.io/v2/ciliumendpoints")[0] == 503
+    time.sleep(0.35)
+    assert call(fake_kube, "GET", "/api/v1/nodes")[0] == 200
+
+
+@pytest.mark.slow
+def test_restart_cuts_connections_keeps_objects_and_forgets_watch_history(fake_kube: FakeKube):
+    fake_kube.create(gated_pod("p"))
+    _, listed = call(fake_kube, "GET", "/api/v1/pods")
+    version = listed["metadata"]["resourceVersion"]
+    fake_kube.create(gated_pod("q"))
+    port = fake_kube.url
+    connection = http.client.HTTPConnection("127.0.0.1", int(port.rsplit(":", 1)[1]), timeout=5)
+    connection.request("GET", "/api/v1/nodes")
+    connection.getresponse().read()
+    fake_kube.restart(down_for=0.1)
+    assert fake_kube.url == port
+    with pytest.raises((ConnectionError, http.client.HTTPException)):
+        connection.request("GET", "/api/v1/nodes")  # the keep-alive connection was cut
+        connection.getresponse()
+    assert {p["metadata"]["name"] for p in call(fake_kube, "GET", "/api/v1/pods")[1]["items"]} == {"p", "q"}
+    _, _, body = raw(fake_kube, "GET", f"/api/v1/pods?watch=true&resourceVersion={version}"
+                       "&timeoutSeconds=1")
+    event = json.loads(body.splitlines()[0])
+    assert (event["type"], event["object"]["code"]) == ("ERROR", 410)

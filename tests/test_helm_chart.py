@@ -177,7 +177,7 @@ def test_policy_values_reach_the_config_file():
         "exemptions": [{"namespace": "monitoring"}],
         "replacementTolerations": [{"key": "example.com/maintenance", "operator": "Exists", "effect": "NoExecute"}],
         "webhook": {"server": {"maxBodyBytes": 4096}},
-        "controller": {"leaderElection": {"leaseDurationSeconds": 30}},
+        "controller": {"leaderElection": {"leaseDurationSeconds": 30}, "workers": 8},
     })
     policy = config_of(objects).to_policy()
     assert (policy.mode.value, policy.allow_opt_out, policy.readiness_gate) == ("strip", False, False)
@@ -188,6 +188,7 @@ def test_policy_values_reach_the_config_file():
     config = config_of(objects)
     assert (config.failure_mode, config.server.max_body_bytes, config.controller.lease_duration) == (
         "deny", 4096, 30)
+    assert config.controller.workers == 8
 
 
 def test_every_controller_flag_an_operator_tunes_has_a_value():
@@ -200,9 +201,11 @@ def test_every_controller_flag_an_operator_tunes_has_a_value():
     assert (parsed.cilium_namespace, parsed.cilium_agent_selector) == ("cilium", "app=cilium-agent")
     assert parsed.dry_run is True and parsed.metrics_port == 9091
     # Every option of `controller` is set by the chart, except those for running it by hand and those the config
-    # file's controller.unmanaged holds (test_unmanaged_values_reach_the_config_file_and_the_rbac).
+    # file holds: controller.unmanaged (test_unmanaged_values_reach_the_config_file_and_the_rbac) and
+    # controller.workers (test_policy_values_reach_the_config_file).
     by_hand = {"-h", "--help", "--kubeconfig", "--context", "--release-all"}
-    in_the_file = {"--unmanaged-scope", "--unmanaged-action", "--namespace", "--exclude-namespace", "--selector"}
+    in_the_file = {"--unmanaged-scope", "--unmanaged-action", "--namespace", "--exclude-namespace", "--selector",
+                   "--workers"}
     [commands] = [a for a in cli.build_parser()._actions if a.dest == "command"]
     controller_parser = commands.choices["controller"]
     options = {o for action in controller_parser._actions for o in action.option_strings} - by_hand - in_the_file

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import urllib3
 
 from tests.fakekube import FakeKube
 from tests.objects import GATE, GATE_LABEL, endpoint, gate_status, gated_pod
@@ -269,3 +270,88 @@ def test_default_kubeconfig_is_kubeconfig_variable_then_home(tmp_path: Path, mon
     (tmp_path / ".kube").mkdir()
     (tmp_path / ".kube" / "config").write_text("{}", encoding="utf-8")
     assert kube.default_kubeconfig() == tmp_path / ".kube" / "config"
+
+
+# --- lists from the watch cache, and the answer hook ---
+
+
+@pytest.mark.slow
+def test_list_at_resource_version_zero_is_one_request_without_a_limit(fake_kube: FakeKube, kube_client):
+    for i in range(3):
+        fake_kube.create(gated_pod(f"p{i}"))
+    items, version = kube.list_all(kube_client, kube.Target(kube.PODS), page_size=2, resource_version="0")
+    assert len(items) == 3 and int(version) > 0
+    [request] = fake_kube.calls("GET", "^/api/v1/pods$")
+    assert request.query.get("resourceVersion") == "0" and "limit" not in request.query
+    assert fake_kube.cached_lists == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("refusal", [410, 504])
+def test_a_refused_cached_list_falls_back_to_pages_at_the_current_version(fake_kube: FakeKube, kube_client,
+                                                                          refusal):
+    for i in range(3):
+        fake_kube.create(gated_pod(f"p{i}"))
+    fake_kube.refuse_cached_lists(refusal)
+    items, _ = kube.list_all(kube_client, kube.Target(kube.PODS), page_size=2, resource_version="0")
+    assert len(items) == 3
+    queries = [r.query for r in fake_kube.calls("GET", "^/api/v1/pods$")]
+    assert queries[0].get("resourceVersion") == "0"
+    assert [q.get("limit") for q in queries[1:]] == ["2", "2"] and not any("resourceVersion" in q
+                                                                           for q in queries[1:])
+
+
+@pytest.mark.slow
+def test_a_cached_list_refused_while_the_cache_initializes_is_raised_with_its_retry_after(fake_kube: FakeKube,
+                                                                                        kubeconfig_path: Path):
+    fake_kube.refuse_cached_lists(429)
+    client = kube.connect(kubeconfig_path, "fake", retries=0)  # urllib3 would otherwise retry a 429 itself
+    try:
+        with pytest.raises(kube.ApiError) as raised:
+            kube.list_all(client, kube.Target(kube.PODS), resource_version="0")
+    finally:
+        client.close()
+    assert (raised.value.status, raised.value.retry_after) == (429, 1.0)
+    assert len(fake_kube.calls("GET", "^/api/v1/pods$")) == 1
+
+
+@pytest.mark.slow
+def test_the_answer_hook_sees_each_status_and_unreachable_servers(fake_kube: FakeKube, kubeconfig_path: Path):
+    seen: list[int] = []
+    client = kube.connect(kubeconfig_path, "fake", retries=0, on_answer=lambda status, error: seen.append(status))
+    try:
+        kube.get_pod(client, "default", "absent")  # 404: an answer
+        fake_kube.fail("GET", "/pods/absent$", status=503)
+        with pytest.raises(kube.ApiError):
+            kube.get_pod(client, "default", "absent")
+        kube.list_all(client, kube.Target(kube.NODES))
+        fake_kube.stop()
+        with pytest.raises(kube.ApiError) as raised:
+            kube.get_pod(client, "default", "absent")
+        assert raised.value.status == 0
+    finally:
+        client.close()
+    assert seen == [404, 503, 200, 0]
+
+
+@pytest.mark.slow
+def test_the_proxy_of_the_environment_is_read_once_and_kept(kubeconfig_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    client = kube.connect(kubeconfig_path, "fake")
+    try:
+        monkeypatch.setenv("HTTP_PROXY", "http://other.example:3128")
+        client.api_client.configuration.host = client.api_client.configuration.host  # as the token refresh does
+        assert client.api_client.configuration.proxy == "http://proxy.example:3128"
+    finally:
+        client.close()
+
+
+def test_an_answer_cut_short_is_an_api_error_without_an_answer():
+    class CutShort:
+        @property
+        def data(self) -> bytes:
+            raise urllib3.exceptions.ProtocolError("Connection broken: IncompleteRead(4038656 bytes read)")
+
+    with pytest.raises(kube.ApiError) as raised:
+        kube._json(CutShort())
+    assert raised.value.status == 0 and "cut short" in raised.value.message

@@ -10,7 +10,7 @@ import pytest
 from tests.objects import GATE, agent_pod, endpoint, node, stamp
 from webhook.cilium import AgentState
 from webhook.config import PodScope
-from webhook.controller.rules import Action, NodeFacts, Plan, PodFacts, Situation, Timings, pod_facts
+from webhook.controller.rules import Action, NodeFacts, Plan, PodFacts, Situation, Timings
 from webhook.policy import CILIUM_TAINT_KEY
 from webhook.unmanaged import (
     Owner,
@@ -25,7 +25,6 @@ from webhook.unmanaged import (
     selections,
     situations,
     snapshot_unmanaged,
-    trim_pod,
 )
 
 NOW = 1_000_000.0
@@ -205,26 +204,3 @@ def test_selections_read_exactly_the_scope(scope, fields, expected):
 
 def test_selections_for_endpoints_drop_the_label_selector():
     assert selections(PodScope(selector="app=web"), labels=False) == [Selection(None, "", None)]
-
-
-def test_trim_pod_keeps_what_the_decisions_read():
-    raw = {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "web-1", "namespace": "default", "uid": "u1", "resourceVersion": "7",
-                     "creationTimestamp": stamp(NOW - 700), "labels": {"app": "web"},
-                     "annotations": {"kubernetes.io/config.mirror": "h", "big": "x" * 4000},
-                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "r",
-                                          "controller": True, "blockOwnerDeletion": True},
-                                         {"kind": "ConfigMap", "name": "c", "uid": "c"}],
-                     "managedFields": [{"manager": "kubelet"}] * 20},
-        "spec": {"nodeName": "node-a", "containers": [{"name": "c", "image": "i", "env": [{"name": "X"}] * 50}]},
-        "status": {"phase": "Running", "podIP": "10.0.0.5", "startTime": stamp(NOW - 600),
-                   "conditions": [{"type": "Ready", "status": "True"}],
-                   "containerStatuses": [{"name": "c", "image": "i", "state": {"running": {"startedAt": stamp(NOW)}}},
-                                         {"name": "d", "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]},
-    }
-    trimmed = trim_pod(raw)
-    assert pod_facts(trimmed, GATE) == pod_facts(raw, GATE)
-    assert owner_facts(trimmed) == owner_facts(raw)
-    assert len(str(trimmed)) < len(str(raw)) / 5
-    assert "managedFields" not in trimmed["metadata"] and "containers" not in trimmed["spec"]

@@ -35,13 +35,19 @@ def agent_state(node: Mapping[str, Any] | None, agent_pods: Iterable[Mapping[str
     """"No agent" means no agent pod scheduled on the node; "ready" needs a Ready agent pod and no taint."""
     if node is None:
         return AgentState.UNKNOWN
-    agents = list(agent_pods)
-    if not agents:
-        return AgentState.NO_AGENT
     taints = (node.get("spec") or {}).get("taints") or []
-    if any(is_cilium_taint(t, taint_key) for t in taints):
+    return judge_agent(any(is_cilium_taint(t, taint_key) for t in taints), [is_pod_ready(p) for p in agent_pods])
+
+
+def judge_agent(tainted: bool, agents_ready: Iterable[bool]) -> AgentState:
+    """The rule of agent_state, for a known node: whether it has the Cilium taint, and each agent pod's
+    readiness."""
+    ready = list(agents_ready)
+    if not ready:
+        return AgentState.NO_AGENT
+    if tainted:
         return AgentState.NOT_READY
-    return AgentState.READY if any(is_pod_ready(p) for p in agents) else AgentState.NOT_READY
+    return AgentState.READY if any(ready) else AgentState.NOT_READY
 
 
 def is_cilium_taint(taint: Any, taint_key: str) -> bool:

@@ -5,9 +5,10 @@ Imports nothing of the project but errors.py; ApiError.describe() is the one API
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,21 @@ LIST_PAGE_SIZE = 500
 class ApiError(Exception):
     """A failed API call: `status` is the HTTP status, 0 when no answer came (connection, timeout)."""
 
-    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, status: int, message: str, retry_after: float | None = None, reason: str = "",
+                 causes: tuple[str, ...] = ()) -> None:
         super().__init__(f"{status or 'no answer'}: {message}")
         self.status = status
         self.message = message
         self.retry_after = retry_after
+        self.reason = reason  # the Status reason, such as Expired or TooManyRequests
+        self.causes = causes  # details.causes[].reason, such as ResourceVersionTooLarge
+
+    @property
+    def version_unavailable(self) -> bool:
+        """The server cannot list at the resourceVersion asked for: too old (410) or not yet seen by its watch
+        cache (504 "Too large resource version"). client-go's reflector then lists at the current version."""
+        return self.status == 410 or (self.status == 504 and (
+            "ResourceVersionTooLarge" in self.causes or "too large resource version" in self.message.lower()))
 
     def describe(self, action: str, *, server: str = "", timeout: float | None = None, rbac: str = "") -> str:
         """The one line a person reads: why `action` (say "list nodes") failed, whatever the server sent.
@@ -129,11 +140,14 @@ class Kube:
 
 
 def connect(kubeconfig: Path | None = None, context: str | None = None, user_agent: str = USER_AGENT,
-            retries: int | None = None) -> Kube:
+            retries: int | None = None, pool_size: int = 16,
+            on_answer: Callable[[int, str], None] | None = None) -> Kube:
     """A client from a kubeconfig file (and context), or the in-cluster service account when none is given.
 
     `retries`: how often urllib3 repeats a failed request; None keeps its default of 3, which repeats a GET that
-    timed out, so a command that promises a bound on waiting passes 0."""
+    timed out, so a command that promises a bound on waiting passes 0. `pool_size`: keep-alive connections
+    kept open. `on_answer(status, error)` is called after every request with the HTTP status of the answer, 0
+    (and the connection or timeout error) when none came."""
     configuration = client.Configuration()
     if retries is not None:
         configuration.retries = retries
@@ -158,11 +172,36 @@ def connect(kubeconfig: Path | None = None, context: str | None = None, user_age
         else:
             reason = f"not a kubeconfig file ({' '.join(str(err).split())})"
         raise KubeConfigError(f"cannot use {where}: {reason}{hint}") from None
-    # Four long-lived watches plus the worker's calls share this pool.
-    configuration.connection_pool_maxsize = 16
+    # The long-lived watches and every other call share this pool.
+    configuration.connection_pool_maxsize = pool_size
+    # The config loaders re-apply the server address before every request (their token-refresh hook), and the
+    # client's `host` setter then reads the proxy variables of the whole environment again: a quarter of a
+    # millisecond a call. The environment does not change under a running process: settle the proxy once.
+    configuration.proxy = configuration.proxy
     api_client = client.ApiClient(configuration)
     api_client.user_agent = user_agent
+    if on_answer is not None:
+        api_client.call_api = _observed(api_client.call_api, on_answer)  # type: ignore[method-assign]
     return Kube(api_client)
+
+
+def _observed(call_api: Callable[..., Any], on_answer: Callable[[int, str], None]) -> Callable[..., Any]:
+    """ApiClient.call_api, reporting how the server answered: every request of every API group passes through
+    it, and it returns error answers too (the caller raises them later)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            response = call_api(*args, **kwargs)
+        except client.ApiException as err:
+            on_answer(int(err.status or 0), str(err.reason or ""))
+            raise
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            on_answer(0, str(err))
+            raise
+        on_answer(int(getattr(response, "status", 0) or 0), str(getattr(response, "reason", "") or ""))
+        return response
+
+    return call
 
 
 def default_kubeconfig() -> Path | None:
@@ -195,19 +234,37 @@ def in_cluster_namespace() -> str | None:
 
 
 def list_page(kube: Kube, target: Target, limit: int = LIST_PAGE_SIZE, continue_token: str | None = None,
-              timeout: float | None = None) -> Page:
-    response = _call(_list_function(kube, target), limit=limit, _continue=continue_token,
-                     **_selectors(target), _request_timeout=_request_timeout(timeout))
+              timeout: float | None = None, resource_version: str = "") -> Page:
+    options: dict[str, Any] = {"resource_version": resource_version} if resource_version else {}
+    if limit:
+        options.update(limit=limit, _continue=continue_token)
+    response = _call(_list_function(kube, target), **options, **_selectors(target),
+                     _request_timeout=_request_timeout(timeout))
     body = _json(response)
     metadata = body.get("metadata") or {}
     return Page(items=list(body.get("items") or []), resource_version=str(metadata.get("resourceVersion", "")),
                 continue_token=metadata.get("continue") or None)
 
 
-def list_all(kube: Kube, target: Target, page_size: int = LIST_PAGE_SIZE,
-             timeout: float | None = None) -> tuple[list[dict[str, Any]], str]:
+def list_all(kube: Kube, target: Target, page_size: int = LIST_PAGE_SIZE, timeout: float | None = None,
+             resource_version: str = "") -> tuple[list[dict[str, Any]], str]:
     """Every item, page by page, and the list's resourceVersion to watch from. `timeout` bounds each page's
-    request (see _request_timeout)."""
+    request (see _request_timeout).
+
+    With a `resource_version` ("0": any; another: not older than it), one request without a limit, which
+    kube-apiserver answers from its watch cache instead of etcd; when it cannot (410, or 504 "Too large resource
+    version"), the paginated list at the current version, as client-go's reflector does
+    (https://github.com/kubernetes/kubernetes/blob/000c6651b28123ea483df5bf317a4947e0aae352/staging/src/k8s.io/client-go/tools/cache/reflector.go).
+    Any other refusal (a 429 while the cache initializes) is raised, for the caller to retry later."""
+    if resource_version:
+        try:
+            page = list_page(kube, target, 0, None, timeout, resource_version)
+            return page.items, page.resource_version
+        except ApiError as err:
+            if not err.version_unavailable:
+                raise
+            log.info("the API server cannot list from its watch cache; listing from storage", extra={
+                "resource": target.resource.plural, "resource_version": resource_version, "status": err.status})
     try:
         return _list_pages(kube, target, page_size, timeout)
     except Gone:
@@ -450,23 +507,31 @@ def _call(function: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def _json(response: Any) -> dict[str, Any]:
-    data = response.data if hasattr(response, "data") else response.read()
+    try:
+        data = response.data if hasattr(response, "data") else response.read()
+    except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as err:
+        # The body is read after the call returned: a connection cut mid-answer (a restarting API server) fails here.
+        raise ApiError(0, f"answer cut short: {err}") from None
     body = orjson.loads(data) if data else {}
     return body if isinstance(body, dict) else {}
 
 
 def _api_error(err: Any) -> ApiError:
     status = int(err.status or 0)
-    message, retry_after = str(err.reason or ""), None
+    message, retry_after, reason = str(err.reason or ""), None, ""
+    causes: tuple[str, ...] = ()
     with contextlib.suppress(orjson.JSONDecodeError, TypeError, AttributeError):
         body = orjson.loads(err.body or b"")
         if isinstance(body, dict):
             message = str(body.get("message") or message)
-            retry_after = _number((body.get("details") or {}).get("retryAfterSeconds"))
+            reason = str(body.get("reason") or "")
+            details = body.get("details") or {}
+            retry_after = _number(details.get("retryAfterSeconds"))
+            causes = tuple(str(c.get("reason") or "") for c in details.get("causes") or [] if isinstance(c, dict))
     headers = err.headers or {}
     header = _number(headers.get("Retry-After")) if hasattr(headers, "get") else None
     retry_after = header if header is not None else retry_after
-    return (Gone if status == 410 else ApiError)(status, message, retry_after)
+    return (Gone if status == 410 else ApiError)(status, message, retry_after, reason, causes)
 
 
 def _status_error(status: Mapping[str, Any]) -> ApiError:

@@ -225,30 +225,6 @@ def selections(scope: PodScope, field_selector: str = "", *, labels: bool = True
 # --- the fields the decisions read, for a cache of every pod ---------------------------------------------------
 
 
-def trim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """The pod with only what pod_facts, owner_facts, events and the caches read: a valid Pod, a fraction of its
-    size. Everything a cache of all pods keeps goes through here."""
-    metadata, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
-    kept: dict[str, Any] = {k: metadata[k] for k in ("name", "namespace", "uid", "resourceVersion",
-                                                    "creationTimestamp", "deletionTimestamp") if k in metadata}
-    owners = [{k: o.get(k) for k in ("apiVersion", "kind", "name", "uid", "controller")}
-              for o in metadata.get("ownerReferences") or [] if isinstance(o, Mapping) and o.get("controller")]
-    if owners:
-        kept["ownerReferences"] = owners
-    annotations = metadata.get("annotations") or {}
-    if MIRROR_ANNOTATION in annotations:
-        kept["annotations"] = {MIRROR_ANNOTATION: annotations[MIRROR_ANNOTATION]}
-    trimmed: dict[str, Any] = {"metadata": kept,
-                               "spec": {k: spec[k] for k in ("nodeName", "hostNetwork", "readinessGates") if k in spec},
-                               "status": {k: status[k] for k in ("phase", "podIP", "startTime") if k in status}}
-    started = [{"state": {"running": {"startedAt": c["state"]["running"]["startedAt"]}}}
-               for c in status.get("containerStatuses") or []
-               if isinstance(c, Mapping) and ((c.get("state") or {}).get("running") or {}).get("startedAt")]
-    if started:
-        trimmed["status"]["containerStatuses"] = started
-    return trimmed
-
-
 def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
     metadata = obj.get("metadata") or {}
     return str(metadata.get("namespace") or ""), str(metadata.get("name") or "")

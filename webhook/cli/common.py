@@ -133,3 +133,10 @@ def label_selector(text: str) -> str:
     if problem := label_selector_problem(text):
         raise argparse.ArgumentTypeError(problem)
     return text.strip()
+
+
+def workers(text: str) -> int:
+    """A worker count: a whole number from 1 to 64 (the config file's controller.workers has the same bounds)."""
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 64, got {text!r}")
+    return int(text)

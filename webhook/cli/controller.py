@@ -19,6 +19,7 @@ from webhook.cli.common import (
     non_negative,
     port,
     scope_of,
+    workers,
 )
 from webhook.config import (
     DEFAULT_GRACE_PERIOD,
@@ -26,6 +27,7 @@ from webhook.config import (
     DEFAULT_METRICS_PORT,
     DEFAULT_RECYCLE_RATE,
     DEFAULT_RELEASE_AFTER,
+    DEFAULT_WORKERS,
     ConfigFile,
     UnmanagedSettings,
     load_config,
@@ -54,6 +56,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ctl.add_argument("--release-after", type=non_negative, default=DEFAULT_RELEASE_AFTER, metavar="SECONDS",
                      help=f"release a gate still closed this long after its pod started, with a Warning event; "
                           f"0 never (default {DEFAULT_RELEASE_AFTER:g})")
+    ctl.add_argument("--workers", type=workers, metavar="N",
+                     help=f"reconciles at once, each pod with one worker at a time (default: controller.workers of "
+                          f"--config, else {DEFAULT_WORKERS})")
     ctl.add_argument("--metrics-port", type=port, default=DEFAULT_METRICS_PORT, metavar="PORT",
                      help=f"plain HTTP port for /metrics, /healthz and /readyz (default {DEFAULT_METRICS_PORT})")
     ctl.add_argument("--lease-namespace", metavar="NS",
@@ -82,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from webhook.controller.lease import LeaseConfig
     from webhook.controller.loop import ControllerOptions, GateController
     from webhook.controller.metrics import ControllerMetrics, ProbeServer
+    from webhook.controller.reachability import connect as connect_controller
     from webhook.controller.release import release_all
     from webhook.controller.rules import Timings
 
@@ -89,7 +95,12 @@ def run(args: argparse.Namespace) -> int:
     file = load_config(args.config) if args.config is not None else ConfigFile()
     policy = file.to_policy()
     identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
-    client = kube.connect(kubeconfig_of(args), args.context, user_agent=f"{PROG}-controller/{identity}")
+    worker_count = args.workers if args.workers is not None else file.controller.workers
+    user_agent = f"{PROG}-controller/{identity}"
+    if args.release_all:  # one pass after another, each call once: urllib3's retries help here
+        client = kube.connect(kubeconfig_of(args), args.context, user_agent=user_agent)
+    else:
+        client = connect_controller(kubeconfig_of(args), args.context, user_agent, worker_count)
     lease = None
     if not (args.dry_run or args.release_all):  # dry-run replicas take no part in the election
         timings = file.controller
@@ -102,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         timings=Timings(grace_period=args.grace_period, release_after=args.release_after),
         recycle_rate=args.recycle_rate, cilium_namespace=args.cilium_namespace,
         agent_selector=args.cilium_agent_selector, unmanaged=unmanaged_settings(args, file), dry_run=args.dry_run,
-        lease=lease, identity=identity)
+        lease=lease, identity=identity, workers=worker_count)
     try:
         if args.release_all:
             return release_all(client, options)

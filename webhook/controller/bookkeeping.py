@@ -1,16 +1,14 @@
-"""What the gate controller's loop remembers between reconciles, per pod, per node and per work-queue key.
-Thread-safe, behind one lock; no API calls and no decisions (rules.py decides).
+"""What the gate controller's loop remembers between reconciles, per pod and per node; which pods sit on which
+node is the informers' index, not kept here. Thread-safe, behind one lock; no API calls and no decisions.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from webhook.controller.rules import Action, Plan, node_of, uid_of
+from webhook.controller.rules import Action, Plan
 from webhook.controller.workqueue import Key
 
 
@@ -21,15 +19,13 @@ class PodRecord:
     eviction_retry_at: float | None = None  # a PodDisruptionBudget refused: no eviction before this
     evicted: bool = False
     reported: bool = False  # its UnmanagedPodDetected Event is written (or, in a dry run, logged)
+    gate_set: bool = False  # this controller set its condition True; the cache may not show it yet
     gone: bool = False  # the API server said gone or replaced (404, 409, 422): dropped, not retried
     dry_run_done: set[Action] = field(default_factory=set)  # dry run: each would-be action is counted once
 
 
 @dataclass
 class NodeRecord:
-    pods: set[Key] = field(default_factory=set)  # gated pods scheduled there
-    scoped: set[Key] = field(default_factory=set)  # pods of the `all` scope scheduled there
-    agents: set[Key] = field(default_factory=set)  # Cilium agent pods scheduled there
     ready_since: float | None = None  # when this controller saw the node's agent become ready
     booted_at: float | None = None  # the node rebooted: see rules.NodeFacts.booted_at
 
@@ -40,81 +36,44 @@ class Bookkeeping:
         self._pods: dict[str, PodRecord] = {}  # by pod uid
         self._nodes: dict[str, NodeRecord] = {}  # by node name
         self._waiting: set[Key] = set()  # gated pods whose gate is not True yet
-        self._failures: dict[Key, int] = {}  # reconciles failed in a row, for the retry backoff
         self._plans: Counter[tuple[Action, str]] = Counter()
         self._unmanaged: dict[Key, tuple[str, str]] = {}  # unmanaged pods, by key: (namespace, owner kind)
         self._unmanaged_counts: Counter[tuple[str, str]] = Counter()
 
     # --- informer side ---
 
-    def pod_changed(self, key: Key, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None, *,
-                    waiting: bool) -> int:
-        """File a gated pod under its node, note whether it waits, and forget a pod uid that went away (deleted
-        or replaced under the same name). Returns how many pods wait."""
-        old_node, new_node = node_of(old), node_of(new)
-        old_uid = uid_of(old)
+    def pod_changed(self, key: Key, old_uid: str, new_uid: str, *, waiting: bool) -> int:
+        """Note whether a gated pod waits, and forget a pod uid that went away (deleted or replaced under the
+        same name). Returns how many pods wait."""
         with self._lock:
-            if old_node and old_node != new_node:
-                self._node(old_node).pods.discard(key)
-            if new_node:
-                self._node(new_node).pods.add(key)
             if waiting:
                 self._waiting.add(key)
             else:
                 self._waiting.discard(key)
-            if old_uid and (new is None or uid_of(new) != old_uid):
-                self._pods.pop(old_uid, None)
+            self._forget(old_uid, new_uid)
             return len(self._waiting)
 
-    def scoped_pod_changed(self, key: Key, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
-        """File a pod of the `all` scope under its node, and forget a pod uid that went away."""
-        old_node, new_node = node_of(old), node_of(new)
-        old_uid = uid_of(old)
+    def scoped_pod_changed(self, old_uid: str, new_uid: str) -> None:
+        """A pod of the `all` scope changed: forget its uid when it went away."""
         with self._lock:
-            if old_node and old_node != new_node:
-                self._node(old_node).scoped.discard(key)
-            if new_node and new is not None:
-                self._node(new_node).scoped.add(key)
-            elif new is None and old_node:
-                self._node(old_node).scoped.discard(key)
-            if old_uid and (new is None or uid_of(new) != old_uid):
-                self._pods.pop(old_uid, None)
+            self._forget(old_uid, new_uid)
 
-    def agent_changed(self, key: Key, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
-        """File a Cilium agent pod under its node."""
-        old_node, new_node = node_of(old), node_of(new)
-        with self._lock:
-            if old_node and old_node != new_node:
-                self._node(old_node).agents.discard(key)
-            if new_node and new is not None:
-                self._node(new_node).agents.add(key)
-            elif new is None and old_node:
-                self._node(old_node).agents.discard(key)
-
-    def agents_on(self, node: str) -> list[Key]:
-        with self._lock:
-            record = self._nodes.get(node)
-            return list(record.agents) if record else []
-
-    def agent_readiness(self, node: str, ready: bool, now: float) -> list[Key]:
-        """Note whether the node's agent is ready (since `now`, unless it already was); returns the pods on the
-        node, which the change may concern."""
+    def agent_readiness(self, node: str, ready: bool, now: float) -> None:
+        """Note whether the node's agent is ready (since `now`, unless it already was)."""
         with self._lock:
             record = self._node(node)
             if not ready:
                 record.ready_since = None
             elif record.ready_since is None:
                 record.ready_since = now
-            return list(record.pods | record.scoped)
 
-    def node_rebooted(self, node: str, booted_at: float, ready: bool, now: float) -> list[Key]:
+    def node_rebooted(self, node: str, booted_at: float, ready: bool, now: float) -> None:
         """The node's boot ID changed: its pods count as started anew, and its agent as ready since `now` at the
-        earliest, even if it never showed not ready. Returns the pods on the node."""
+        earliest, even if it never showed not ready."""
         with self._lock:
             record = self._node(node)
             record.booted_at = booted_at
             record.ready_since = now if ready else None
-            return list(record.pods | record.scoped)
 
     def booted_at(self, node: str) -> float | None:
         with self._lock:
@@ -159,6 +118,17 @@ class Bookkeeping:
             record = self._pod(uid)
             record.evicted, record.eviction_retry_at = True, None
 
+    def mark_gate_set(self, uid: str) -> None:
+        with self._lock:
+            self._pod(uid).gate_set = True
+
+    def gate_set(self, uid: str) -> bool:
+        """This controller set the pod's condition True: until the watch brings the pod back with it, the cache
+        still shows the gate closed, and a second worker (or a second look) must not write it again."""
+        with self._lock:
+            record = self._pods.get(uid)
+            return record is not None and record.gate_set
+
     def first_report(self, uid: str) -> bool:
         """An unmanaged pod is reported once (one Event per pod); True the first time."""
         with self._lock:
@@ -195,17 +165,7 @@ class Bookkeeping:
             done.add(action)
             return True
 
-    # --- worker side, per work-queue key ---
-
-    def failed(self, key: Key) -> int:
-        """Count a failed reconcile; returns how many failed in a row."""
-        with self._lock:
-            failures = self._failures[key] = self._failures.get(key, 0) + 1
-            return failures
-
-    def succeeded(self, key: Key) -> None:
-        with self._lock:
-            self._failures.pop(key, None)
+    # --- what the workers planned ---
 
     def planned(self, step: Plan) -> None:
         with self._lock:
@@ -224,6 +184,10 @@ class Bookkeeping:
         if record is None:
             record = self._pods[uid] = PodRecord()
         return record
+
+    def _forget(self, old_uid: str, new_uid: str) -> None:
+        if old_uid and old_uid != new_uid:
+            self._pods.pop(old_uid, None)
 
     def _node(self, node: str) -> NodeRecord:
         record = self._nodes.get(node)

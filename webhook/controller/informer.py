@@ -4,6 +4,8 @@ Kubernetes calls come in as callables: it imports only kube's error and event ty
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import random
 import threading
@@ -12,12 +14,16 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from webhook.backoff import Backoff
+from webhook.controller.logthrottle import LogThrottle
+from webhook.controller.summaries import shared
 from webhook.controller.workqueue import Key
 from webhook.kube import ApiError, Gone, WatchEvent
 
 log = logging.getLogger(__name__)
 
-OnChange = Callable[[Key, "dict[str, Any] | None", "dict[str, Any] | None"], None]
+OnChange = Callable[[Key, Any, Any], None]  # key, old and new cached value (None: absent)
+Transform = Callable[[dict[str, Any]], Any]
+Indexer = Callable[[Any], str]  # a cached value -> its index value ("" when it has none)
 
 
 class Stream(Protocol):
@@ -25,9 +31,18 @@ class Stream(Protocol):
     def close(self) -> None: ...
 
 
+def _return_freed_memory() -> None:
+    """A whole list was parsed and mostly freed: hand the C allocator's free pages back to the system
+    (glibc's malloc_trim, https://man7.org/linux/man-pages/man3/malloc_trim.3.html), or the process keeps the
+    list's peak for good. Elsewhere (musl, macOS) nothing to do."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def object_key(obj: Mapping[str, Any]) -> Key:
+    """(namespace, name), as strings of their own (see summaries.shared): a cache key outlives the parsed object."""
     metadata = obj.get("metadata") or {}
-    return str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
+    return shared(str(metadata.get("namespace") or "")), shared(str(metadata.get("name") or ""))
 
 
 def resource_version(obj: Mapping[str, Any]) -> str:
@@ -37,11 +52,17 @@ def resource_version(obj: Mapping[str, Any]) -> str:
 # List, then watch from the list's resourceVersion; list again on 410 Gone and every `relist_period`; reconnect
 # with backoff on any other error; a resource that is not served (404) is reported, cached as empty, and looked
 # for again.
+#
+# `transform` turns each object into what the cache keeps, as it arrives (client-go's SetTransform,
+# https://github.com/kubernetes/kubernetes/blob/e8387da7d8546b64aca566ebb1727aaa02a61eca/staging/src/k8s.io/client-go/tools/cache/shared_informer.go);
+# a change that leaves the kept value equal calls nobody back. `indexers` name functions of a kept value (say, its
+# node) whose keys `by_index` answers without a scan. With `list_at_version`, `list_objects` takes the
+# resourceVersion to list at: "0" first (any version, from the API server's watch cache), then the last one seen.
 class Informer:
     def __init__(
         self,
         name: str,
-        list_objects: Callable[[], tuple[list[dict[str, Any]], str]],
+        list_objects: Callable[..., tuple[list[dict[str, Any]], str]],
         watch_objects: Callable[[str, int], Stream],
         on_change: OnChange,
         *,
@@ -51,10 +72,19 @@ class Informer:
         watch_timeout: int = 300,
         absent_recheck: float = 30.0,
         backoff: Backoff | None = None,
-        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        transform: Transform | None = None,
+        indexers: Mapping[str, Indexer] | None = None,
+        list_at_version: bool = False,
     ) -> None:
         self.name = name
         self._list = list_objects
+        self._transform: Transform = transform or (lambda obj: obj)
+        self._indexers = dict(indexers or {})
+        # Each index value's keys as a tuple: a node holds a handful of pods, and a tuple of one key is a quarter
+        # of the memory of a set of one.
+        self._indices: dict[str, dict[str, tuple[Key, ...]]] = {name: {} for name in self._indexers}
+        self._list_at_version = list_at_version
+        self._log_throttle = LogThrottle()
         self._watch = watch_objects
         self._on_change = on_change
         self._optional = optional
@@ -63,10 +93,7 @@ class Informer:
         self._watch_timeout = watch_timeout
         self._absent_recheck = absent_recheck
         self._backoff = backoff or Backoff(0.5, 30.0)
-        # Applied to every object before it is cached or handed on, like client-go's SetTransform: a cache of many
-        # objects keeps only the fields its decisions read.
-        self._transform = transform or (lambda obj: obj)
-        self._cache: dict[Key, dict[str, Any]] = {}
+        self._cache: dict[Key, Any] = {}
         self._lock = threading.Lock()
         self._stream: Stream | None = None
         self._available: bool | None = None
@@ -75,13 +102,22 @@ class Informer:
 
     # --- the cache, for other threads ---
 
-    def get(self, key: Key) -> dict[str, Any] | None:
+    def get(self, key: Key) -> Any:
         with self._lock:
             return self._cache.get(key)
 
     def cached_keys(self) -> list[Key]:
         with self._lock:
             return list(self._cache)
+
+    def by_index(self, index: str, value: str) -> list[Key]:
+        """The keys whose cached value the indexer `index` maps to `value`."""
+        with self._lock:
+            return list(self._indices[index].get(value, ()))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._cache)
 
     @property
     def available(self) -> bool:
@@ -97,10 +133,12 @@ class Informer:
             listing = version is None or time.monotonic() - listed_at >= self._relist_period
             try:
                 if listing:
-                    items, version = self._list()
+                    items, version = self._list(version or "0") if self._list_at_version else self._list()
                     listed_at = time.monotonic()
                     self.lists += 1
                     self._replace(items)
+                    del items  # the parsed objects: only their summaries stay
+                    _return_freed_memory()
                     self._set_available(True)
                     self.synced.set()
                     self._backoff.reset()
@@ -116,9 +154,12 @@ class Informer:
                     version = None
                     stop.wait(self._absent_recheck)
                     continue
-                log.warning("list or watch failed; retrying", extra={
-                    "informer": self.name, "status": err.status, "error": err.message, "listing": listing})
-                stop.wait(self._backoff.next())
+                left_out = None if err.status == 0 else self._log_throttle.allow(err.status, time.monotonic())
+                if left_out is not None:  # no answer at all: Reachability says so, once per outage
+                    log.warning("list or watch failed; retrying (failures like it are logged once a minute)",
+                                extra={"informer": self.name, "status": err.status, "error": err.message,
+                                       "listing": listing, "left_out_since_last_line": left_out})
+                stop.wait(max(self._backoff.next(), err.retry_after or 0.0))
             except Exception:
                 log.exception("informer failed; retrying", extra={"informer": self.name})
                 stop.wait(self._backoff.next())
@@ -154,29 +195,53 @@ class Informer:
         return version
 
     def _apply(self, event: WatchEvent) -> str:
+        obj = event.object
         if event.type == "BOOKMARK":
-            return resource_version(event.object)
-        obj = self._transform(event.object)
+            return resource_version(obj)
         key = object_key(obj)
+        new = None if event.type == "DELETED" else self._transform(obj)
         with self._lock:
             old = self._cache.get(key)
-            if event.type == "DELETED":
+            if new is None:
                 self._cache.pop(key, None)
             else:
-                self._cache[key] = obj
-        self._on_change(key, old, None if event.type == "DELETED" else obj)
+                self._cache[key] = new
+            self._reindex(key, old, new)
+        if old != new:  # equal kept values: nothing the controller reads has changed
+            self._on_change(key, old, new)
         return resource_version(obj)
 
     def _replace(self, items: Iterable[dict[str, Any]]) -> None:
-        fresh = {object_key(obj): obj for obj in map(self._transform, items)}
+        fresh = {object_key(obj): self._transform(obj) for obj in items}
         with self._lock:
             old, self._cache = self._cache, fresh
+            self._indices = {name: {} for name in self._indexers}
+            for key, value in fresh.items():
+                self._reindex(key, None, value)
         for key in old.keys() - fresh.keys():
             self._on_change(key, old[key], None)
-        for key, obj in fresh.items():
+        for key, value in fresh.items():
             before = old.get(key)
-            if before is None or resource_version(before) != resource_version(obj):
-                self._on_change(key, before, obj)
+            if before is None or before != value:
+                self._on_change(key, before, value)
+
+    def _reindex(self, key: Key, old: Any, new: Any) -> None:
+        """Move `key` in each index from its old value's entry to its new value's (the lock is held)."""
+        for name, indexer in self._indexers.items():
+            index = self._indices[name]
+            before, after = (indexer(old) if old is not None else ""), (indexer(new) if new is not None else "")
+            if before == after:
+                continue
+            if before:
+                left = tuple(k for k in index.get(before, ()) if k != key)
+                if left:
+                    index[before] = left
+                else:
+                    index.pop(before, None)
+            if after:
+                keys = index.get(after, ())
+                if key not in keys:
+                    index[after] = (*keys, key)
 
     def _set_available(self, available: bool) -> None:
         if self._available is available:

@@ -13,6 +13,7 @@ from typing import Any
 
 from webhook import kube
 from webhook.config import DEFAULT_LEASE_DURATION, DEFAULT_RENEW_DEADLINE, DEFAULT_RETRY_PERIOD
+from webhook.controller.reachability import is_outage_status
 from webhook.controller.rules import micro_time
 from webhook.kube import ApiError, Kube
 
@@ -174,7 +175,8 @@ class LeaderElector:
                                               timeout=self._timeout()))
             return True
         except ApiError as err:
-            if err.status != 409:  # 409: another replica wrote first, which is ordinary
+            # 409: another replica wrote first; no answer or a server error: Reachability says so, once.
+            if err.status != 409 and not is_outage_status(err.status):
                 log.warning("lease update failed", extra={
                     "lease": self._describe(), "status": err.status, "error": err.message})
             return False

@@ -1,6 +1,6 @@
-"""The gate controller's loop: informers feed a work queue; a worker plans with rules.py and unmanaged.py and has
-acting.py carry the plan out. Imports no HTTP server and no admission code; remembers what it must between
-reconciles in bookkeeping.py.
+"""The gate controller's loop: informers keep small summaries and feed a work queue; workers plan with rules.py and
+unmanaged.py and have acting.py carry the plan out. Imports no HTTP server and no admission code; remembers what it
+must between reconciles in bookkeeping.py.
 """
 
 from __future__ import annotations
@@ -8,53 +8,53 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from webhook import kube
 from webhook.backoff import Backoff
-from webhook.cilium import CILIUM_CONFIG, AgentState, agent_state, endpoint_state, operator_watcher
+from webhook.cilium import CILIUM_CONFIG, AgentState, operator_watcher
 from webhook.controller.acting import OBSERVED, Actor
 from webhook.controller.bookkeeping import Bookkeeping
-from webhook.controller.informer import Informer
+from webhook.controller.eventsender import EventSender, Verdict
+from webhook.controller.informer import Informer, Transform
 from webhook.controller.lease import LeaderElector
+from webhook.controller.logthrottle import LogThrottle
 from webhook.controller.metrics import ControllerMetrics
 from webhook.controller.options import ControllerOptions
-from webhook.controller.rules import (
-    Action,
-    NodeFacts,
-    Plan,
-    Situation,
-    boot_id,
-    node_of,
-    plan,
-    pod_facts,
+from webhook.controller.ratelimit import recycle_bucket
+from webhook.controller.rules import Action, NodeFacts, Plan, Situation, plan
+from webhook.controller.summaries import (
+    AgentSummary,
+    EndpointSummary,
+    NodeSummary,
+    PodSummary,
+    agent_state,
+    node_of_summary,
     reboot_boundary,
-    uid_of,
+    summarize_agent,
+    summarize_endpoint,
+    summarize_node,
+    summarize_pod,
 )
-from webhook.controller.workqueue import Key, WorkQueue
+from webhook.controller.turns import EvictionTurns, LineChange, Turn
+from webhook.controller.workqueue import Key, RateLimitingQueue
 from webhook.kube import ApiError, Kube, Target
-from webhook.unmanaged import (
-    CANDIDATE_PODS,
-    OwnerFacts,
-    is_unmanaged,
-    owner_facts,
-    owner_verdict,
-    plan_unmanaged,
-    selections,
-    trim_pod,
-)
+from webhook.unmanaged import CANDIDATE_PODS, is_unmanaged, owner_verdict, plan_unmanaged, selections
 
 __all__ = ["ControllerOptions", "GateController"]
 
 log = logging.getLogger(__name__)
 
+BY_NODE = "node"
+
 
 class GateController:
     """Four informers (gated pods, CiliumEndpoints, nodes, Cilium agent pods), and with scope `all` one per list
-    of the scope's pods, feed one work queue; one worker plans and acts. Only the Lease holder writes; a dry-run
-    replica plans, logs and counts."""
+    of the scope's pods, keep small summaries and feed one work queue; `workers` threads plan and act, each pod
+    with one worker at a time. Only the Lease holder writes; a dry-run replica plans, logs and counts. Events go
+    out from a background thread; evictions take turns for the rate limit's tokens."""
 
     def __init__(self, client: Kube, options: ControllerOptions, metrics: ControllerMetrics, *,
                  clock: Callable[[], float] = time.time) -> None:
@@ -65,33 +65,47 @@ class GateController:
         self.metrics = metrics
         self._clock = clock
         o = options
+        gate = o.gate_condition
+
+        def pods(pod: dict[str, Any]) -> PodSummary:
+            return summarize_pod(pod, gate)
+
         gated = Target(kube.PODS, label_selector=o.gate_selector)
         # Cilium copies the pod's labels onto its CiliumEndpoint, so the gate label selects these too; scope `all`
         # needs every pod's, the gated ones' included.
         endpoints = Target(kube.CILIUM_ENDPOINTS, label_selector=None if o.all_pods else o.gate_selector)
-        self.pods = self._informer("gated-pods", gated, self._on_pod)
-        self.endpoints = self._informer("cilium-endpoints", endpoints, self._on_endpoint, optional=True,
-                                        lister=lambda: self._list_endpoints(endpoints))
-        self.nodes = self._informer("nodes", Target(kube.NODES), self._on_node)
+        self.pods = self._informer("gated-pods", gated, self._on_pod, pods, by_node=True)
+        self.endpoints = self._informer("cilium-endpoints", endpoints, self._on_endpoint, summarize_endpoint,
+                                        optional=True, lister=lambda version: self._list_endpoints(endpoints, version))
+        self.nodes = self._informer("nodes", Target(kube.NODES), self._on_node, summarize_node)
         self.agents = self._informer("cilium-agents", Target(
-            kube.PODS, namespace=o.cilium_namespace, label_selector=o.agent_selector), self._on_agent)
-        # Scope `all`: every Running pod on the pod network in the scope, cached with only what the decisions read.
+            kube.PODS, namespace=o.cilium_namespace, label_selector=o.agent_selector), self._on_agent,
+            summarize_agent, by_node=True)
+        # Scope `all`: every Running pod on the pod network in the scope.
         self.scoped = [self._informer(
             f"scoped-pods-{s.namespace or 'all'}", Target(kube.PODS, s.namespace, s.label_selector,
                                                           s.field_selector or None),
-            self._on_scoped_pod, transform=trim_pod) for s in selections(o.unmanaged.pods, CANDIDATE_PODS)
+            self._on_scoped_pod, pods, by_node=True) for s in selections(o.unmanaged.pods, CANDIDATE_PODS)
         ] if o.all_pods else []
         self._informers = (self.pods, self.endpoints, self.nodes, self.agents, *self.scoped)
         self._elector = None if o.lease is None else LeaderElector(
             client, o.lease, self._started_leading, self._stopped_leading)
-        self._queue = WorkQueue()
+        self._queue = RateLimitingQueue(o.backoff_initial, o.backoff_max)
+        # One bucket for every eviction, gated pods and the rest alike.
+        self._turns = EvictionTurns(recycle_bucket(o.recycle_rate, clock()))
+        # Conditions first: an Event waits while workers have pods in hand (at most a few seconds).
+        self._events = EventSender(self._send_event, capacity=o.event_queue, may_send=self._may_write,
+                                   on_verdict=self._count_event, on_failure=self._event_failed,
+                                   defer_while=self._queue.busy)
+        self._log_throttle = LogThrottle()
         self.books = Bookkeeping()
         self._act = Actor(client, o, metrics, self.books, requeue=self._queue.add_after, may_write=self._may_write,
-                          clock=clock)
+                          clock=clock, events=self._events)
         self._done = threading.Event()
         self._stopping = threading.Event()
         self._elector_stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._workers: list[threading.Thread] = []
         self._elector_thread: threading.Thread | None = None
         self._exit_code = 0
 
@@ -109,7 +123,12 @@ class GateController:
     def start(self) -> None:
         self._threads = [threading.Thread(target=i.run, args=(self._stopping,), name=i.name, daemon=True)
                          for i in self._informers]
-        self._threads.append(threading.Thread(target=self._work, name="worker", daemon=True))
+        self._workers = [threading.Thread(target=self._work, name=f"worker-{n}", daemon=True)
+                         for n in range(self.options.workers)]
+        self._threads += [*self._workers,
+                          threading.Thread(target=self._events.run, args=(self._stopping,), name="events",
+                                           daemon=True),
+                          threading.Thread(target=self._resync, name="resync", daemon=True)]
         if self._elector is not None:
             self._elector_thread = threading.Thread(target=self._elector.run, args=(self._elector_stop,),
                                                     name="leader-election", daemon=True)
@@ -123,9 +142,9 @@ class GateController:
         log.info("gate controller started", extra={
             "identity": o.identity, "dry_run": o.dry_run, "grace_period": o.timings.grace_period,
             "release_after": o.timings.release_after, "recycle_rate": o.recycle_rate, "gate": o.gate_condition,
-            "unmanaged_scope": str(o.unmanaged.scope), "unmanaged_action": str(o.unmanaged.effective_action),
-            "namespaces": list(o.unmanaged.pods.namespaces), "exclude_namespaces":
-                list(o.unmanaged.pods.exclude_namespaces), "selector": o.unmanaged.pods.selector})
+            "workers": o.workers, "unmanaged_scope": str(o.unmanaged.scope),
+            "unmanaged_action": str(o.unmanaged.effective_action), "namespaces": list(o.unmanaged.pods.namespaces),
+            "exclude_namespaces": list(o.unmanaged.pods.exclude_namespaces), "selector": o.unmanaged.pods.selector})
 
     def stop(self) -> None:
         """Safe from a signal handler: run() does the shutdown."""
@@ -144,10 +163,11 @@ class GateController:
 
     def _shutdown(self) -> None:
         self._stopping.set()
-        self._queue.close()
-        worker = next((t for t in self._threads if t.name == "worker"), None)
-        if worker is not None:
-            worker.join(timeout=15)  # let a call in flight finish before the lease goes
+        self._queue.shut_down()
+        for worker in self._workers:
+            worker.join(timeout=15)  # let the calls in flight finish before the lease goes
+        self._events.close()
+        self._events.flush(timeout=2)  # a moment for the Events of those calls; the rest are dropped
         if self._elector_thread is not None:
             self._elector_stop.set()
             self._elector_thread.join(timeout=15)
@@ -169,13 +189,13 @@ class GateController:
 
     # --- informer callbacks (informer threads) ---
 
-    def _informer(self, name: str, target: Target, on_change: Callable[[Key, Any, Any], None], *,
-                  optional: bool = False, lister: Callable[[], tuple[list[dict[str, Any]], str]] | None = None,
-                  transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Informer:
+    def _informer(self, name: str, target: Target, on_change: Callable[[Key, Any, Any], None],
+                  transform: Transform, *, optional: bool = False, by_node: bool = False,
+                  lister: Callable[[str], tuple[list[dict[str, Any]], str]] | None = None) -> Informer:
         o = self.options
         return Informer(
             name,
-            lister or (lambda: kube.list_all(self._kube, target)),
+            lister or (lambda version: kube.list_all(self._kube, target, resource_version=version)),
             lambda version, timeout: kube.watch(self._kube, target, version, timeout),
             on_change,
             optional=optional,
@@ -185,40 +205,48 @@ class GateController:
             absent_recheck=o.absent_recheck,
             backoff=Backoff(o.backoff_initial, o.backoff_max),
             transform=transform,
+            indexers={BY_NODE: node_of_summary} if by_node else None,
+            list_at_version=True,
         )
 
-    def _list_endpoints(self, target: Target) -> tuple[list[dict[str, Any]], str]:
+    def _list_endpoints(self, target: Target, version: str) -> tuple[list[dict[str, Any]], str]:
         if not kube.has_resource(self._kube, kube.CILIUM_ENDPOINTS):
             raise ApiError(404, "API discovery does not list ciliumendpoints.cilium.io/v2")
-        return kube.list_all(self._kube, target)
+        return kube.list_all(self._kube, target, resource_version=version)
 
-    def _on_pod(self, key: Key, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
-        waiting = new is not None and pod_facts(new, self.options.gate_condition).is_waiting
-        self.metrics.pods_waiting.set(self.books.pod_changed(key, old, new, waiting=waiting))
+    def _on_pod(self, key: Key, old: PodSummary | None, new: PodSummary | None) -> None:
+        waiting = new is not None and new.facts.is_waiting
+        gone = self._gone_uid(key, old, new)
+        self.metrics.pods_waiting.set(self.books.pod_changed(key, gone, _uid(new), waiting=waiting))
         self._queue.add(key)
 
-    def _on_scoped_pod(self, key: Key, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
-        self.books.scoped_pod_changed(key, old, new)
+    def _on_scoped_pod(self, key: Key, old: PodSummary | None, new: PodSummary | None) -> None:
+        self.books.scoped_pod_changed(self._gone_uid(key, old, new), _uid(new))
         self._queue.add(key)
 
-    def _on_endpoint(self, key: Key, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+    def _gone_uid(self, key: Key, old: PodSummary | None, new: PodSummary | None) -> str:
+        """The uid of a pod that went away, unless another cache still holds it: a gated pod is in the scope's
+        cache too, and its record (evicted, refused) must last until neither shows it."""
+        uid = _uid(old)
+        if not uid or uid == _uid(new):
+            return ""
+        still = any(_uid(informer.get(key)) == uid for informer in (self.pods, *self.scoped))
+        return "" if still else uid
+
+    def _on_endpoint(self, key: Key, old: EndpointSummary | None, new: EndpointSummary | None) -> None:
         self._queue.add(key)  # the pod of the same namespace and name
 
-    def _on_node(self, key: Key, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+    def _on_node(self, key: Key, old: NodeSummary | None, new: NodeSummary | None) -> None:
         node, now = key[1], self._clock()
         booted_at = reboot_boundary(old, new, now)
         if booted_at is not None:  # the Node object survived a reboot, so no taint held its pods back
-            ready = self._agent_state(node) is AgentState.READY
-            keys = self.books.node_rebooted(node, booted_at, ready, now)
+            self.books.node_rebooted(node, booted_at, self._agent_state(node) is AgentState.READY, now)
             log.info("node rebooted; its pods are checked again as if they had just started", extra={
-                "node": node, "boot_id": boot_id(new), "pods": len(keys)})
-            for pod_key in keys:
-                self._queue.add(pod_key)
+                "node": node, "boot_id": new.boot_id if new else "", "pods": len(self._pods_on(node))})
         self._node_changed(node)
 
-    def _on_agent(self, key: Key, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
-        self.books.agent_changed(key, old, new)
-        for node in {node_of(old), node_of(new)} - {""}:
+    def _on_agent(self, key: Key, old: AgentSummary | None, new: AgentSummary | None) -> None:
+        for node in {node_of_summary(old), node_of_summary(new)} - {""}:
             self._node_changed(node)
 
     def _on_endpoints_availability(self, available: bool) -> None:
@@ -232,18 +260,26 @@ class GateController:
         self._enqueue_all()
 
     def _node_changed(self, node: str) -> None:
-        ready = self._agent_state(node) is AgentState.READY
-        for key in self.books.agent_readiness(node, ready, self._clock()):
+        self.books.agent_readiness(node, self._agent_state(node) is AgentState.READY, self._clock())
+        for key in self._pods_on(node):
             self._queue.add(key)
 
+    def _pods_on(self, node: str) -> set[Key]:
+        return {key for informer in (self.pods, *self.scoped) for key in informer.by_index(BY_NODE, node)}
+
     def _agent_state(self, node: str) -> AgentState:
-        agents = [a for a in (self.agents.get(k) for k in self.books.agents_on(node)) if a is not None]
+        agents = [a for a in (self.agents.get(k) for k in self.agents.by_index(BY_NODE, node)) if a is not None]
         return agent_state(self.nodes.get(("", node)), agents, self.options.cilium_taint_key)
 
     def _enqueue_all(self) -> None:
         for informer in (self.pods, *self.scoped):
             for key in informer.cached_keys():
                 self._queue.add(key)
+
+    def _resync(self) -> None:
+        """A safety net: timers and watches normally cover everything."""
+        while not self._stopping.wait(self.options.resync_period):
+            self._enqueue_all()
 
     def _check_operator_watcher(self) -> None:
         """One line at start-up: does Cilium's operator restart unmanaged pods too? Two recyclers double the
@@ -269,26 +305,29 @@ class GateController:
             log.info("Cilium's operator unmanaged-pod watcher", extra={
                 **fields, "operator_restarts_pods": watcher.restarts_pods})
 
-    # --- the worker ---
+    # --- the workers ---
 
     def _work(self) -> None:
-        next_resync = time.monotonic() + self.options.resync_period
         while not self._stopping.is_set():
             key = self._queue.get(timeout=0.5)
-            if time.monotonic() >= next_resync:  # a safety net: timers and watches normally cover everything
-                next_resync = time.monotonic() + self.options.resync_period
-                self._enqueue_all()
             if key is None:
                 continue
             try:
                 self._reconcile(key)
+                self._queue.forget(key)
             except ApiError as err:
-                log.warning("API call failed; will retry", extra={
-                    "namespace": key[0], "pod": key[1], "status": err.status, "error": err.message})
-                self._retry_later(key)
+                delay = self._queue.add_rate_limited(key, err.retry_after)
+                left_out = None if err.status == 0 else self._log_throttle.allow(("reconcile", err.status),
+                                                                                 time.monotonic())
+                if left_out is not None:  # no answer at all: Reachability says so, once per outage
+                    log.warning("API call failed; will retry (failures like it are logged once a minute)", extra={
+                        "namespace": key[0], "pod": key[1], "status": err.status, "error": err.message,
+                        "retry_in_seconds": round(delay, 2), "left_out_since_last_line": left_out})
             except Exception:
                 log.exception("reconcile failed; will retry", extra={"namespace": key[0], "pod": key[1]})
-                self._retry_later(key)
+                self._queue.add_rate_limited(key)
+            finally:
+                self._queue.done(key)
 
     def _reconcile(self, key: Key) -> None:
         if not (self.options.dry_run or self.leading):
@@ -297,43 +336,42 @@ class GateController:
             self._queue.add_after(key, 0.2)
             return
         gated = self._live(self.pods.get(key))
-        is_gated = gated is not None and pod_facts(gated, self.options.gate_condition).has_gate
-        other = None if is_gated else self._live(self._scoped_pod(key))
+        other = None if gated is not None and gated.facts.has_gate else self._live(self._scoped_pod(key))
         now = self._clock()
         if other is not None:  # scope `all`: a pod this controller does not gate
-            step = self._plan_ungated(self._situation(other), owner_facts(other), now)
+            step = self._plan_ungated(self._situation(other), other, now)
             self._note(key, other, step)
-            self._carry_out(key, other, step, now, checked=False, gated=False)
+            self._carry_out(key, other, step, now, gated=False)
         elif gated is not None:
             step = self._plan(self._situation(gated), now)
             self._note(key, gated, step)
-            self._carry_out(key, gated, step, now, checked=False)
+            self._carry_out(key, gated, step, now)
         else:
             self._note(key, None, None)
-        self.books.succeeded(key)
+            self._leave_line(key)
 
-    def _live(self, pod: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _live(self, pod: PodSummary | None) -> PodSummary | None:
         """None for a pod the API server already called gone: dropped, not retried; the watch brings the deletion
         or the new pod."""
-        return None if pod is None or self.books.is_gone(uid_of(pod)) else pod
+        return None if pod is None or self.books.is_gone(pod.facts.uid) else pod
 
-    def _scoped_pod(self, key: Key) -> dict[str, Any] | None:
+    def _scoped_pod(self, key: Key) -> PodSummary | None:
         for informer in self.scoped:
-            pod = informer.get(key)
+            pod: PodSummary | None = informer.get(key)
             if pod is not None:
                 return pod
         return None
 
-    def _plan_ungated(self, situation: Situation, owner: OwnerFacts, now: float) -> Plan:
-        step = plan_unmanaged(situation, owner, self.options.timings, now)
+    def _plan_ungated(self, situation: Situation, pod: PodSummary, now: float) -> Plan:
+        step = plan_unmanaged(situation, pod.owner, self.options.timings, now)
         self.books.planned(step)
         return step
 
-    def _note(self, key: Key, pod: Mapping[str, Any] | None, step: Plan | None) -> None:
+    def _note(self, key: Key, pod: PodSummary | None, step: Plan | None) -> None:
         """Keep the unmanaged-pods gauge in step with what the plan says of the pod."""
         labels = None
         if pod is not None and step is not None and is_unmanaged(step):
-            labels = (key[0], owner_facts(pod).owner.label)
+            labels = (key[0], pod.owner.owner.label)
         self.metrics.set_unmanaged(self.books.unmanaged(key, labels))
 
     def _plan(self, situation: Situation, now: float) -> Plan:
@@ -341,12 +379,14 @@ class GateController:
         self.books.planned(step)
         return step
 
-    def _situation(self, pod: Mapping[str, Any], endpoint: Mapping[str, Any] | None = None,
+    def _situation(self, pod: PodSummary, endpoint: EndpointSummary | None = None,
                    cached_endpoint: bool = True) -> Situation:
-        f = pod_facts(pod, self.options.gate_condition)
+        f = pod.facts
+        if not f.gate_true and self.books.gate_set(f.uid):
+            f = replace(f, gate_true=True)  # written by this controller; the watch has not brought it back yet
         if cached_endpoint:
             endpoint = self.endpoints.get((f.namespace, f.name))
-        return Situation(pod=f, endpoint_state=endpoint_state(endpoint, f.uid),
+        return Situation(pod=f, endpoint_state=None if endpoint is None else endpoint.state_for(f.uid),
                          endpoints_available=self.endpoints.available, node=self._node_facts(f.node_name),
                          eviction_retry_at=self.books.eviction_retry_at(f.uid))
 
@@ -358,8 +398,10 @@ class GateController:
             return NodeFacts(state, booted_at=booted_at)
         return NodeFacts(state, self.books.ready_since(node, self._clock()), booted_at)
 
-    def _carry_out(self, key: Key, pod: Mapping[str, Any], step: Plan, now: float, *, checked: bool,
-                   gated: bool = True) -> None:
+    def _carry_out(self, key: Key, pod: PodSummary, step: Plan, now: float, *, gated: bool = True,
+                   checked: bool = False) -> None:
+        if step.action is not Action.RECYCLE or self.options.observe:
+            self._leave_line(key)
         if step.action is Action.WAIT:
             if step.recheck_at is not None:
                 self._queue.add_after(key, step.recheck_at - now + 0.01)
@@ -370,38 +412,93 @@ class GateController:
         elif step.action is Action.RECYCLE:
             if self.options.observe:
                 self._act.report(pod, OBSERVED)
-            elif checked:
-                self._act.evict(key, pod, now)
-            else:
-                self._check_and_recycle(key, pod, gated)
+            elif not checked:
+                self._take_turn_and_recycle(key, pod, gated)
 
-    def _check_and_recycle(self, key: Key, pod: Mapping[str, Any], gated: bool) -> None:
-        """Re-read the pod, its endpoint and (for a pod this controller does not gate) its owner just before
-        evicting, and plan again on what is fresh."""
-        uid = uid_of(pod)
-        fresh = kube.get_pod(self._kube, *key)
-        if fresh is None or uid_of(fresh) != uid:
+    # --- recycling, one token at a time ---
+
+    def _take_turn_and_recycle(self, key: Key, pod: PodSummary, gated: bool) -> None:
+        """Take a rate-limit token before reading anything; without one, wait in line (the first in line is woken
+        when the next token is due). With one, re-read the pod, its endpoint and (for a pod this controller does
+        not gate) its owner, plan again on what is fresh, and evict, or give the token back."""
+        if self.books.was_evicted(pod.facts.uid):
+            return
+        turn = self._turns.take(key, self._clock())
+        self._after_turn(turn)
+        if not turn.granted:
+            return
+        spent = False
+        try:
+            spent = self._check_and_evict(key, pod, gated)
+        finally:
+            if not spent:
+                self._after_turn(self._turns.give_back(self._clock()))
+
+    def _check_and_evict(self, key: Key, pod: PodSummary, gated: bool) -> bool:
+        uid = pod.facts.uid
+        raw = kube.get_pod(self._kube, *key)
+        fresh = None if raw is None else summarize_pod(raw, self.options.gate_condition)
+        if fresh is None or fresh.facts.uid != uid:
             log.info("pod gone before recycling", extra={"namespace": key[0], "pod": key[1], "uid": uid})
             self.books.mark_gone(uid)
-            return
-        endpoint = kube.get_cilium_endpoint(self._kube, *key) if self.endpoints.available else None
+            return False
+        endpoint = None
+        if self.endpoints.available:
+            found = kube.get_cilium_endpoint(self._kube, *key)
+            endpoint = None if found is None else summarize_endpoint(found)
         now = self._clock()
         situation = self._situation(fresh, endpoint, cached_endpoint=False)
         if gated:
             step = self._plan(situation, now)
         else:
-            owner = owner_facts(fresh)
+            owner = fresh.owner
             step = plan_unmanaged(situation, owner, self.options.timings, now)
             if step.action is Action.RECYCLE and owner.needs_reading:
                 found = kube.get_object(self._kube, kube.OWNER_RESOURCES[owner.owner.kind], key[0], owner.owner.name)
-                owner = replace(owner, verdict=owner_verdict(owner.owner, found))
-            step = self._plan_ungated(situation, owner, now)
+                fresh = replace(fresh, owner=replace(owner, verdict=owner_verdict(owner.owner, found)))
+            step = self._plan_ungated(situation, fresh, now)
         self._note(key, fresh, step)
-        self._carry_out(key, fresh, step, now, checked=True, gated=gated)
+        if step.action is not Action.RECYCLE:
+            self._carry_out(key, fresh, step, now, gated=gated, checked=True)
+            return False
+        return self._act.evict(key, fresh, now)
+
+    def _after_turn(self, turn: Turn) -> None:
+        if turn.wake is not None:
+            key, at = turn.wake
+            self._queue.add_after(key, at - self._clock())
+        if turn.change is LineChange.STARTED:
+            log.info("recycling waits for the rate limit; pods wait in line, one is woken per token",
+                     extra={"recycle_rate": self.options.recycle_rate})
+        elif turn.change is LineChange.EMPTIED:
+            log.info("no pod waits for the recycling rate limit any more")
+        self.metrics.recycle_waiting.set(self._turns.waiting())
+
+    def _leave_line(self, key: Key) -> None:
+        self._after_turn(self._turns.leave(key, self._clock()))
+
+    # --- Events, off the critical path ---
+
+    def _send_event(self, body: dict[str, Any]) -> None:
+        kube.create_event(self._kube, body["metadata"]["namespace"], body)
+
+    def _count_event(self, verdict: Verdict) -> None:
+        self.metrics.events.labels(outcome=str(verdict)).inc()
+
+    def _event_failed(self, err: Exception) -> None:
+        """Counted always; logged once a minute at most for each status, so that an outage or a missing
+        permission is one line, not one per Event (no answer at all: Reachability says so)."""
+        self.metrics.events.labels(outcome="failed").inc()
+        status = err.status if isinstance(err, ApiError) else -1
+        left_out = None if status == 0 else self._log_throttle.allow(("event", status), time.monotonic())
+        if left_out is not None:
+            log.warning("could not record an event (failures like it are counted, and logged once a minute)",
+                        extra={"status": status, "error": getattr(err, "message", str(err)),
+                               "left_out_since_last_line": left_out})
 
     def _may_write(self) -> bool:
         return not self.options.dry_run and self._elector is not None and self._elector.may_write()
 
-    def _retry_later(self, key: Key) -> None:
-        failures = self.books.failed(key)
-        self._queue.add_after(key, min(self.options.backoff_max, self.options.backoff_initial * 2 ** (failures - 1)))
+
+def _uid(pod: PodSummary | None) -> str:
+    return pod.facts.uid if pod is not None else ""

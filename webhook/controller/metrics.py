@@ -46,6 +46,13 @@ class ControllerMetrics:
             "1 while the API serves ciliumendpoints; 0 means gates are released after the grace period.",
             registry=r)
         self.endpoints_available.set(1)
+        self.events = Counter(
+            "cilium_startup_guard_events", "Events by outcome: queued, duplicate (the same pod and reason within 10 "
+            "minutes), dropped (the queue was full, or this replica stopped leading), failed.",
+            ["outcome"], registry=r)
+        self.recycle_waiting = Gauge(
+            "cilium_startup_guard_recycle_waiting", "Unmanaged pods waiting in line for the recycling rate limit.",
+            registry=r)
         # Set by the replica that reconciles (the leader, or a --dry-run replica), in every action mode, so that
         # alerts need no recycling; a series goes away when its count drops to zero.
         self.unmanaged_pods = Gauge(
@@ -58,6 +65,8 @@ class ControllerMetrics:
             counter.labels(dry_run=mode)
         for reason in ("max-wait", "no-cilium-endpoints", "host-network"):
             self.gates_released.labels(reason=reason, dry_run=mode)
+        for outcome in ("queued", "duplicate", "dropped", "failed"):
+            self.events.labels(outcome=outcome)
 
     def set_unmanaged(self, changed: list[tuple[tuple[str, str], int]]) -> None:
         for (namespace, owner_kind), count in changed:

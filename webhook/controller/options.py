@@ -10,6 +10,7 @@ from webhook.config import (
     DEFAULT_AGENT_SELECTOR,
     DEFAULT_CILIUM_NAMESPACE,
     DEFAULT_RECYCLE_RATE,
+    DEFAULT_WORKERS,
     UnmanagedSettings,
 )
 from webhook.controller.lease import LeaseConfig
@@ -31,7 +32,8 @@ class ControllerOptions:
     dry_run: bool = False
     lease: LeaseConfig | None = None  # required unless dry_run: dry-run replicas take no part in the election
     identity: str = "cilium-startup-guard"  # reportingInstance of events; the Lease holder
-    # Internal timings, not flags; tests shorten them.
+    workers: int = DEFAULT_WORKERS  # reconciles at once; each pod is with one worker at most
+    # Internal timings and sizes, not flags; tests shorten them.
     eviction_retry_floor: float = EVICTION_RETRY_FLOOR
     resync_period: float = 300.0
     relist_period: float = 900.0
@@ -39,6 +41,7 @@ class ControllerOptions:
     absent_recheck: float = 30.0  # how often to look for ciliumendpoints again while it is not served
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    event_queue: int = 1000  # Events waiting to be sent; more are dropped (and counted)
 
     @property
     def gate_selector(self) -> str:

@@ -20,6 +20,11 @@ class TokenBucket:
         self._refill(now)
         self._tokens -= 1.0
 
+    def give_back(self, now: float) -> None:
+        """Return a token taken but not spent."""
+        self._refill(now)
+        self._tokens = min(self.burst, self._tokens + 1.0)
+
     def wait_time(self, now: float) -> float:
         """Seconds until a token is available; infinity when the rate is zero."""
         self._refill(now)

@@ -41,7 +41,7 @@ class ReleaseReason(StrEnum):
     RELEASE_ALL = "release-all"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: the pod caches keep one per pod
 class PodFacts:
     namespace: str
     name: str
@@ -253,12 +253,15 @@ def reboot_boundary(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
     """When a node's boot ID changed from `old` to `new`: the last heartbeat its previous boot reported (the Ready
     condition's lastHeartbeatTime, in the node's own clock like its containers' start times), else `now`. None
     when it did not reboot. A Node object survives a reboot, so the Cilium taint does not come back."""
-    before, after = boot_id(old), boot_id(new)
-    if not before or not after or before == after:
-        return None
     ready = next((c for c in ((old or {}).get("status") or {}).get("conditions") or []
                   if isinstance(c, Mapping) and c.get("type") == "Ready"), {})
-    heartbeat = parse_time(ready.get("lastHeartbeatTime"))
+    return reboot_time(boot_id(old), boot_id(new), parse_time(ready.get("lastHeartbeatTime")), now)
+
+
+def reboot_time(before: str, after: str, heartbeat: float | None, now: float) -> float | None:
+    """The rule of reboot_boundary, from the boot IDs before and after and the last heartbeat before."""
+    if not before or not after or before == after:
+        return None
     return heartbeat if heartbeat is not None and heartbeat <= now else now
 
 

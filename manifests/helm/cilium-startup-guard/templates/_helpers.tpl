@@ -79,7 +79,7 @@ seccompProfile:
       "exemptions" $v.exemptions
       "replacementTolerations" $v.replacementTolerations
       "server" $v.webhook.server
-      "controller" (merge (dict "unmanaged" $unmanaged) $v.controller.leaderElection)) }}
+      "controller" (merge (dict "unmanaged" $unmanaged "workers" $v.controller.workers) $v.controller.leaderElection)) }}
 {{- end }}
 
 {{/*
