@@ -36,11 +36,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     # The kubernetes client loads here only: `serve` and `review` never import it.
-    from webhook import audit, kube
+    from webhook import audit, kubeclient
 
     policy = build_settings(args.config).policy
     # No retries: urllib3 would repeat a request that timed out, past --timeout.
-    client = kube.connect(kubeconfig_of(args), args.context, user_agent=f"{PROG}-audit", retries=0)
+    client = kubeclient.connect(kubeconfig_of(args), args.context, user_agent=f"{PROG}-audit", retries=0)
     options = audit.AuditOptions(timeout=args.timeout, cilium_namespace=args.cilium_namespace,
                                  agent_selector=args.cilium_agent_selector)
     try:

@@ -52,9 +52,9 @@ def kubeconfig_of(args: argparse.Namespace) -> Path | None:
     given: Path | None = args.kubeconfig
     if given is not None or args.kubeconfig_lookup is KubeconfigLookup.IN_CLUSTER:
         return given
-    from webhook import kube  # only verbs that talk to a cluster get here
+    from webhook import kubeclient  # only verbs that talk to a cluster get here
 
-    return kube.default_kubeconfig()
+    return kubeclient.default_kubeconfig()
 
 
 def add_scope_flags(parser: ArgumentContainer) -> None:

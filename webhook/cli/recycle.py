@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     # The kubernetes client loads here only: `serve` and `review` never import it.
     import time
 
-    from webhook import kube
+    from webhook import kubeclient
     from webhook.controller.rules import Timings
     from webhook.recycle import RecycleError, RecycleOptions, find, recycle, render_json_line, render_table
     from webhook.recycle import exit_status as status_of
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         agent_selector=args.cilium_agent_selector, taint_key=policy.cilium_taint_key,
         gate_condition=policy.gate_condition_type)
     # No retries: urllib3 would repeat a request that timed out, past --timeout.
-    client = kube.connect(kubeconfig_of(args), args.context, user_agent=f"{PROG}-recycle", retries=0)
+    client = kubeclient.connect(kubeconfig_of(args), args.context, user_agent=f"{PROG}-recycle", retries=0)
     rows = []
     try:
         candidates = find(client, options, time.time())
