@@ -119,6 +119,11 @@ def node_of_summary(value: Any) -> str:
     return ""
 
 
+def uid_of_summary(pod: PodSummary | None) -> str:
+    """A cached pod summary's uid; "" for no pod."""
+    return pod.facts.uid if pod is not None else ""
+
+
 def shared(text: str) -> str:
     """One copy of `text` for every holder (interned), and never the parsed object's own string: interning that
     one would keep it, and with it the memory of everything parsed around it."""
