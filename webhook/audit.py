@@ -15,7 +15,7 @@ import orjson
 from webhook import kube, policy, workloads
 from webhook.catalog import Offender
 from webhook.cilium import AgentState, endpoint_state, is_cilium_taint
-from webhook.config import DEFAULT_AGENT_SELECTOR, DEFAULT_AUDIT_TIMEOUT, DEFAULT_CILIUM_NAMESPACE
+from webhook.config import DEFAULT_AGENT_SELECTOR, DEFAULT_CILIUM_NAMESPACE, DEFAULT_REQUEST_TIMEOUT
 from webhook.controller.rules import NodeFacts, Situation, pod_facts
 from webhook.kube import ApiError, Kube, Target
 from webhook.policy import DEFAULT_GATE_CONDITION, ExemptReason, PolicyConfig
@@ -320,7 +320,7 @@ def exit_status(report: Report) -> int:
 
 @dataclass(frozen=True)
 class AuditOptions:
-    timeout: float = DEFAULT_AUDIT_TIMEOUT  # bounds each API request, connecting included; requests are not retried
+    timeout: float = DEFAULT_REQUEST_TIMEOUT  # bounds each API request, connecting included; requests are not retried
     cilium_namespace: str = DEFAULT_CILIUM_NAMESPACE
     agent_selector: str = DEFAULT_AGENT_SELECTOR
     page_size: int = kube.LIST_PAGE_SIZE  # tests shorten it

@@ -11,11 +11,11 @@ from webhook.cli.common import (
     PROG,
     KubeconfigLookup,
     add_cluster_flags,
+    add_timeout_flag,
     fail,
     kubeconfig_of,
-    positive,
 )
-from webhook.config import DEFAULT_AUDIT_TIMEOUT, build_settings
+from webhook.config import build_settings
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,9 +28,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     "(unreachable within --timeout, no permission, bad kubeconfig) or a bad configuration.")
     add_cluster_flags(audit, KubeconfigLookup.LIKE_KUBECTL)
     audit.add_argument("--output", choices=["table", "json"], default="table")
-    audit.add_argument("--timeout", type=positive, default=DEFAULT_AUDIT_TIMEOUT, metavar="SECONDS",
-                       help=f"how long each API request may take, connecting included; requests are not retried "
-                            f"(default {DEFAULT_AUDIT_TIMEOUT:g})")
+    add_timeout_flag(audit)
     audit.set_defaults(run=run)
 
 

@@ -13,13 +13,14 @@ from webhook.cli.common import (
     KubeconfigLookup,
     add_cluster_flags,
     add_scope_flags,
+    add_timeout_flag,
     fail,
     kubeconfig_of,
     non_negative,
     positive,
     scope_of,
 )
-from webhook.config import DEFAULT_AUDIT_TIMEOUT, DEFAULT_GRACE_PERIOD, DEFAULT_RECYCLE_RATE, ConfigFile, load_config
+from webhook.config import DEFAULT_GRACE_PERIOD, DEFAULT_RECYCLE_RATE, ConfigFile, load_config
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -42,9 +43,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                          help="also evict pods without a controlling owner: they are NOT recreated")
     recycle.add_argument("--output", choices=["table", "json"], default="table",
                          help="a table, or one JSON object a line per pod, printed as it is done")
-    recycle.add_argument("--timeout", type=positive, default=DEFAULT_AUDIT_TIMEOUT, metavar="SECONDS",
-                         help=f"how long each API request may take, connecting included; requests are not retried "
-                              f"(default {DEFAULT_AUDIT_TIMEOUT:g})")
+    add_timeout_flag(recycle)
     recycle.set_defaults(run=run)
 
 
