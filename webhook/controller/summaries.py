@@ -104,7 +104,7 @@ def agent_state(node: NodeSummary | None, agents: Iterable[AgentSummary], taint_
 
 
 def reboot_boundary(old: NodeSummary | None, new: NodeSummary | None, now: float) -> float | None:
-    """rules.reboot_boundary, from summaries."""
+    """rules.reboot_time for a node's summaries before and after a change."""
     if old is None or new is None:
         return None
     return reboot_time(old.boot_id, new.boot_id, old.heartbeat, now)
