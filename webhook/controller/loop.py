@@ -386,10 +386,11 @@ class GateController:
         else:
             owner = fresh.owner
             step = plan_unmanaged(situation, owner, self.options.timings, now)
-            if step.action is Action.RECYCLE and owner.needs_reading:
+            if step.action is Action.RECYCLE and owner.needs_reading:  # plan again with the owner read
                 found = kube.get_object(self._kube, kube.OWNER_RESOURCES[owner.owner.kind], key[0], owner.owner.name)
                 fresh = replace(fresh, owner=replace(owner, verdict=owner_verdict(owner.owner, found)))
-            step = self._plan_ungated(situation, fresh, now)
+                step = plan_unmanaged(situation, fresh.owner, self.options.timings, now)
+            self.books.planned(step)
         self._note(key, fresh, step)
         if step.action is not Action.RECYCLE:
             self._carry_out(key, fresh, step, now, gated=gated, checked=True)
