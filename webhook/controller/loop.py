@@ -80,6 +80,7 @@ class GateController:
         self._stopping = threading.Event()
         self._elector_stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._lasting: list[threading.Thread] = []  # those that run until stop(): health is all of them alive
         self._workers: list[threading.Thread] = []
         self._elector_thread: threading.Thread | None = None
         self._exit_code = 0
@@ -96,14 +97,15 @@ class GateController:
         return self._exit_code
 
     def start(self) -> None:
-        self._threads = [threading.Thread(target=i.run, args=(self._stopping,), name=i.name, daemon=True)
-                         for i in self.caches.all]
         self._workers = [threading.Thread(target=self._work, name=f"worker-{n}", daemon=True)
                          for n in range(self.options.workers)]
-        self._threads += [*self._workers,
-                          threading.Thread(target=self._events.run, args=(self._stopping,), name="events",
-                                           daemon=True),
-                          threading.Thread(target=self._resync, name="resync", daemon=True)]
+        self._lasting = [*(threading.Thread(target=i.run, args=(self._stopping,), name=i.name, daemon=True)
+                           for i in self.caches.all),
+                         *self._workers,
+                         threading.Thread(target=self._events.run, args=(self._stopping,), name="events", daemon=True),
+                         threading.Thread(target=self._resync, name="resync", daemon=True)]
+        self._threads = list(self._lasting)
+        # These may end on their own: the election when the lease is lost (run() returns then), the check at once.
         if self._elector is not None:
             self._elector_thread = threading.Thread(target=self._elector.run, args=(self._elector_stop,),
                                                     name="leader-election", daemon=True)
@@ -129,8 +131,7 @@ class GateController:
         return self.caches.synced()
 
     def is_healthy(self) -> bool:
-        return bool(self._threads) and all(t.is_alive() for t in self._threads
-                                           if t is not self._elector_thread and t.name != "operator-check")
+        return bool(self._lasting) and all(t.is_alive() for t in self._lasting)
 
     @property
     def leading(self) -> bool:
