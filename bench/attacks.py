@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import random
-import signal
 import socket
 import ssl
 import statistics
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import processes  # bench/processes.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "daemonset_ebs_csi_node.json"
@@ -60,18 +60,6 @@ TCP_OPEN_STATES = (1, 2)  # tcpi_state ESTABLISHED, and SYN_SENT while the serve
 
 
 # --- the server and its memory ------------------------------------------------------------------------------------
-
-def _serve_command() -> list[str]:
-    script = Path(sys.executable).with_name("cilium-startup-guard")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "webhook"]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
 
 @dataclass
 class Workspace:
@@ -99,9 +87,9 @@ class Server:
     """One `serve` process with its log in a file."""
 
     def __init__(self, ws: Workspace, name: str, extra: list[str]) -> None:
-        self.port = _free_port()
+        self.port = processes.free_port(HOST)
         self.log = ws.directory / f"{name}.log"
-        command = [*_serve_command(), "serve", "--host", HOST, "--port", str(self.port),
+        command = [*processes.guard_command(), "serve", "--host", HOST, "--port", str(self.port),
                    "--tls-cert", str(ws.cert), "--tls-key", str(ws.key), *extra]
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=ROOT)
@@ -128,10 +116,7 @@ class Server:
         raise RuntimeError(f"serve not healthy within {timeout} s:\n{self.log.read_text()}")
 
     def memory_mib(self, field_name: str) -> float:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError(f"no {field_name}")
+        return processes.memory_mib(self.pid, field_name)
 
     def metrics(self, ws: Workspace) -> str:
         connection = http.client.HTTPSConnection(HOST, self.port, context=ws.context(), timeout=10,
@@ -143,13 +128,7 @@ class Server:
             connection.close()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        processes.stop(self.process, timeout=40)
 
 
 class RssSampler:
@@ -746,13 +725,7 @@ def _brief(attacker: dict[str, Any]) -> str:
 
 
 def machine() -> dict[str, Any]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {"cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
+    return {"cpus": os.cpu_count(), "cpu_model": processes.cpu_model(), "python": platform.python_version(),
             "load_average": os.getloadavg()}
 
 

@@ -25,15 +25,12 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import http.client
 import json
 import os
 import platform
 import resource
 import shutil
-import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -54,6 +51,11 @@ from webhook import certs
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
+if str(BENCH) not in sys.path:  # imported by path (the tests) rather than run as a script
+    sys.path.append(str(BENCH))
+
+import processes  # noqa: E402
+
 FIXTURES = ROOT / "tests" / "fixtures"
 
 
@@ -72,7 +74,6 @@ REVIEWS = {
 }
 PLACEHOLDER = "00000000-0000-4000-8000-000000000000"  # as in loadgen.py and post.lua
 SERVERS = ("webhook", "floor")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 STRIPPED_ANNOTATION = "startupguard.io/stripped-tolerations"
 GATE_LABEL = "startupguard.io/gated"
 
@@ -114,13 +115,7 @@ class Pinning:
 
 
 def machine(pinning: Pinning, generator: str) -> dict[str, Any]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {"cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
+    return {"cpus": os.cpu_count(), "cpu_model": processes.cpu_model(), "python": platform.python_version(),
             "platform": platform.platform(), "generator": _generator_version(generator),
             "server_cpu": pinning.server_cpu, "load_cpu": pinning.load_cpu}
 
@@ -133,19 +128,6 @@ def _generator_version(generator: str) -> str:
     return first_line.split(" Copyright")[0].strip()  # e.g. "wrk debian/4.1.0-3+b2 [epoll]"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole process (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14 and 15 of proc(5)
-
-
 def core_busy_seconds(cpu: int | None) -> float:
     """Time the core spent busy (anyone's work, interrupts included); 0 when the server is not pinned."""
     if cpu is None:
@@ -153,15 +135,8 @@ def core_busy_seconds(cpu: int | None) -> float:
     for line in Path("/proc/stat").read_text().splitlines():
         if line.startswith(f"cpu{cpu} "):
             ticks = [int(v) for v in line.split()[1:9]]  # user nice system idle iowait irq softirq steal
-            return (sum(ticks) - ticks[3] - ticks[4]) / CLOCK_TICKS
+            return (sum(ticks) - ticks[3] - ticks[4]) / processes.CLOCK_TICKS
     return 0.0
-
-
-def memory_mib(pid: int, field_name: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field_name} for {pid}")
 
 
 # --- the servers -----------------------------------------------------------------------------------------------
@@ -206,25 +181,14 @@ class Server:
         return self.process.pid
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def _serve_command() -> list[str]:
-    script = Path(sys.executable).with_name("cilium-startup-guard")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "webhook"]
+        processes.stop(self.process, timeout=30)
 
 
 def start_server(name: str, ws: Workspace, pinning: Pinning, attempt: int) -> Server:
-    port = free_port()
+    port = processes.free_port()
     tls = ["--host", "127.0.0.1", "--port", str(port), "--tls-cert", str(ws.cert), "--tls-key", str(ws.key)]
     if name == "webhook":
-        command = [*_serve_command(), "serve", *tls, "--mode", "strip"]
+        command = [*processes.guard_command(), "serve", *tls, "--mode", "strip"]
     else:
         command = [sys.executable, str(BENCH / "floor.py"), *tls]
     log = ws.directory / f"{name}-{attempt}.log"
@@ -355,11 +319,11 @@ class Step:
 def load(server: Server, ws: Workspace, connections: int, duration: float, generator: str,
          server_core: int | None) -> Step:
     before_core = core_busy_seconds(server_core)
-    before_server = cpu_seconds(server.pid)
+    before_server = processes.cpu_seconds(server.pid)
     before_load = resource.getrusage(resource.RUSAGE_CHILDREN)
     outcome = _run_generator(server, ws, connections, duration, generator)
     after_load = resource.getrusage(resource.RUSAGE_CHILDREN)
-    server_cpu = cpu_seconds(server.pid) - before_server
+    server_cpu = processes.cpu_seconds(server.pid) - before_server
     others = max(0.0, core_busy_seconds(server_core) - before_core - server_cpu)
     load_cpu = (after_load.ru_utime + after_load.ru_stime) - (before_load.ru_utime + before_load.ru_stime)
     requests = int(outcome["requests"])
@@ -447,7 +411,7 @@ def run_server(name: str, ws: Workspace, options: Options, say: Callable[[str], 
             say(f"  {name} x{connections}: {step.rps:.0f} req/s, p99 {step.p99_ms:.2f} ms, "
                 f"{step.cpu_us_per_request:.0f} us CPU/request")
             steps[connections] = step
-        rss, peak = memory_mib(server.pid, "VmRSS"), memory_mib(server.pid, "VmHWM")
+        rss, peak = processes.memory_mib(server.pid, "VmRSS"), processes.memory_mib(server.pid, "VmHWM")
     finally:
         server.stop()
     text = server.log.read_bytes()

@@ -35,7 +35,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import processes  # noqa: E402
 import scale_objects as objects  # noqa: E402
 
 from tests.fakekube import FakeKube  # noqa: E402
@@ -69,7 +69,7 @@ class Controller:
         workdir.mkdir(parents=True, exist_ok=True)
         kubeconfig = workdir / "kubeconfig"
         kubeconfig.write_text(yaml.safe_dump(fake.kubeconfig()), encoding="utf-8")
-        self.metrics_port = free_port()
+        self.metrics_port = processes.free_port()
         self.log_path = workdir / "controller.log"
         env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
         command = [sys.executable, "-m", "webhook", "controller", "--kubeconfig", str(kubeconfig), "--context", "fake",
@@ -101,15 +101,11 @@ class Controller:
         return total
 
     def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        return 0
+        return processes.status_kib(self.process.pid, "VmRSS") or 0
 
     def cpu_seconds(self) -> float:
         """utime + stime of the controller process so far."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return processes.cpu_seconds(self.process.pid)
 
     def log_lines(self) -> int:
         self._log.flush()
@@ -123,15 +119,9 @@ class Controller:
         return messages
 
     def stop(self) -> int | None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        code = processes.stop(self.process, timeout=30)
         self._log.close()
-        return self.process.returncode
+        return code
 
 
 def supports(flags: list[str]) -> bool:
@@ -139,12 +129,6 @@ def supports(flags: list[str]) -> bool:
     done = subprocess.run([sys.executable, "-m", "webhook", "controller", "--help"], cwd=ROOT, capture_output=True,
                           text=True, check=False)
     return all(flag in done.stdout for flag in flags)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait(predicate: Callable[[], Any], timeout: float, step: float = 0.05) -> bool:

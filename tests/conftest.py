@@ -44,9 +44,9 @@ def kubeconfig_path(fake_kube: FakeKube, tmp_path: Path, monkeypatch: pytest.Mon
 
 @pytest.fixture
 def kube_client(kubeconfig_path: Path) -> Iterator[object]:
-    from webhook import kube
+    from webhook import kubeclient
 
-    client = kube.connect(kubeconfig_path, "fake")
+    client = kubeclient.connect(kubeconfig_path, "fake")
     yield client
     client.close()
 

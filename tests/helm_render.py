@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import helm_python
-import yaml
 
+from tests import yamltext
 from tests.manifest_render import ROOT
 
 CHART = ROOT / "manifests" / "helm" / "cilium-startup-guard"
@@ -37,7 +37,7 @@ def _render(values: str, namespace: str, chart: Path, is_upgrade: bool) -> list[
     objects: list[Object] = []
     for path in sorted(manifests):
         if path.endswith(".yaml"):
-            objects += [doc for doc in yaml.safe_load_all(manifests[path]) if doc]
+            objects += [doc for doc in yamltext.load_all(manifests[path]) if doc]
     return objects
 
 

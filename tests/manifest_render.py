@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import jsonpatch
-import yaml
 
+from tests import yamltext
 from webhook import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def render_kubectl(path: Path) -> list[Object]:
                           check=False)
     if done.returncode != 0:
         raise RuntimeError(f"kubectl kustomize {path} failed: {done.stderr.strip()}")
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    return [doc for doc in yamltext.load_all(done.stdout) if doc]
 
 
 def build(path: Path) -> list[Object]:
@@ -89,7 +89,7 @@ def _accumulate(directory: Path, objects: list[Object]) -> list[Object]:
         if source.is_dir():
             objects = objects + build(source)
         else:
-            objects = objects + [doc for doc in yaml.safe_load_all(source.read_text()) if doc]
+            objects = objects + [doc for doc in yamltext.load_all(source.read_text()) if doc]
     for entry in kustomization.get("components", []):
         objects = _accumulate(directory / entry, objects)
     for generator in kustomization.get("secretGenerator", []):
@@ -101,7 +101,7 @@ def _accumulate(directory: Path, objects: list[Object]) -> list[Object]:
 
 
 def _read_kustomization(directory: Path) -> Object:
-    document = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    document = yamltext.load((directory / "kustomization.yaml").read_text())
     unknown = set(document) - KUSTOMIZATION_KEYS
     if unknown:
         raise UnsupportedKustomization(f"{directory}: {sorted(unknown)}")
@@ -125,7 +125,7 @@ def _secret(directory: Path, generator: Object) -> Object:
 
 def _patch(directory: Path, patch: Object, objects: list[Object]) -> list[Object]:
     text = (directory / patch["path"]).read_text() if "path" in patch else patch["patch"]
-    operations = yaml.safe_load(text)
+    operations = yamltext.load(text)
     target = patch.get("target")
     if not isinstance(operations, list) or not target or set(target) - TARGET_KEYS:
         raise UnsupportedKustomization(f"{directory}: only JSON 6902 patches with a target are supported")

@@ -20,13 +20,14 @@ from webhook.audit import (
     UnmanagedPod,
     build_report,
     exit_status,
-    is_unmanaged,
     noexecute_taints,
     render_json,
     render_table,
 )
-from webhook.cilium import AgentState
-from webhook.policy import CILIUM_TAINT_KEY, SKIP_ANNOTATION, ExemptReason, PolicyConfig
+from webhook.cilium import AgentState, endpoint_state
+from webhook.controller.rules import NodeFacts, Situation, pod_facts
+from webhook.policy import CILIUM_TAINT_KEY, DEFAULT_GATE_CONDITION, SKIP_ANNOTATION, ExemptReason, PolicyConfig
+from webhook.unmanaged import owner_facts, snapshot_unmanaged
 from webhook.workloads import Kind
 
 CONFIG = PolicyConfig()
@@ -63,6 +64,14 @@ def ownerless_endpoint(pod: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- one pod: unmanaged or not ---
+
+
+def is_unmanaged(pod: dict[str, Any], endpoint: dict[str, Any] | None, agent: AgentState) -> bool:
+    """What the audit counts for one pod (webhook.unmanaged.snapshot_unmanaged, as build_report applies it): running
+    on the pod network, not terminating, where the Cilium agent is ready, and no CiliumEndpoint of its own."""
+    facts = pod_facts(pod, DEFAULT_GATE_CONDITION)
+    situation = Situation(pod=facts, endpoint_state=endpoint_state(endpoint, facts.uid), node=NodeFacts(agent))
+    return snapshot_unmanaged(situation, owner_facts(pod))
 
 
 @pytest.mark.parametrize("pod, make_endpoint, agent, expected", [

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from tests import yamltext
 from tests.support import FIXTURES
 from webhook import catalog, review
 from webhook.catalog import CatalogError, image_repository
@@ -20,7 +20,7 @@ from webhook.policy import PolicyConfig
 from webhook.workloads import Kind
 
 CHARTS = FIXTURES / "charts"
-EXPECTED = yaml.safe_load((FIXTURES / "expected" / "charts.yaml").read_text())
+EXPECTED = yamltext.load((FIXTURES / "expected" / "charts.yaml").read_text())
 ALL_KINDS = PolicyConfig(kinds=frozenset(Kind))
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.fakekube import FakeKube
-from webhook import kube
+from webhook import kubeclient
 from webhook.controller.lease import LeaderElector, LeaseConfig, LeaseRecord, claim, is_held_by_other, released
 from webhook.controller.rules import micro_time
 
@@ -74,7 +74,7 @@ def wait_until(predicate, timeout: float = 5.0) -> None:
 def test_released_lease_is_taken_over_without_waiting_for_expiry(fake_kube: FakeKube, kube_client, kubeconfig_path):
     first, stop_first, thread_first, _ = start_elector(kube_client, "first", lease_duration=30, renew_deadline=20)
     wait_until(first.is_leader)
-    second_client = kube.connect(kubeconfig_path, "fake", user_agent="second")
+    second_client = kubeclient.connect(kubeconfig_path, "fake", user_agent="second")
     second, stop_second, thread_second, _ = start_elector(second_client, "second", lease_duration=30,
                                                           renew_deadline=20)
     # Two reads of the held lease: the first attempt to acquire it is over, and it failed.

@@ -229,20 +229,20 @@ def test_recycling_rate_limit_holds_without_reads_or_a_log_line_per_waiting_pod(
 def test_dropped_watches_and_410_gone_recover_with_no_missed_pod(fake_kube: FakeKube, start):
     cluster(fake_kube)
     replica = start()
-    listed = replica.controller.pods.lists
+    listed = replica.controller.caches.pods.lists
     fake_kube.fail("GET", "^/api/v1/pods$", status=503, times=2, when=lambda r: r.query.get("watch") == "true")
     fake_kube.drop_watches()
     pod = fake_kube.create(gated_pod("born-while-disconnected"))
     fake_kube.create(endpoint(pod))
     fake_kube.compact()  # the resourceVersion the informer holds is now too old: 410 on the next watch
     fake_kube.wait_for(lambda: gate_of(fake_kube, "born-while-disconnected") == "True", timeout=5)
-    assert replica.controller.pods.lists > listed
+    assert replica.controller.caches.pods.lists > listed
 
 
 def test_periodic_resync_lists_again(fake_kube: FakeKube, start):
     cluster(fake_kube)
     replica = start(options(relist_period=0.3))
-    wait_until(lambda: replica.controller.pods.lists >= 3, timeout=5)
+    wait_until(lambda: replica.controller.caches.pods.lists >= 3, timeout=5)
 
 
 # --- high availability ---

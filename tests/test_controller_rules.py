@@ -16,7 +16,6 @@ from webhook.controller.rules import (
     ReleaseReason,
     Situation,
     Timings,
-    boot_id,
     condition_patch,
     condition_text,
     containers_started_at,
@@ -24,7 +23,6 @@ from webhook.controller.rules import (
     micro_time,
     plan,
     pod_facts,
-    reboot_boundary,
 )
 
 NOW = 1_000_000.0
@@ -191,27 +189,6 @@ def test_containers_started_at_is_the_latest_running_container_start():
     ]}
     assert containers_started_at(status) == NOW + 10
     assert containers_started_at({}) is None
-
-
-def booted(boot: str, heartbeat: str | None = None) -> dict:
-    conditions = [{"type": "Ready", "status": "True", "lastHeartbeatTime": heartbeat}] if heartbeat else []
-    return {"metadata": {"name": "node-a"}, "status": {"nodeInfo": {"bootID": boot}, "conditions": conditions}}
-
-
-@pytest.mark.parametrize("old, new, expected", [
-    pytest.param(booted("b1", "1970-01-12T13:46:30Z"), booted("b2"), NOW - 10, id="last-heartbeat-of-the-old-boot"),
-    pytest.param(booted("b1"), booted("b2"), NOW, id="no-heartbeat-when-seen"),
-    pytest.param(booted("b1", "1970-01-12T13:56:40Z"), booted("b2"), NOW, id="heartbeat-from-the-future-ignored"),
-    pytest.param(booted("b1"), booted("b1"), None, id="same-boot"),
-    pytest.param(booted(""), booted("b2"), None, id="first-boot-id-seen"),
-    pytest.param(None, booted("b2"), None, id="new-node"),
-])
-def test_reboot_boundary(old, new, expected):
-    assert reboot_boundary(old, new, NOW) == expected
-
-
-def test_boot_id_of_a_node_without_status_is_empty():
-    assert boot_id({"metadata": {"name": "n"}}) == ""
 
 
 @pytest.mark.parametrize("retry_after, expected", [(None, NOW + 30), (5.0, NOW + 30), (90.0, NOW + 90)])

@@ -146,7 +146,7 @@ def test_the_caches_keep_summaries_indexed_by_node(fake_kube: FakeKube, start):
     pod = fake_kube.create(gated_pod("agent-1", node="node-b"))
     fake_kube.create(endpoint(pod))
     replica = start(options(timings=WAITING))
-    c = replica.controller
+    c = replica.controller.caches
     assert isinstance(c.nodes.get(("", "node-a")), NodeSummary)
     assert c.agents.by_index("node", "node-b") == [("kube-system", "cilium-node-b")]
     assert isinstance(c.agents.get(("kube-system", "cilium-node-b")), AgentSummary)

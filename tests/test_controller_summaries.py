@@ -89,6 +89,34 @@ def test_a_reboot_is_a_changed_boot_id_and_its_boundary_the_last_heartbeat():
     assert reboot_boundary(None, after, now=2e9) is None
 
 
+NOW = 1_000_000.0  # 1970-01-12T13:46:40Z
+
+
+def booted(boot: str, heartbeat: str | None = None) -> dict:
+    conditions = [{"type": "Ready", "status": "True", "lastHeartbeatTime": heartbeat}] if heartbeat else []
+    return {"metadata": {"name": "node-a"}, "status": {"nodeInfo": {"bootID": boot}, "conditions": conditions}}
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    pytest.param(booted("b1", "1970-01-12T13:46:30Z"), booted("b2"), NOW - 10, id="last-heartbeat-of-the-old-boot"),
+    pytest.param(booted("b1"), booted("b2"), NOW, id="no-heartbeat-when-seen"),
+    pytest.param(booted("b1", "1970-01-12T13:56:40Z"), booted("b2"), NOW, id="heartbeat-from-the-future-ignored"),
+    pytest.param(booted("b1"), booted("b1"), None, id="same-boot"),
+    pytest.param(booted(""), booted("b2"), None, id="first-boot-id-seen"),
+    pytest.param(None, booted("b2"), None, id="new-node"),
+])
+def test_reboot_boundary(old, new, expected):
+    assert reboot_boundary(summarize(old), summarize(new), NOW) == expected
+
+
+def summarize(node: dict | None) -> NodeSummary | None:
+    return None if node is None else summarize_node(node)
+
+
+def test_boot_id_of_a_node_without_status_is_empty():
+    assert summarize_node({"metadata": {"name": "n"}}).boot_id == ""
+
+
 def heartbeat(at: str) -> dict:
     return full_node(conditions=[{"type": "Ready", "status": "True", "lastHeartbeatTime": at}])
 

@@ -140,13 +140,13 @@ def test_the_scope_flags_narrow_what_is_watched(fake_kube, start):
     assert watch.query["fieldSelector"] == ("status.phase=Running,spec.hostNetwork=false,"
                                             "metadata.namespace!=pay,metadata.namespace!=kube-system")
     assert watch.query["labelSelector"] == "app!=debug"
-    assert replica.controller.scoped[0].get(("pay", "api-7c9d-a")) is None
+    assert replica.controller.caches.scoped[0].get(("pay", "api-7c9d-a")) is None
 
 
 def test_the_scoped_cache_keeps_only_what_the_decisions_read(fake_kube, start):
     workloads(fake_kube)
     replica = start(options(unmanaged=OBSERVE))
-    cached = replica.controller.scoped[0].get(("shop", "db-0"))
+    cached = replica.controller.caches.scoped[0].get(("shop", "db-0"))
     assert isinstance(cached, PodSummary)  # the rules' facts and the owner, no more
     assert (cached.facts.name, cached.owner.owner.kind) == ("db-0", "StatefulSet")
 
@@ -278,7 +278,7 @@ def test_the_gated_scope_never_reads_cilium_config(fake_kube, start):
     replica = start()
     planned(replica, Action.RECYCLE, "unmanaged")
     assert not fake_kube.calls(path="/configmaps/")
-    assert not replica.controller.scoped
+    assert not replica.controller.caches.scoped
 
 
 # --- RBAC: the calls made are exactly the documented ones, per mode ---

@@ -15,8 +15,8 @@ from typing import Any
 
 import jsonpatch
 import pytest
-import yaml
 
+from tests import yamltext
 from tests.support import FIXTURES
 from webhook.admission import build_response, decide, parse_review
 from webhook.enums import Endpoint, Mode
@@ -36,7 +36,7 @@ VARIANTS = {"mutate": InjectAt.POD, "mutate_template": InjectAt.TEMPLATE}
 CASES = [(name, mode) for name in REVIEWS for mode in Mode]
 @functools.cache
 def expected_for(name: str) -> dict[str, Any]:
-    result: dict[str, Any] = yaml.safe_load((FIXTURES / "expected" / name.replace(".json", ".yaml")).read_text())
+    result: dict[str, Any] = yamltext.load((FIXTURES / "expected" / name.replace(".json", ".yaml")).read_text())
     return result
 
 

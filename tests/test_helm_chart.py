@@ -15,6 +15,7 @@ import helm_python
 import pytest
 import yaml
 
+from tests import yamltext
 from tests.helm_render import CHART, render_chart
 from tests.installs import BY_NAME, MONITORING_VALUES, render_spec
 from tests.manifest_render import prepare
@@ -75,7 +76,7 @@ def comparable(objects: list[Object]) -> dict[tuple[str, str], Object]:
             meta["name"] = "cilium-startup-guard-certs"
         if obj["kind"] == "ConfigMap":
             # Same settings; the kustomize file carries comments, the chart's is made from values.
-            obj["data"] = {k: yaml.safe_load(v) for k, v in obj["data"].items()}
+            obj["data"] = {k: yamltext.load(v) for k, v in obj["data"].items()}
         template = obj.get("spec", {}).get("template", {}).get("metadata", {})
         annotations = {k: v for k, v in template.pop("annotations", {}).items() if k not in CHECKSUM_ANNOTATIONS}
         if annotations:

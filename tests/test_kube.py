@@ -12,7 +12,7 @@ import urllib3
 from tests.fakekube import FakeKube
 from tests.objects import GATE, GATE_LABEL, endpoint, gate_status, gated_pod
 from tests.support import SilentServer, kubeconfig_for, load_fixture
-from webhook import kube
+from webhook import kube, kubeclient
 
 
 @pytest.mark.parametrize("status, message, expected", [
@@ -35,28 +35,6 @@ def test_an_api_error_is_described_on_one_line(status: int, message: str, expect
 def test_a_timeout_without_a_known_bound_keeps_the_clients_words():
     err = kube.ApiError(0, "Read timed out.")
     assert err.describe("read Secret a/b") == "no answer from the Kubernetes API server: Read timed out."
-
-
-@pytest.mark.slow
-def test_connect_uses_the_kubeconfig_context(kubeconfig_path: Path, fake_kube: FakeKube):
-    client = kube.connect(kubeconfig_path, "fake")
-    try:
-        kube.get_pod(client, "default", "absent")
-    finally:
-        client.close()
-    assert fake_kube.calls("GET", "/api/v1/namespaces/default/pods/absent")
-
-
-@pytest.mark.slow
-def test_connect_names_an_unknown_context(kubeconfig_path: Path):
-    with pytest.raises(kube.KubeConfigError, match="nope"):
-        kube.connect(kubeconfig_path, "nope")
-
-
-def test_connect_without_kubeconfig_outside_a_cluster_asks_for_one(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with pytest.raises(kube.KubeConfigError, match="--kubeconfig"):
-        kube.connect(None)
 
 
 @pytest.mark.slow
@@ -209,7 +187,7 @@ def test_list_all_timeout_bounds_a_server_that_never_answers_with_one_attempt(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     with SilentServer() as server:
-        client = kube.connect(kubeconfig_for(server.url, tmp_path / "kubeconfig"), "fake", retries=0)
+        client = kubeclient.connect(kubeconfig_for(server.url, tmp_path / "kubeconfig"), "fake", retries=0)
         started = time.monotonic()
         try:
             with pytest.raises(kube.ApiError) as caught:
@@ -226,7 +204,7 @@ def test_list_all_timeout_bounds_a_server_that_never_answers_with_one_attempt(
 def test_has_resource_timeout_bounds_a_server_that_never_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     with SilentServer() as server:
-        client = kube.connect(kubeconfig_for(server.url, tmp_path / "kubeconfig"), "fake", retries=0)
+        client = kubeclient.connect(kubeconfig_for(server.url, tmp_path / "kubeconfig"), "fake", retries=0)
         started = time.monotonic()
         try:
             with pytest.raises(kube.ApiError):
@@ -246,33 +224,7 @@ def test_list_all_lists_daemonsets_of_every_namespace(fake_kube: FakeKube, kube_
     assert fake_kube.calls("GET", "^/apis/apps/v1/daemonsets$")
 
 
-@pytest.mark.parametrize("content", [
-    pytest.param("{{{ not yaml", id="not-yaml"),
-    pytest.param("just a string", id="a-string"),
-    pytest.param("clusters: 5", id="wrong-types"),
-    pytest.param("", id="empty"),
-])
-def test_connect_reports_a_malformed_kubeconfig_in_one_line(tmp_path: Path, content: str):
-    path = tmp_path / "kubeconfig"
-    path.write_text(content, encoding="utf-8")
-    with pytest.raises(kube.KubeConfigError) as caught:
-        kube.connect(path)
-    assert str(path) in str(caught.value)
-    assert "\n" not in str(caught.value)
-
-
-def test_default_kubeconfig_is_kubeconfig_variable_then_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("KUBECONFIG", "/a/config:/b/config")
-    assert kube.default_kubeconfig() == Path("/a/config:/b/config")
-    monkeypatch.delenv("KUBECONFIG")
-    monkeypatch.setenv("HOME", str(tmp_path))
-    assert kube.default_kubeconfig() is None  # no ~/.kube/config: in-cluster
-    (tmp_path / ".kube").mkdir()
-    (tmp_path / ".kube" / "config").write_text("{}", encoding="utf-8")
-    assert kube.default_kubeconfig() == tmp_path / ".kube" / "config"
-
-
-# --- lists from the watch cache, and the answer hook ---
+# --- lists from the watch cache ---
 
 
 @pytest.mark.slow
@@ -305,7 +257,7 @@ def test_a_refused_cached_list_falls_back_to_pages_at_the_current_version(fake_k
 def test_a_cached_list_refused_while_the_cache_initializes_is_raised_with_its_retry_after(fake_kube: FakeKube,
                                                                                         kubeconfig_path: Path):
     fake_kube.refuse_cached_lists(429)
-    client = kube.connect(kubeconfig_path, "fake", retries=0)  # urllib3 would otherwise retry a 429 itself
+    client = kubeclient.connect(kubeconfig_path, "fake", retries=0)  # urllib3 would otherwise retry a 429 itself
     try:
         with pytest.raises(kube.ApiError) as raised:
             kube.list_all(client, kube.Target(kube.PODS), resource_version="0")
@@ -313,37 +265,6 @@ def test_a_cached_list_refused_while_the_cache_initializes_is_raised_with_its_re
         client.close()
     assert (raised.value.status, raised.value.retry_after) == (429, 1.0)
     assert len(fake_kube.calls("GET", "^/api/v1/pods$")) == 1
-
-
-@pytest.mark.slow
-def test_the_answer_hook_sees_each_status_and_unreachable_servers(fake_kube: FakeKube, kubeconfig_path: Path):
-    seen: list[int] = []
-    client = kube.connect(kubeconfig_path, "fake", retries=0, on_answer=lambda status, error: seen.append(status))
-    try:
-        kube.get_pod(client, "default", "absent")  # 404: an answer
-        fake_kube.fail("GET", "/pods/absent$", status=503)
-        with pytest.raises(kube.ApiError):
-            kube.get_pod(client, "default", "absent")
-        kube.list_all(client, kube.Target(kube.NODES))
-        fake_kube.stop()
-        with pytest.raises(kube.ApiError) as raised:
-            kube.get_pod(client, "default", "absent")
-        assert raised.value.status == 0
-    finally:
-        client.close()
-    assert seen == [404, 503, 200, 0]
-
-
-@pytest.mark.slow
-def test_the_proxy_of_the_environment_is_read_once_and_kept(kubeconfig_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
-    client = kube.connect(kubeconfig_path, "fake")
-    try:
-        monkeypatch.setenv("HTTP_PROXY", "http://other.example:3128")
-        client.api_client.configuration.host = client.api_client.configuration.host  # as the token refresh does
-        assert client.api_client.configuration.proxy == "http://proxy.example:3128"
-    finally:
-        client.close()
 
 
 def test_an_answer_cut_short_is_an_api_error_without_an_answer():

@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests import cel_eval
+from tests import cel_eval, yamltext
 from tests.support import FIXTURES
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGURATIONS = list(yaml.safe_load_all((ROOT / "manifests" / "base" / "webhook-configurations.yaml").read_text()))
+CONFIGURATIONS = list(yamltext.load_all((ROOT / "manifests" / "base" / "webhook-configurations.yaml").read_text()))
 WEBHOOKS = {hook["name"]: hook for configuration in CONFIGURATIONS for hook in configuration["webhooks"]}
 REVIEWS = sorted(p.name for p in FIXTURES.glob("*.json"))
 

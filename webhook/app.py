@@ -25,6 +25,7 @@ from webhook.bodylimit import BodyReader, content_length
 from webhook.config import Settings
 from webhook.enums import Endpoint, ErrorReason, Outcome
 from webhook.listener import source_of
+from webhook.logs import clip
 from webhook.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from webhook.metrics import Metrics
 
@@ -254,11 +255,6 @@ def _log_decision(review: admission.Review, endpoint: Endpoint, settings: Settin
         "namespace": clip(review.namespace, MAX_NAMESPACE_LENGTH), "name": clip(review.display_name, MAX_NAME_LENGTH),
         "operation": review.operation, "dry_run": review.dry_run,
         "mode": settings.policy.mode.value, "outcome": outcome.value, "duration_ms": _elapsed_ms(started)}})
-
-
-def clip(text: str, limit: int) -> str:
-    """`text`, or its first `limit` - 1 characters and "…" when it is longer than `limit`."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _elapsed_ms(started: float) -> float:

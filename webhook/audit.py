@@ -14,11 +14,10 @@ import orjson
 
 from webhook import kube, policy, workloads
 from webhook.catalog import Offender
-from webhook.cilium import AgentState, endpoint_state, is_cilium_taint
-from webhook.config import DEFAULT_AGENT_SELECTOR, DEFAULT_AUDIT_TIMEOUT, DEFAULT_CILIUM_NAMESPACE
-from webhook.controller.rules import NodeFacts, Situation, pod_facts
+from webhook.cilium import is_cilium_taint
+from webhook.config import DEFAULT_AGENT_SELECTOR, DEFAULT_CILIUM_NAMESPACE, DEFAULT_REQUEST_TIMEOUT
 from webhook.kube import ApiError, Kube, Target
-from webhook.policy import DEFAULT_GATE_CONDITION, ExemptReason, PolicyConfig
+from webhook.policy import ExemptReason, PolicyConfig
 from webhook.report import dump_json, format_columns
 from webhook.unmanaged import Snapshot, owner_facts, situations, snapshot_unmanaged
 from webhook.workloads import KINDS, Kind
@@ -197,14 +196,6 @@ def _rolled_up(kind: Kind, cluster: Cluster, unmanaged: Counter[str] | None) -> 
     return counts
 
 
-def is_unmanaged(pod: Mapping[str, Any], endpoint: Mapping[str, Any] | None, agent: AgentState) -> bool:
-    """Running on the pod network, not terminating, where the Cilium agent is ready, and no CiliumEndpoint of its
-    own, right now: the shared definition (webhook.unmanaged) without its grace period."""
-    facts = pod_facts(pod, DEFAULT_GATE_CONDITION)
-    situation = Situation(pod=facts, endpoint_state=endpoint_state(endpoint, facts.uid), node=NodeFacts(agent))
-    return snapshot_unmanaged(situation, owner_facts(pod))
-
-
 def noexecute_taints(nodes: Sequence[Mapping[str, Any]], cilium_taint_key: str) -> tuple[TaintCount, ...]:
     """The distinct NoExecute taints (key, value) other than Cilium's, with how many nodes carry each."""
     counts: Counter[tuple[str, str | None]] = Counter()
@@ -320,7 +311,7 @@ def exit_status(report: Report) -> int:
 
 @dataclass(frozen=True)
 class AuditOptions:
-    timeout: float = DEFAULT_AUDIT_TIMEOUT  # bounds each API request, connecting included; requests are not retried
+    timeout: float = DEFAULT_REQUEST_TIMEOUT  # bounds each API request, connecting included; requests are not retried
     cilium_namespace: str = DEFAULT_CILIUM_NAMESPACE
     agent_selector: str = DEFAULT_AGENT_SELECTOR
     page_size: int = kube.LIST_PAGE_SIZE  # tests shorten it

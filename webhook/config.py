@@ -42,8 +42,8 @@ DEFAULT_METRICS_PORT = 9090
 DEFAULT_LEASE_NAME = "cilium-startup-guard-controller"
 DEFAULT_CILIUM_NAMESPACE = "kube-system"
 DEFAULT_AGENT_SELECTOR = "k8s-app=cilium"
-# `audit`: how long each API request may take, connecting included.
-DEFAULT_AUDIT_TIMEOUT = 10.0
+# `audit` and `recycle`: how long each API request may take, connecting included.
+DEFAULT_REQUEST_TIMEOUT = 10.0
 # Gate controller leader election, client-go's usual timings; the config file may change them.
 DEFAULT_LEASE_DURATION = 15
 DEFAULT_RENEW_DEADLINE = 10.0

@@ -51,15 +51,16 @@ class JsonFormatter(logging.Formatter):
 
 def _clip(value: Any, limit: int) -> Any:
     if isinstance(value, str):
-        return _clip_text(value, limit)
+        return clip(value, limit)
     if value is None or isinstance(value, bool | int | float):
         return value
     # A list or mapping (rare: fields are scalars) is kept as it is unless its JSON is too long.
     text = orjson.dumps(value, default=str).decode()
-    return value if len(text) <= limit else _clip_text(text, limit)
+    return value if len(text) <= limit else clip(text, limit)
 
 
-def _clip_text(text: str, limit: int) -> str:
+def clip(text: str, limit: int) -> str:
+    """`text`, or its first `limit` - 1 characters and "…" when it is longer than `limit`."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -72,7 +73,7 @@ def _clip_middle(text: str, limit: int) -> str:
 
 
 def _bounded_str(value: Any) -> str:
-    return _clip_text(str(value), MAX_FIELD_CHARS)
+    return clip(str(value), MAX_FIELD_CHARS)
 
 
 def configure_logging(level: str = "info") -> None:

@@ -17,9 +17,9 @@ from webhook import kube
 from webhook.cilium import endpoint_state
 from webhook.config import (
     DEFAULT_AGENT_SELECTOR,
-    DEFAULT_AUDIT_TIMEOUT,
     DEFAULT_CILIUM_NAMESPACE,
     DEFAULT_RECYCLE_RATE,
+    DEFAULT_REQUEST_TIMEOUT,
     PodScope,
 )
 from webhook.controller.ratelimit import recycle_bucket
@@ -71,7 +71,7 @@ class RecycleOptions:
     rate: float = DEFAULT_RECYCLE_RATE  # evictions a minute, also the burst
     include_bare: bool = False
     dry_run: bool = False
-    timeout: float = DEFAULT_AUDIT_TIMEOUT  # bounds each API request, connecting included; none is retried
+    timeout: float = DEFAULT_REQUEST_TIMEOUT  # bounds each API request, connecting included; none is retried
     cilium_namespace: str = DEFAULT_CILIUM_NAMESPACE
     agent_selector: str = DEFAULT_AGENT_SELECTOR
     taint_key: str = CILIUM_TAINT_KEY

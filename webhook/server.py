@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import resource
 import signal
@@ -21,7 +20,7 @@ from types import FrameType
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
-from webhook import listener
+from webhook import libc, listener
 from webhook.app import Runtime, create_app
 from webhook.config import Settings
 from webhook.errors import ConfigError
@@ -69,7 +68,7 @@ class GuardServer(uvicorn.Server):
         self.listener: Listener | None = None
         self._exit_at: float | None = None
         self._churn_at_trim = (0, 0)
-        self._trim = _libc_function("malloc_trim")
+        self._trim = libc.function("malloc_trim")
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         # Not uvicorn's: its loop.create_server() would start TLS on every accepted connection at once, with
@@ -220,15 +219,6 @@ def _tune_malloc() -> None:
     lingers. A fixed threshold keeps them out of it: an idle TLS connection costs about 35 KiB instead of 47, and
     a 3 MiB body is gone from RSS when its review is.
     """
-    mallopt = _libc_function("mallopt")
+    mallopt = libc.function("mallopt")
     if mallopt is not None:
         mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-
-
-def _libc_function(name: str) -> Callable[..., int] | None:
-    """A function of the C library, or None on one without it (glibc has malloc_trim and mallopt; musl has not)."""
-    try:
-        function: Callable[..., int] = getattr(ctypes.CDLL(None), name)
-    except (OSError, AttributeError):
-        return None
-    return function

@@ -11,11 +11,11 @@ from webhook.cli.common import (
     PROG,
     KubeconfigLookup,
     add_cluster_flags,
+    add_timeout_flag,
     fail,
     kubeconfig_of,
-    positive,
 )
-from webhook.config import DEFAULT_AUDIT_TIMEOUT, build_settings
+from webhook.config import build_settings
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,19 +28,17 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     "(unreachable within --timeout, no permission, bad kubeconfig) or a bad configuration.")
     add_cluster_flags(audit, KubeconfigLookup.LIKE_KUBECTL)
     audit.add_argument("--output", choices=["table", "json"], default="table")
-    audit.add_argument("--timeout", type=positive, default=DEFAULT_AUDIT_TIMEOUT, metavar="SECONDS",
-                       help=f"how long each API request may take, connecting included; requests are not retried "
-                            f"(default {DEFAULT_AUDIT_TIMEOUT:g})")
+    add_timeout_flag(audit)
     audit.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     # The kubernetes client loads here only: `serve` and `review` never import it.
-    from webhook import audit, kube
+    from webhook import audit, kubeclient
 
     policy = build_settings(args.config).policy
     # No retries: urllib3 would repeat a request that timed out, past --timeout.
-    client = kube.connect(kubeconfig_of(args), args.context, user_agent=f"{PROG}-audit", retries=0)
+    client = kubeclient.connect(kubeconfig_of(args), args.context, user_agent=f"{PROG}-audit", retries=0)
     options = audit.AuditOptions(timeout=args.timeout, cilium_namespace=args.cilium_namespace,
                                  agent_selector=args.cilium_agent_selector)
     try:

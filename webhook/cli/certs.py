@@ -93,12 +93,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _in_cluster(args: argparse.Namespace) -> int:
-    from webhook import cluster_certs, kube  # the kubernetes client loads for --in-cluster only
+    from webhook import cluster_certs, kubeclient  # the kubernetes client loads for --in-cluster only
 
     configure_logging("info")
     # Its retry warnings would only repeat the one error line that a failed call ends with.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
-    client = kube.connect(kubeconfig_of(args), args.context, user_agent=f"{PROG}-certs")
+    client = kubeclient.connect(kubeconfig_of(args), args.context, user_agent=f"{PROG}-certs")
     options = cluster_certs.Options(
         namespace=args.namespace, service=args.service, secret=args.secret,
         webhook_configuration=args.webhook_configuration, renew_before=datetime.timedelta(days=args.renew_before),

@@ -1,4 +1,5 @@
-"""What the verbs share: program name, exit codes, the cluster flags (one definition, one help text), argument types.
+"""What the verbs share: program name, exit codes, the cluster flags and --timeout (one definition, one help text),
+argument types.
 Imports no verb, and never the kubernetes client at import: `serve` and `review` must not load it.
 """
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from webhook.config import (
     DEFAULT_AGENT_SELECTOR,
     DEFAULT_CILIUM_NAMESPACE,
+    DEFAULT_REQUEST_TIMEOUT,
     PodScope,
     label_selector_problem,
     namespace_problem,
@@ -52,9 +54,17 @@ def kubeconfig_of(args: argparse.Namespace) -> Path | None:
     given: Path | None = args.kubeconfig
     if given is not None or args.kubeconfig_lookup is KubeconfigLookup.IN_CLUSTER:
         return given
-    from webhook import kube  # only verbs that talk to a cluster get here
+    from webhook import kubeclient  # only verbs that talk to a cluster get here
 
-    return kube.default_kubeconfig()
+    return kubeclient.default_kubeconfig()
+
+
+def add_timeout_flag(parser: ArgumentContainer) -> None:
+    """--timeout of the one-shot verbs that read a cluster (`audit`, `recycle`): they connect with no retries, so
+    that this bounds each request."""
+    parser.add_argument("--timeout", type=positive, default=DEFAULT_REQUEST_TIMEOUT, metavar="SECONDS",
+                        help=f"how long each API request may take, connecting included; requests are not retried "
+                             f"(default {DEFAULT_REQUEST_TIMEOUT:g})")
 
 
 def add_scope_flags(parser: ArgumentContainer) -> None:

@@ -83,7 +83,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     # The kubernetes client loads here only: `serve` and `review` never import it.
-    from webhook import kube
+    from webhook import kubeclient
     from webhook.controller.lease import LeaseConfig
     from webhook.controller.loop import ControllerOptions, GateController
     from webhook.controller.metrics import ControllerMetrics, ProbeServer
@@ -98,13 +98,13 @@ def run(args: argparse.Namespace) -> int:
     worker_count = args.workers if args.workers is not None else file.controller.workers
     user_agent = f"{PROG}-controller/{identity}"
     if args.release_all:  # one pass after another, each call once: urllib3's retries help here
-        client = kube.connect(kubeconfig_of(args), args.context, user_agent=user_agent)
+        client = kubeclient.connect(kubeconfig_of(args), args.context, user_agent=user_agent)
     else:
         client = connect_controller(kubeconfig_of(args), args.context, user_agent, worker_count)
     lease = None
     if not (args.dry_run or args.release_all):  # dry-run replicas take no part in the election
         timings = file.controller
-        lease = LeaseConfig(namespace=args.lease_namespace or kube.in_cluster_namespace() or "default",
+        lease = LeaseConfig(namespace=args.lease_namespace or kubeclient.in_cluster_namespace() or "default",
                             name=args.lease_name, identity=identity, lease_duration=timings.lease_duration,
                             renew_deadline=timings.renew_deadline, retry_period=timings.retry_period)
     options = ControllerOptions(

@@ -13,13 +13,14 @@ from webhook.cli.common import (
     KubeconfigLookup,
     add_cluster_flags,
     add_scope_flags,
+    add_timeout_flag,
     fail,
     kubeconfig_of,
     non_negative,
     positive,
     scope_of,
 )
-from webhook.config import DEFAULT_AUDIT_TIMEOUT, DEFAULT_GRACE_PERIOD, DEFAULT_RECYCLE_RATE, ConfigFile, load_config
+from webhook.config import DEFAULT_GRACE_PERIOD, DEFAULT_RECYCLE_RATE, ConfigFile, load_config
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -42,9 +43,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                          help="also evict pods without a controlling owner: they are NOT recreated")
     recycle.add_argument("--output", choices=["table", "json"], default="table",
                          help="a table, or one JSON object a line per pod, printed as it is done")
-    recycle.add_argument("--timeout", type=positive, default=DEFAULT_AUDIT_TIMEOUT, metavar="SECONDS",
-                         help=f"how long each API request may take, connecting included; requests are not retried "
-                              f"(default {DEFAULT_AUDIT_TIMEOUT:g})")
+    add_timeout_flag(recycle)
     recycle.set_defaults(run=run)
 
 
@@ -52,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     # The kubernetes client loads here only: `serve` and `review` never import it.
     import time
 
-    from webhook import kube
+    from webhook import kubeclient
     from webhook.controller.rules import Timings
     from webhook.recycle import RecycleError, RecycleOptions, find, recycle, render_json_line, render_table
     from webhook.recycle import exit_status as status_of
@@ -66,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         agent_selector=args.cilium_agent_selector, taint_key=policy.cilium_taint_key,
         gate_condition=policy.gate_condition_type)
     # No retries: urllib3 would repeat a request that timed out, past --timeout.
-    client = kube.connect(kubeconfig_of(args), args.context, user_agent=f"{PROG}-recycle", retries=0)
+    client = kubeclient.connect(kubeconfig_of(args), args.context, user_agent=f"{PROG}-recycle", retries=0)
     rows = []
     try:
         candidates = find(client, options, time.time())

@@ -15,10 +15,23 @@ from webhook.config import DEFAULT_CERTS_DIR, DEFAULT_PORT, ServerSettings, buil
 from webhook.errors import ConfigError
 from webhook.logs import configure_logging
 
-# Flags that are ServerSettings fields of the same name.
-SERVER_FLAGS = ("max_body_bytes", "max_header_bytes", "max_connections_per_source", "max_connections",
-                "tls_handshake_timeout", "header_timeout", "body_timeout", "write_timeout", "keep_alive_timeout",
-                "shutdown_delay", "shutdown_timeout", "reload_interval")
+# The limits and timings: each flag is the ServerSettings field of the same name (--max-body-bytes: max_body_bytes),
+# with the field's default at the end of its help.
+LIMIT_FLAGS: tuple[tuple[str, type[int] | type[float], str, str], ...] = (
+    ("max_body_bytes", int, "N", "refuse larger request bodies with 413"),
+    ("max_header_bytes", int, "N", "refuse larger request heads with 431"),
+    ("max_connections_per_source", int, "N",
+     "connections open at once from one address (an IPv6 /64); more are reset at once"),
+    ("max_connections", int, "N", "connections open at once in all"),
+    ("tls_handshake_timeout", float, "S", "seconds from accepting a connection to the end of its TLS handshake"),
+    ("header_timeout", float, "S", "seconds for a request's headers to arrive"),
+    ("body_timeout", float, "S", "seconds for a request's body to arrive"),
+    ("write_timeout", float, "S", "seconds a client may leave an answer unread before it is cut off"),
+    ("keep_alive_timeout", int, "S", "seconds an idle connection stays open"),
+    ("shutdown_delay", float, "S", "on SIGTERM, seconds to keep serving with /readyz at 503"),
+    ("shutdown_timeout", float, "S", "seconds to wait for requests in flight after the listener closes"),
+    ("reload_interval", float, "S", "seconds between checks of the certificate and config files for changes"),
+)
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,36 +46,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                             f"(default {DEFAULT_CERTS_DIR})")
     add_policy_flags(serve)
     limits = serve.add_argument_group("limits and timings", "each overrides the config file's server: section")
-    limits.add_argument("--max-body-bytes", type=int, metavar="N",
-                        help=f"refuse larger request bodies with 413 (default {ServerSettings.max_body_bytes})")
-    limits.add_argument("--max-header-bytes", type=int, metavar="N",
-                        help=f"refuse larger request heads with 431 (default {ServerSettings.max_header_bytes})")
-    limits.add_argument("--max-connections-per-source", type=int, metavar="N",
-                        help="connections open at once from one address (an IPv6 /64); more are reset at once "
-                             f"(default {ServerSettings.max_connections_per_source})")
-    limits.add_argument("--max-connections", type=int, metavar="N",
-                        help=f"connections open at once in all (default {ServerSettings.max_connections})")
-    limits.add_argument("--tls-handshake-timeout", type=float, metavar="S",
-                        help="seconds from accepting a connection to the end of its TLS handshake "
-                             f"(default {ServerSettings.tls_handshake_timeout:g})")
-    limits.add_argument("--header-timeout", type=float, metavar="S",
-                        help=f"seconds for a request's headers to arrive (default {ServerSettings.header_timeout:g})")
-    limits.add_argument("--body-timeout", type=float, metavar="S",
-                        help=f"seconds for a request's body to arrive (default {ServerSettings.body_timeout:g})")
-    limits.add_argument("--write-timeout", type=float, metavar="S",
-                        help="seconds a client may leave an answer unread before it is cut off "
-                             f"(default {ServerSettings.write_timeout:g})")
-    limits.add_argument("--keep-alive-timeout", type=int, metavar="S",
-                        help=f"seconds an idle connection stays open (default {ServerSettings.keep_alive_timeout})")
-    limits.add_argument("--shutdown-delay", type=float, metavar="S",
-                        help="on SIGTERM, seconds to keep serving with /readyz at 503 "
-                             f"(default {ServerSettings.shutdown_delay:g})")
-    limits.add_argument("--shutdown-timeout", type=float, metavar="S",
-                        help="seconds to wait for requests in flight after the listener closes "
-                             f"(default {ServerSettings.shutdown_timeout:g})")
-    limits.add_argument("--reload-interval", type=float, metavar="S",
-                        help="seconds between checks of the certificate and config files for changes "
-                             f"(default {ServerSettings.reload_interval:g})")
+    for field, kind, metavar, text in LIMIT_FLAGS:
+        default = getattr(ServerSettings, field)
+        limits.add_argument(f"--{field.replace('_', '-')}", type=kind, metavar=metavar,
+                            help=f"{text} (default {default:g})" if kind is float else f"{text} (default {default})")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(run=run)
 
@@ -72,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key must be given together")
-    server_flags = {name: getattr(args, name) for name in SERVER_FLAGS}
+    server_flags = {field: getattr(args, field) for field, *_ in LIMIT_FLAGS}
     settings = build_settings(args.config, mode_of(args), server=server_flags, host=args.host, port=args.port,
                               tls_cert=args.tls_cert, tls_key=args.tls_key, certs_dir=args.certs_dir)
     cert, key = settings.tls_cert, settings.tls_key

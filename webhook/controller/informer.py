@@ -4,8 +4,6 @@ Kubernetes calls come in as callables: it imports only kube's error and event ty
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import random
 import threading
@@ -13,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
+from webhook import libc
 from webhook.backoff import Backoff
 from webhook.controller.logthrottle import LogThrottle
 from webhook.controller.summaries import shared
@@ -29,14 +28,6 @@ Indexer = Callable[[Any], str]  # a cached value -> its index value ("" when it 
 class Stream(Protocol):
     def __iter__(self) -> Any: ...
     def close(self) -> None: ...
-
-
-def _return_freed_memory() -> None:
-    """A whole list was parsed and mostly freed: hand the C allocator's free pages back to the system
-    (glibc's malloc_trim, https://man7.org/linux/man-pages/man3/malloc_trim.3.html), or the process keeps the
-    list's peak for good. Elsewhere (musl, macOS) nothing to do."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def object_key(obj: Mapping[str, Any]) -> Key:
@@ -138,7 +129,7 @@ class Informer:
                     self.lists += 1
                     self._replace(items)
                     del items  # the parsed objects: only their summaries stay
-                    _return_freed_memory()
+                    libc.trim_heap()  # the parsed list is freed: hand its pages back, or RSS stays at its peak
                     self._set_available(True)
                     self.synced.set()
                     self._backoff.reset()

@@ -1,6 +1,6 @@
-"""The gate controller's loop: informers keep small summaries and feed a work queue; workers plan with rules.py and
-unmanaged.py and have acting.py carry the plan out. Imports no HTTP server and no admission code; remembers what it
-must between reconciles in bookkeeping.py.
+"""The gate controller's loop: informers (caches.py) keep small summaries and feed a work queue; workers plan with
+rules.py and unmanaged.py and have acting.py carry the plan out. Imports no HTTP server and no admission code;
+remembers what it must between reconciles in bookkeeping.py.
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ from dataclasses import replace
 from typing import Any
 
 from webhook import kube
-from webhook.backoff import Backoff
 from webhook.cilium import CILIUM_CONFIG, AgentState, operator_watcher
 from webhook.controller.acting import OBSERVED, Actor
 from webhook.controller.bookkeeping import Bookkeeping
+from webhook.controller.caches import Caches, Callbacks
 from webhook.controller.eventsender import EventSender, Verdict
-from webhook.controller.informer import Informer, Transform
 from webhook.controller.lease import LeaderElector
 from webhook.controller.logthrottle import LogThrottle
 from webhook.controller.metrics import ControllerMetrics
@@ -30,24 +29,20 @@ from webhook.controller.summaries import (
     EndpointSummary,
     NodeSummary,
     PodSummary,
-    agent_state,
     node_of_summary,
     reboot_boundary,
-    summarize_agent,
     summarize_endpoint,
-    summarize_node,
     summarize_pod,
+    uid_of_summary,
 )
 from webhook.controller.turns import EvictionTurns, LineChange, Turn
 from webhook.controller.workqueue import Key, RateLimitingQueue
-from webhook.kube import ApiError, Kube, Target
-from webhook.unmanaged import CANDIDATE_PODS, is_unmanaged, owner_verdict, plan_unmanaged, selections
+from webhook.kube import ApiError, Kube
+from webhook.unmanaged import is_unmanaged, owner_verdict, plan_unmanaged
 
 __all__ = ["ControllerOptions", "GateController"]
 
 log = logging.getLogger(__name__)
-
-BY_NODE = "node"
 
 
 class GateController:
@@ -65,29 +60,9 @@ class GateController:
         self.metrics = metrics
         self._clock = clock
         o = options
-        gate = o.gate_condition
-
-        def pods(pod: dict[str, Any]) -> PodSummary:
-            return summarize_pod(pod, gate)
-
-        gated = Target(kube.PODS, label_selector=o.gate_selector)
-        # Cilium copies the pod's labels onto its CiliumEndpoint, so the gate label selects these too; scope `all`
-        # needs every pod's, the gated ones' included.
-        endpoints = Target(kube.CILIUM_ENDPOINTS, label_selector=None if o.all_pods else o.gate_selector)
-        self.pods = self._informer("gated-pods", gated, self._on_pod, pods, by_node=True)
-        self.endpoints = self._informer("cilium-endpoints", endpoints, self._on_endpoint, summarize_endpoint,
-                                        optional=True, lister=lambda version: self._list_endpoints(endpoints, version))
-        self.nodes = self._informer("nodes", Target(kube.NODES), self._on_node, summarize_node)
-        self.agents = self._informer("cilium-agents", Target(
-            kube.PODS, namespace=o.cilium_namespace, label_selector=o.agent_selector), self._on_agent,
-            summarize_agent, by_node=True)
-        # Scope `all`: every Running pod on the pod network in the scope.
-        self.scoped = [self._informer(
-            f"scoped-pods-{s.namespace or 'all'}", Target(kube.PODS, s.namespace, s.label_selector,
-                                                          s.field_selector or None),
-            self._on_scoped_pod, pods, by_node=True) for s in selections(o.unmanaged.pods, CANDIDATE_PODS)
-        ] if o.all_pods else []
-        self._informers = (self.pods, self.endpoints, self.nodes, self.agents, *self.scoped)
+        self.caches = Caches(client, o, Callbacks(
+            on_pod=self._on_pod, on_scoped_pod=self._on_scoped_pod, on_endpoint=self._on_endpoint,
+            on_node=self._on_node, on_agent=self._on_agent, on_endpoints_availability=self._on_endpoints_availability))
         self._elector = None if o.lease is None else LeaderElector(
             client, o.lease, self._started_leading, self._stopped_leading)
         self._queue = RateLimitingQueue(o.backoff_initial, o.backoff_max)
@@ -105,6 +80,7 @@ class GateController:
         self._stopping = threading.Event()
         self._elector_stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._lasting: list[threading.Thread] = []  # those that run until stop(): health is all of them alive
         self._workers: list[threading.Thread] = []
         self._elector_thread: threading.Thread | None = None
         self._exit_code = 0
@@ -121,14 +97,15 @@ class GateController:
         return self._exit_code
 
     def start(self) -> None:
-        self._threads = [threading.Thread(target=i.run, args=(self._stopping,), name=i.name, daemon=True)
-                         for i in self._informers]
         self._workers = [threading.Thread(target=self._work, name=f"worker-{n}", daemon=True)
                          for n in range(self.options.workers)]
-        self._threads += [*self._workers,
-                          threading.Thread(target=self._events.run, args=(self._stopping,), name="events",
-                                           daemon=True),
-                          threading.Thread(target=self._resync, name="resync", daemon=True)]
+        self._lasting = [*(threading.Thread(target=i.run, args=(self._stopping,), name=i.name, daemon=True)
+                           for i in self.caches.all),
+                         *self._workers,
+                         threading.Thread(target=self._events.run, args=(self._stopping,), name="events", daemon=True),
+                         threading.Thread(target=self._resync, name="resync", daemon=True)]
+        self._threads = list(self._lasting)
+        # These may end on their own: the election when the lease is lost (run() returns then), the check at once.
         if self._elector is not None:
             self._elector_thread = threading.Thread(target=self._elector.run, args=(self._elector_stop,),
                                                     name="leader-election", daemon=True)
@@ -151,11 +128,10 @@ class GateController:
         self._done.set()
 
     def is_ready(self) -> bool:
-        return all(i.synced.is_set() for i in self._informers)
+        return self.caches.synced()
 
     def is_healthy(self) -> bool:
-        return bool(self._threads) and all(t.is_alive() for t in self._threads
-                                           if t is not self._elector_thread and t.name != "operator-check")
+        return bool(self._lasting) and all(t.is_alive() for t in self._lasting)
 
     @property
     def leading(self) -> bool:
@@ -171,8 +147,7 @@ class GateController:
         if self._elector_thread is not None:
             self._elector_stop.set()
             self._elector_thread.join(timeout=15)
-        for informer in self._informers:
-            informer.stop()
+        self.caches.stop()
         for thread in self._threads:
             thread.join(timeout=2)
         self.metrics.leader.set(0)
@@ -189,49 +164,23 @@ class GateController:
 
     # --- informer callbacks (informer threads) ---
 
-    def _informer(self, name: str, target: Target, on_change: Callable[[Key, Any, Any], None],
-                  transform: Transform, *, optional: bool = False, by_node: bool = False,
-                  lister: Callable[[str], tuple[list[dict[str, Any]], str]] | None = None) -> Informer:
-        o = self.options
-        return Informer(
-            name,
-            lister or (lambda version: kube.list_all(self._kube, target, resource_version=version)),
-            lambda version, timeout: kube.watch(self._kube, target, version, timeout),
-            on_change,
-            optional=optional,
-            on_availability=self._on_endpoints_availability if optional else None,
-            relist_period=o.relist_period,
-            watch_timeout=o.watch_timeout,
-            absent_recheck=o.absent_recheck,
-            backoff=Backoff(o.backoff_initial, o.backoff_max),
-            transform=transform,
-            indexers={BY_NODE: node_of_summary} if by_node else None,
-            list_at_version=True,
-        )
-
-    def _list_endpoints(self, target: Target, version: str) -> tuple[list[dict[str, Any]], str]:
-        if not kube.has_resource(self._kube, kube.CILIUM_ENDPOINTS):
-            raise ApiError(404, "API discovery does not list ciliumendpoints.cilium.io/v2")
-        return kube.list_all(self._kube, target, resource_version=version)
-
     def _on_pod(self, key: Key, old: PodSummary | None, new: PodSummary | None) -> None:
         waiting = new is not None and new.facts.is_waiting
         gone = self._gone_uid(key, old, new)
-        self.metrics.pods_waiting.set(self.books.pod_changed(key, gone, _uid(new), waiting=waiting))
+        self.metrics.pods_waiting.set(self.books.pod_changed(key, gone, uid_of_summary(new), waiting=waiting))
         self._queue.add(key)
 
     def _on_scoped_pod(self, key: Key, old: PodSummary | None, new: PodSummary | None) -> None:
-        self.books.scoped_pod_changed(self._gone_uid(key, old, new), _uid(new))
+        self.books.scoped_pod_changed(self._gone_uid(key, old, new), uid_of_summary(new))
         self._queue.add(key)
 
     def _gone_uid(self, key: Key, old: PodSummary | None, new: PodSummary | None) -> str:
         """The uid of a pod that went away, unless another cache still holds it: a gated pod is in the scope's
         cache too, and its record (evicted, refused) must last until neither shows it."""
-        uid = _uid(old)
-        if not uid or uid == _uid(new):
+        uid = uid_of_summary(old)
+        if not uid or uid == uid_of_summary(new):
             return ""
-        still = any(_uid(informer.get(key)) == uid for informer in (self.pods, *self.scoped))
-        return "" if still else uid
+        return "" if self.caches.holds_pod(key, uid) else uid
 
     def _on_endpoint(self, key: Key, old: EndpointSummary | None, new: EndpointSummary | None) -> None:
         self._queue.add(key)  # the pod of the same namespace and name
@@ -240,9 +189,9 @@ class GateController:
         node, now = key[1], self._clock()
         booted_at = reboot_boundary(old, new, now)
         if booted_at is not None:  # the Node object survived a reboot, so no taint held its pods back
-            self.books.node_rebooted(node, booted_at, self._agent_state(node) is AgentState.READY, now)
+            self.books.node_rebooted(node, booted_at, self.caches.agent_state(node) is AgentState.READY, now)
             log.info("node rebooted; its pods are checked again as if they had just started", extra={
-                "node": node, "boot_id": new.boot_id if new else "", "pods": len(self._pods_on(node))})
+                "node": node, "boot_id": new.boot_id if new else "", "pods": len(self.caches.pods_on(node))})
         self._node_changed(node)
 
     def _on_agent(self, key: Key, old: AgentSummary | None, new: AgentSummary | None) -> None:
@@ -260,21 +209,13 @@ class GateController:
         self._enqueue_all()
 
     def _node_changed(self, node: str) -> None:
-        self.books.agent_readiness(node, self._agent_state(node) is AgentState.READY, self._clock())
-        for key in self._pods_on(node):
+        self.books.agent_readiness(node, self.caches.agent_state(node) is AgentState.READY, self._clock())
+        for key in self.caches.pods_on(node):
             self._queue.add(key)
 
-    def _pods_on(self, node: str) -> set[Key]:
-        return {key for informer in (self.pods, *self.scoped) for key in informer.by_index(BY_NODE, node)}
-
-    def _agent_state(self, node: str) -> AgentState:
-        agents = [a for a in (self.agents.get(k) for k in self.agents.by_index(BY_NODE, node)) if a is not None]
-        return agent_state(self.nodes.get(("", node)), agents, self.options.cilium_taint_key)
-
     def _enqueue_all(self) -> None:
-        for informer in (self.pods, *self.scoped):
-            for key in informer.cached_keys():
-                self._queue.add(key)
+        for key in self.caches.pod_keys():
+            self._queue.add(key)
 
     def _resync(self) -> None:
         """A safety net: timers and watches normally cover everything."""
@@ -335,8 +276,8 @@ class GateController:
         if not self.is_ready():
             self._queue.add_after(key, 0.2)
             return
-        gated = self._live(self.pods.get(key))
-        other = None if gated is not None and gated.facts.has_gate else self._live(self._scoped_pod(key))
+        gated = self._live(self.caches.pods.get(key))
+        other = None if gated is not None and gated.facts.has_gate else self._live(self.caches.scoped_pod(key))
         now = self._clock()
         if other is not None:  # scope `all`: a pod this controller does not gate
             step = self._plan_ungated(self._situation(other), other, now)
@@ -354,13 +295,6 @@ class GateController:
         """None for a pod the API server already called gone: dropped, not retried; the watch brings the deletion
         or the new pod."""
         return None if pod is None or self.books.is_gone(pod.facts.uid) else pod
-
-    def _scoped_pod(self, key: Key) -> PodSummary | None:
-        for informer in self.scoped:
-            pod: PodSummary | None = informer.get(key)
-            if pod is not None:
-                return pod
-        return None
 
     def _plan_ungated(self, situation: Situation, pod: PodSummary, now: float) -> Plan:
         step = plan_unmanaged(situation, pod.owner, self.options.timings, now)
@@ -385,15 +319,15 @@ class GateController:
         if not f.gate_true and self.books.gate_set(f.uid):
             f = replace(f, gate_true=True)  # written by this controller; the watch has not brought it back yet
         if cached_endpoint:
-            endpoint = self.endpoints.get((f.namespace, f.name))
+            endpoint = self.caches.endpoints.get((f.namespace, f.name))
         return Situation(pod=f, endpoint_state=None if endpoint is None else endpoint.state_for(f.uid),
-                         endpoints_available=self.endpoints.available, node=self._node_facts(f.node_name),
+                         endpoints_available=self.caches.endpoints.available, node=self._node_facts(f.node_name),
                          eviction_retry_at=self.books.eviction_retry_at(f.uid))
 
     def _node_facts(self, node: str) -> NodeFacts:
         if not node:
             return NodeFacts()
-        state, booted_at = self._agent_state(node), self.books.booted_at(node)
+        state, booted_at = self.caches.agent_state(node), self.books.booted_at(node)
         if state is not AgentState.READY:
             return NodeFacts(state, booted_at=booted_at)
         return NodeFacts(state, self.books.ready_since(node, self._clock()), booted_at)
@@ -443,7 +377,7 @@ class GateController:
             self.books.mark_gone(uid)
             return False
         endpoint = None
-        if self.endpoints.available:
+        if self.caches.endpoints.available:
             found = kube.get_cilium_endpoint(self._kube, *key)
             endpoint = None if found is None else summarize_endpoint(found)
         now = self._clock()
@@ -453,10 +387,11 @@ class GateController:
         else:
             owner = fresh.owner
             step = plan_unmanaged(situation, owner, self.options.timings, now)
-            if step.action is Action.RECYCLE and owner.needs_reading:
+            if step.action is Action.RECYCLE and owner.needs_reading:  # plan again with the owner read
                 found = kube.get_object(self._kube, kube.OWNER_RESOURCES[owner.owner.kind], key[0], owner.owner.name)
                 fresh = replace(fresh, owner=replace(owner, verdict=owner_verdict(owner.owner, found)))
-            step = self._plan_ungated(situation, fresh, now)
+                step = plan_unmanaged(situation, fresh.owner, self.options.timings, now)
+            self.books.planned(step)
         self._note(key, fresh, step)
         if step.action is not Action.RECYCLE:
             self._carry_out(key, fresh, step, now, gated=gated, checked=True)
@@ -498,7 +433,3 @@ class GateController:
 
     def _may_write(self) -> bool:
         return not self.options.dry_run and self._elector is not None and self._elector.may_write()
-
-
-def _uid(pod: PodSummary | None) -> str:
-    return pod.facts.uid if pod is not None else ""

@@ -1,5 +1,5 @@
 """Whether the API server answers: one log line when it stops, one when it answers again, however many calls
-fail in between; and the controller's client, which feeds it. API calls through webhook.kube only.
+fail in between; and the controller's client, which feeds it (webhook.kubeclient).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from webhook import kube
+from webhook import kube, kubeclient
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def connect(kubeconfig: Path | None, context: str | None, user_agent: str, worke
     retries nothing: one failed call is one failure, and an outage is one log line here, not four per call. The
     pool keeps a connection for each worker, each watch, the lease and the Event sender."""
     reachability = Reachability("")
-    client = kube.connect(kubeconfig, context, user_agent=user_agent, retries=0, pool_size=workers + 8,
-                          on_answer=reachability.observe)
+    client = kubeclient.connect(kubeconfig, context, user_agent=user_agent, retries=0, pool_size=workers + 8,
+                                on_answer=reachability.observe)
     reachability.server = kube.server_url(client)
     return client

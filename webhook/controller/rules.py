@@ -245,21 +245,11 @@ def containers_started_at(status: Mapping[str, Any]) -> float | None:
     return max(known) if known else None
 
 
-def boot_id(node: Mapping[str, Any] | None) -> str:
-    return str((((node or {}).get("status") or {}).get("nodeInfo") or {}).get("bootID") or "")
-
-
-def reboot_boundary(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None, now: float) -> float | None:
-    """When a node's boot ID changed from `old` to `new`: the last heartbeat its previous boot reported (the Ready
-    condition's lastHeartbeatTime, in the node's own clock like its containers' start times), else `now`. None
-    when it did not reboot. A Node object survives a reboot, so the Cilium taint does not come back."""
-    ready = next((c for c in ((old or {}).get("status") or {}).get("conditions") or []
-                  if isinstance(c, Mapping) and c.get("type") == "Ready"), {})
-    return reboot_time(boot_id(old), boot_id(new), parse_time(ready.get("lastHeartbeatTime")), now)
-
-
 def reboot_time(before: str, after: str, heartbeat: float | None, now: float) -> float | None:
-    """The rule of reboot_boundary, from the boot IDs before and after and the last heartbeat before."""
+    """When a node whose boot ID changed from `before` to `after` rebooted: the last heartbeat its previous boot
+    reported (the Ready condition's lastHeartbeatTime, in the node's own clock like its containers' start times),
+    else `now`. None when it did not reboot. A Node object survives a reboot, so the Cilium taint does not come
+    back."""
     if not before or not after or before == after:
         return None
     return heartbeat if heartbeat is not None and heartbeat <= now else now
@@ -269,14 +259,6 @@ def is_gate_true(pod: Mapping[str, Any], condition_type: str) -> bool:
     conditions = (pod.get("status") or {}).get("conditions") or []
     return any(isinstance(c, Mapping) and c.get("type") == condition_type and c.get("status") == "True"
                for c in conditions)
-
-
-def node_of(pod: Mapping[str, Any] | None) -> str:
-    return str(((pod or {}).get("spec") or {}).get("nodeName") or "")
-
-
-def uid_of(obj: Mapping[str, Any] | None) -> str:
-    return str(((obj or {}).get("metadata") or {}).get("uid") or "")
 
 
 def micro_time(epoch: float) -> str:

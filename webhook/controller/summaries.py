@@ -104,7 +104,7 @@ def agent_state(node: NodeSummary | None, agents: Iterable[AgentSummary], taint_
 
 
 def reboot_boundary(old: NodeSummary | None, new: NodeSummary | None, now: float) -> float | None:
-    """rules.reboot_boundary, from summaries."""
+    """rules.reboot_time for a node's summaries before and after a change."""
     if old is None or new is None:
         return None
     return reboot_time(old.boot_id, new.boot_id, old.heartbeat, now)
@@ -117,6 +117,11 @@ def node_of_summary(value: Any) -> str:
     if isinstance(value, AgentSummary):
         return value.node
     return ""
+
+
+def uid_of_summary(pod: PodSummary | None) -> str:
+    """A cached pod summary's uid; "" for no pod."""
+    return pod.facts.uid if pod is not None else ""
 
 
 def shared(text: str) -> str:
