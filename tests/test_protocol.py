@@ -1,11 +1,16 @@
 """webhook/protocol.py driven in process: bytes fed to the protocol, answers read from a fake transport.
 
-No sockets: the TLS transport's part (pausing the protocol while it holds unsent data) is played by the test.
+The TLS transport's part (pausing the protocol while it holds unsent data) is played by the test. One test gives
+the protocol a real loopback TCP connection, for what only the kernel can tell: how much the client acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
+import time
 from typing import Any
 
 import orjson
@@ -42,10 +47,11 @@ class FakeTransport(asyncio.Transport):
         self.aborted = False
         self.limits: tuple[int | None, int | None] | None = None
         self.on_write: Any = None  # called after each write: plays the TLS layer holding data back
+        self.socket: socket.socket | None = None
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"peername": ("192.0.2.1", 40000), "sockname": ("127.0.0.1", 8443),
-                "sslcontext": object()}.get(name, default)
+                "sslcontext": object(), "socket": self.socket}.get(name, default)
 
     def write(self, data: Any) -> None:
         self.written += data
@@ -173,6 +179,54 @@ def test_a_client_that_takes_the_answer_in_time_is_not_cut_off():
     h = _run(scenario)
     assert not h.transport.closed
     assert h.closes == []
+
+
+def test_a_slow_reader_is_judged_by_what_it_acknowledges_not_by_the_send_queue():
+    # The kernel refills its send queue as fast as the client drains it, so the queue's size can stay level or grow
+    # while the client reads on. Writing stays paused throughout; the client reads 4 KiB every 10 ms.
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(server.getsockname())
+    sender, _ = server.accept()
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    reading = threading.Event()
+    reading.set()
+
+    def fill() -> None:
+        with contextlib.suppress(OSError):  # the protocol aborts, the test closes the socket
+            sender.sendall(b"x" * 64 * 1024 * 1024)
+
+    def read() -> None:
+        with contextlib.suppress(OSError):
+            while reading.is_set() and client.recv(4096):
+                time.sleep(0.01)
+
+    async def scenario() -> tuple[list[CloseReason], Harness]:
+        h = Harness(write_timeout=0.1)
+        h.transport.socket = sender
+        await asyncio.sleep(0.2)  # let the queues fill
+        h.protocol.pause_writing()
+        await asyncio.sleep(0.5)  # five write timeouts
+        while_reading = list(h.closes)
+        reading.clear()
+        deadline = time.monotonic() + 5
+        while not h.transport.aborted and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return while_reading, h
+
+    threads = [threading.Thread(target=fill, daemon=True), threading.Thread(target=read, daemon=True)]
+    for thread in threads:
+        thread.start()
+    try:
+        while_reading, h = _run(scenario)
+    finally:
+        reading.clear()
+        for sock in (sender, client, server):
+            sock.close()
+    assert while_reading == []
+    assert h.transport.aborted  # once the client stopped reading
+    assert h.closes == [CloseReason.WRITE_TIMEOUT]
 
 
 def test_the_tls_layer_pauses_the_protocol_as_soon_as_it_holds_unsent_data():

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
+import socket
 import struct
-import termios
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -35,6 +34,9 @@ MAX_HEADER_COUNT = 100
 # queues each (a scope and a cycle, about 2 KiB): 256 KiB of pipelined GETs would be 7000 of them. Go's HTTP client
 # (kube-apiserver's) and the kubelet's probes never pipeline.
 MAX_PIPELINED = 16
+# struct tcp_info (linux/tcp.h): tcpi_bytes_acked, a u64 since Linux 4.1, sits at byte 120; ask for a little more.
+_TCPI_BYTES_ACKED_OFFSET = 120
+_TCP_INFO_BYTES = 136
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     requests is uvicorn's keep-alive timeout, counted from when the answer has been sent, not handed over.
 
     The TLS transport asks this protocol to pause writing as soon as it holds any of the answer that the kernel
-    did not take; a client that leaves it paused for the write timeout, without the kernel's send queue shrinking
+    did not take; a client that leaves it paused for the write timeout, without acknowledging any more bytes
     meanwhile, is cut off. So is a client that sends more than MAX_PIPELINED requests ahead of its answers.
     """
 
@@ -79,7 +81,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_size = 0  # bytes of the URL and headers the parser has handed over
         self._header_count = 0
         self._write_timer: asyncio.TimerHandle | None = None
-        self._unsent_at_check: int | None = None
+        self._acked_at_check: int | None = None
         self._keep_alive_when_sent = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -159,7 +161,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def pause_writing(self) -> None:
         super().pause_writing()
         if self._write_timer is None:
-            self._unsent_at_check = _unsent_bytes(self.transport)
+            self._acked_at_check = _acked_bytes(self.transport)
             self._write_timer = self.loop.call_later(self.write_limits.timeout, self._write_timed_out)
 
     def resume_writing(self) -> None:
@@ -218,11 +220,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _write_timed_out(self) -> None:
         self._write_timer = None
-        unsent = _unsent_bytes(self.transport)
-        if unsent is not None and self._unsent_at_check is not None and unsent < self._unsent_at_check:
-            # The kernel's queue shrank: the client is reading, only slowly. The kernel wakes the transport only
-            # once a good part of its send buffer is free, so a slow reader can leave writing paused for long.
-            self._unsent_at_check = unsent
+        acked = _acked_bytes(self.transport)
+        if acked is not None and self._acked_at_check is not None and acked > self._acked_at_check:
+            # The client acknowledged more of the answer: it is reading, only slowly. The kernel wakes the transport
+            # only once a good part of its send buffer is free, so a slow reader can leave writing paused for long.
+            # (The size of the kernel's send queue tells nothing here: it is refilled as fast as the client reads.)
+            self._acked_at_check = acked
             self._write_timer = self.loop.call_later(self.write_limits.timeout, self._write_timed_out)
             return
         self.write_limits.on_close(CloseReason.WRITE_TIMEOUT)
@@ -236,15 +239,16 @@ def guarded_protocol(limits: HeadLimits, write_limits: WriteLimits) -> type[Guar
                 {"limits": limits, "write_limits": write_limits})
 
 
-def _unsent_bytes(transport: asyncio.BaseTransport) -> int | None:
-    """Bytes in the kernel's send queue of the connection's socket (not yet sent or not yet acknowledged), or None
-    when the transport has no socket to ask."""
+def _acked_bytes(transport: asyncio.BaseTransport) -> int | None:
+    """How many bytes the client has acknowledged on this connection so far (Linux's tcpi_bytes_acked), or None
+    when the transport has no TCP socket to ask."""
     sock = transport.get_extra_info("socket")
     if sock is None:
         return None
-    with contextlib.suppress(OSError, ValueError):
-        unsent: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
-        return unsent
+    with contextlib.suppress(OSError, ValueError, struct.error):
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_BYTES)
+        acked: int = struct.unpack_from("Q", info, _TCPI_BYTES_ACKED_OFFSET)[0]
+        return acked
     return None
 
 
