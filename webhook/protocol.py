@@ -243,10 +243,11 @@ def _acked_bytes(transport: asyncio.BaseTransport) -> int | None:
     """How many bytes the client has acknowledged on this connection so far (Linux's tcpi_bytes_acked), or None
     when the transport has no TCP socket to ask."""
     sock = transport.get_extra_info("socket")
-    if sock is None:
+    tcp_info = getattr(socket, "TCP_INFO", None)  # Linux only: elsewhere the write timeout is a plain timeout
+    if sock is None or tcp_info is None:
         return None
     with contextlib.suppress(OSError, ValueError, struct.error):
-        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_BYTES)
+        info = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, _TCP_INFO_BYTES)
         acked: int = struct.unpack_from("Q", info, _TCPI_BYTES_ACKED_OFFSET)[0]
         return acked
     return None
