@@ -4,6 +4,8 @@ argument types."""
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from webhook import cli
 from webhook.cli.common import KubeconfigLookup, kubeconfig_of, non_negative, port, positive
 
+ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_VERBS = ("certs", "controller", "audit")
 SHARED = ("--context", "--config", "--cilium-namespace", "--cilium-agent-selector")
 
@@ -89,3 +92,23 @@ def test_argument_types_accept(convert, text, value):
 def test_argument_types_refuse_with_a_message(convert, text):
     with pytest.raises(argparse.ArgumentTypeError, match=repr(text)):
         convert(text)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [
+    ["policy", "export", "--format", "vap"],
+    ["review", "tests/fixtures/manifests/helm_template_output.yaml"],
+])
+def test_a_reader_that_goes_away_stops_the_command_quietly_with_the_status_of_a_closed_pipe(args):
+    # `... | head`: the read end is closed before the command writes its first byte.
+    process = subprocess.Popen([sys.executable, "-m", "webhook", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    try:
+        stderr = process.stderr.read()
+        assert process.wait(timeout=60) == cli.EXIT_BROKEN_PIPE == 141
+    finally:
+        process.kill()
+        process.stderr.close()
+    assert stderr == b""
