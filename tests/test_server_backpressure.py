@@ -18,13 +18,18 @@ pytestmark = pytest.mark.slow
 WRITE_TIMEOUT = 0.5
 
 
+def _small_window_connection(server: ServerProcess) -> ssl.SSLSocket:
+    """A TLS connection whose receive buffer is 4 KiB: what it does not read soon backs up into the server."""
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect(("127.0.0.1", server.port))
+    return server.context().wrap_socket(raw, server_hostname="localhost")
+
+
 def test_a_client_that_stops_reading_is_cut_off_after_the_write_timeout(tmp_path):
     server = ServerProcess(tmp_path, "--write-timeout", str(WRITE_TIMEOUT))
     try:
-        raw = socket.socket()
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        raw.connect(("127.0.0.1", server.port))
-        with server.context().wrap_socket(raw, server_hostname="localhost") as conn:
+        with _small_window_connection(server) as conn:
             deadline = time.monotonic() + 30
             with pytest.raises(OSError):  # the server resets the connection
                 while time.monotonic() < deadline:
@@ -46,10 +51,7 @@ def _tcp_state(sock: socket.socket) -> int:
 def test_closing_waits_for_an_unread_client_no_longer_than_the_write_timeout(tmp_path):
     server = ServerProcess(tmp_path, "--write-timeout", str(WRITE_TIMEOUT))
     try:
-        raw = socket.socket()
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        raw.connect(("127.0.0.1", server.port))
-        with server.context().wrap_socket(raw, server_hostname="localhost") as conn:
+        with _small_window_connection(server) as conn:
             # Refused with 413 and closed; the client reads neither the answer nor TLS's close_notify.
             conn.sendall(b"POST /validate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                          b"Content-Length: 16777216\r\n\r\n" + b" " * 65536)
@@ -94,10 +96,7 @@ def test_a_slow_client_that_keeps_reading_gets_every_answer(tmp_path):
                              {"Content-Type": "application/json"})
             size = len(http_request(conn, "GET", "/metrics")[2])
         assert size > 80_000
-        raw = socket.socket()
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        raw.connect(("127.0.0.1", server.port))
-        with server.context().wrap_socket(raw, server_hostname="localhost") as conn:
+        with _small_window_connection(server) as conn:
             conn.settimeout(10)
             conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n" * 8)
             # About 200 KiB/s: the kernel wakes the server only once a third of its send buffer is free, so
