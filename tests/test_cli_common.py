@@ -84,8 +84,11 @@ def test_argument_types_accept(convert, text, value):
 @pytest.mark.parametrize("convert, text", [
     pytest.param(non_negative, "-1", id="negative"),
     pytest.param(non_negative, "inf", id="infinite"),
+    pytest.param(non_negative, "nan", id="nan-compares-false-with-every-bound"),
     pytest.param(non_negative, "lots", id="not-a-number"),
     pytest.param(positive, "0", id="zero-is-not-positive"),
+    pytest.param(positive, "inf", id="an-infinite-rate-is-none"),
+    pytest.param(positive, "nan", id="nan-is-not-positive"),
     pytest.param(port, "65536", id="port-too-high"),
     pytest.param(port, "-1", id="negative-port"),
 ])

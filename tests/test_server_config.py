@@ -35,8 +35,9 @@ def test_bad_server_section_is_a_config_error(tmp_path, text, problem):
         build_settings(path)
 
 
-def test_bad_flag_value_stops_serve_with_exit_status_2(capsys):
-    assert main(["serve", "--body-timeout", "0"]) == 2
+@pytest.mark.parametrize("value", ["0", "inf", "nan"])
+def test_bad_flag_value_stops_serve_with_exit_status_2(capsys, value):
+    assert main(["serve", "--body-timeout", value]) == 2
     assert "body_timeout" in capsys.readouterr().err
 
 

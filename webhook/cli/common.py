@@ -6,6 +6,7 @@ Imports no verb, and never the kubernetes client at import: `serve` and `review`
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -111,19 +112,26 @@ def fail(verb: str, message: str, status: int) -> int:
 
 
 def non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < float("inf"):
+    value = _finite(text)
+    if value < 0:
         raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {text!r}")
     return value
 
 
 def positive(text: str) -> float:
-    value = non_negative(text)
-    if value == 0:
+    value = _finite(text)
+    if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):  # an infinite rate or timeout is none at all; nan fails every comparison
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
 
 
