@@ -134,6 +134,32 @@ def test_kubernetes_objects_without_a_daemonset_are_clean(capsys: pytest.Capture
     assert "0 DaemonSet(s) reviewed" in out
 
 
+@pytest.mark.parametrize("list_kind", ["List", "DaemonSetList"])
+def test_a_list_of_any_kind_is_reviewed_item_by_item(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                     list_kind: str) -> None:
+    # `kubectl get ds -A -o json` prints a v1 List; the API itself (`kubectl get --raw`) a DaemonSetList.
+    rendered = FIXTURES / "manifests" / "helm_template_output.yaml"
+    daemonsets = [d for d in yaml.safe_load_all(rendered.read_text()) if d and d.get("kind") == "DaemonSet"]
+    path = tmp_path / "list.json"
+    path.write_text(json.dumps({"apiVersion": "v1" if list_kind == "List" else "apps/v1", "kind": list_kind,
+                                "items": daemonsets}))
+    status, out, _ = run(capsys, "--output", "json", str(path))
+    report = json.loads(out)
+    assert status == 1
+    assert [d["source"] for d in report["daemonsets"]] == [f"{path}[{i}]" for i in range(len(daemonsets))]
+    assert [d["finding"] for d in report["daemonsets"]] == [True, False, False]
+
+
+def test_an_empty_list_is_nothing_to_review_not_a_missing_input(capsys: pytest.CaptureFixture[str],
+                                                                tmp_path: Path) -> None:
+    # `kubectl get ds -o yaml` in a namespace without DaemonSets: the command worked, there is nothing to judge.
+    path = tmp_path / "empty.yaml"
+    path.write_text("apiVersion: v1\nkind: List\nitems: []\nmetadata: {resourceVersion: ''}\n")
+    status, out, _ = run(capsys, str(path))
+    assert status == 0
+    assert "0 DaemonSet(s) reviewed" in out
+
+
 def test_missing_path_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     status, _, err = run(capsys, str(tmp_path / "absent.yaml"))
     assert status == 2

@@ -67,6 +67,7 @@ def load_documents(paths: list[str], stdin: TextIO) -> list[Document]:
     Kubernetes object at all: an empty stdin (the command that renders the manifests failed) or an empty folder
     must not pass a CI check."""
     documents: list[Document] = []
+    any_object = False  # an empty List (`kubectl get ... -o yaml` of nothing) is an object, though it holds none
     for name, text in _read_inputs(paths, stdin):
         try:
             parsed = [d for d in yaml.safe_load_all(text) if d is not None]
@@ -75,7 +76,8 @@ def load_documents(paths: list[str], stdin: TextIO) -> list[Document]:
         for index, content in enumerate(parsed, start=1):
             source = name if len(parsed) == 1 else f"{name}#{index}"
             documents += _documents_in(source, content)
-    if not any(_is_kubernetes_object(d.content) for d in documents):
+            any_object = any_object or _is_kubernetes_object(content)
+    if not any_object:
         inputs = ", ".join("stdin" if p == "-" else p for p in paths)
         raise ReviewInputError(f"no Kubernetes object (a document with apiVersion and kind) in {inputs}; "
                                "was the input empty, or did the command that renders it fail?")
@@ -186,7 +188,9 @@ def _read_inputs(paths: list[str], stdin: TextIO) -> Iterator[tuple[str, str]]:
 def _documents_in(source: str, content: Any) -> list[Document]:
     if not isinstance(content, dict):
         return [Document(source, content)]
-    if content.get("kind") == "List" and isinstance(content.get("items"), list):
+    if isinstance(content.get("items"), list):
+        # A list of any kind (List, DaemonSetList, ...): what apimachinery's Unstructured.IsList calls one, and
+        # so what `kubectl get -o yaml|json` prints and `kubectl apply` takes apart.
         return [d for i, item in enumerate(content["items"]) for d in _documents_in(f"{source}[{i}]", item)]
     if _is_admission_review(content):
         request = content.get("request") or {}
