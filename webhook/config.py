@@ -239,7 +239,7 @@ class _ReadinessGateFile(_Strict):
 
 
 class _ServerFile(_Strict):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True)  # merged with _Strict's: pydantic joins a subclass's config
 
     max_body_bytes: StrictInt = Field(default=ServerSettings.max_body_bytes, alias="maxBodyBytes", ge=1024)
     max_header_bytes: StrictInt = Field(default=ServerSettings.max_header_bytes, alias="maxHeaderBytes", ge=1024)
