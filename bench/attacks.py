@@ -72,10 +72,7 @@ class Workspace:
     def make(directory: Path) -> Workspace:
         from webhook import certs  # only the certificates come from the package under test
 
-        ca_cert, ca_key = certs.build_ca()
-        dns_names, ips = certs.default_sans()
-        cert, key = certs.build_serving_cert(ca_cert, ca_key, dns_names, ips)
-        certs.write_bundle(certs.CertificateBundle(ca_cert, ca_key, cert, key), directory)
+        certs.write_bundle(certs.build_bundle(*certs.default_sans()), directory)  # it makes the directory
         return Workspace(directory, directory / certs.CA_CERT_FILE, directory / certs.CERT_FILE,
                          directory / certs.KEY_FILE)
 

@@ -154,11 +154,7 @@ class Workspace:
 
     @staticmethod
     def make(directory: Path, kind: ReviewKind = REVIEWS["daemonset"]) -> Workspace:
-        directory.mkdir(parents=True, exist_ok=True)
-        ca_cert, ca_key = certs.build_ca()
-        dns_names, ips = certs.default_sans()
-        cert, key = certs.build_serving_cert(ca_cert, ca_key, dns_names, ips)
-        certs.write_bundle(certs.CertificateBundle(ca_cert, ca_key, cert, key), directory)
+        certs.write_bundle(certs.build_bundle(*certs.default_sans()), directory)  # it makes the directory
         review = orjson.loads((FIXTURES / f"{kind.fixture}.json").read_bytes())
         template = {**review, "request": {**review["request"], "uid": PLACEHOLDER}}
         body = directory / "review.json"
