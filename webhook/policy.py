@@ -205,10 +205,11 @@ def is_reviewed(kind: Kind, obj: Mapping[str, Any], operation: str, config: Poli
 
 
 def assess(obj: Mapping[str, Any], config: PolicyConfig, namespace: str = "", kind: Kind = Kind.DAEMONSET,
-           owner_name: str | None = None) -> Assessment:
+           owner_name: str | None = None, *, name_the_fix: bool = True) -> Assessment:
     """Read the facts the policy needs; raise MalformedObject where the object has the wrong shape.
 
     `owner_name`: the name exemptions match instead of the object's own (a DaemonSet pod's DaemonSet).
+    `name_the_fix`: look a finding up in the known-offender catalog (callers that never name the fix skip it).
     """
     if not isinstance(obj, Mapping):
         raise MalformedObject(f"object: expected an object, got {_json_type(obj)}")
@@ -255,7 +256,7 @@ def assess(obj: Mapping[str, Any], config: PolicyConfig, namespace: str = "", ki
         tolerations=tuple(tolerations),
         kind=kind,
         offender=config.catalog.find(kind, name, labels, template_labels, pod_spec)
-        if blanket and reason is None else None,
+        if name_the_fix and blanket and reason is None else None,
     )
 
 
@@ -264,7 +265,11 @@ def validate(obj: Mapping[str, Any], config: PolicyConfig, namespace: str = "", 
     """What POST /validate answers: warn about, or in deny mode refuse, a blanket NoExecute toleration."""
     if not is_reviewed(kind, obj, operation, config):
         return Decision()
-    found = assess(obj, config, namespace, kind)
+    return judge(assess(obj, config, namespace, kind), config)
+
+
+def judge(found: Assessment, config: PolicyConfig) -> Decision:
+    """validate's answer from an assessment: nothing, the warnings, or in deny mode the refusal."""
     if not found.finding:
         return Decision()
     seen = len(found.blanket)
@@ -281,7 +286,7 @@ def mutate(obj: Mapping[str, Any], config: PolicyConfig, namespace: str = "", ki
     gate = _gate_decision(obj, config, namespace, kind, operation)
     if not is_reviewed(kind, obj, operation, config):
         return gate
-    found = assess(obj, config, namespace, kind)
+    found = assess(obj, config, namespace, kind, name_the_fix=config.mode is Mode.STRIP)  # else /validate names it
     if found.exempt_reason is not None or found.terminating:
         return gate
     edits: list[Edit] = list(gate.edits)
@@ -310,7 +315,8 @@ def _gate_decision(obj: Mapping[str, Any], config: PolicyConfig, namespace: str,
         return Decision()
     assert owner is not None
     owner_name = owner.get("name")
-    found = assess(obj, config, namespace, Kind.POD, owner_name if isinstance(owner_name, str) else "")
+    found = assess(obj, config, namespace, Kind.POD, owner_name if isinstance(owner_name, str) else "",
+                   name_the_fix=False)
     if found.exempt_reason is not None or not isinstance(_lookup(obj, PATHS[Kind.POD].pod_spec), dict):
         return Decision()
     return Decision(edits=tuple(_gate_edits(obj, found, config, PATHS[Kind.POD])))

@@ -123,7 +123,7 @@ def render_table(results: list[Result], config: PolicyConfig) -> str:
             rows.append((r.source, ref, "ok", "gated" if r.gated else ""))
     lines = format_columns(rows)
     counts = _summary(results, config)
-    reviewed = ", ".join(f"{sum(r.kind is kind for r in results)} {kind.value}(s)" for kind in _kinds(config))
+    reviewed = ", ".join(f"{counts[KINDS[kind].plural]} {kind.value}(s)" for kind in _kinds(config))
     lines.append(f"\n{reviewed} reviewed in mode {config.mode.value}: "
                  f"{counts['findings']} with a blanket NoExecute toleration, {counts['exempt']} exempt, "
                  f"{counts['errors']} unreadable")
@@ -153,7 +153,7 @@ def _review(document: Document, config: PolicyConfig) -> Result:
     name = str(metadata.get("name") or metadata.get("generateName") or "")
     try:
         found = policy.assess(document.workload, config, document.namespace, document.kind)
-        decision = policy.validate(document.workload, config, document.namespace, document.kind, document.operation)
+        decision = policy.judge(found, config)  # review_documents has asked is_reviewed already
     except policy.MalformedObject as err:
         return Result(document.source, namespace, name, document.kind, error=str(err))
     action = config.mode.value if found.finding else None
