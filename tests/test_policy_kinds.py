@@ -24,7 +24,7 @@ from webhook.policy import (
     mutate,
     validate,
 )
-from webhook.workloads import Kind, controller_of, kind_of, kind_of_manifest
+from webhook.workloads import Kind, controller_of, kind_of
 
 MATCH_ALL = {"operator": "Exists"}
 CRITICAL = {"key": "CriticalAddonsOnly", "operator": "Exists"}
@@ -100,12 +100,6 @@ def at(obj: dict[str, Any], path: tuple[str, ...]) -> Any:
 ])
 def test_kind_of_a_request(group: str, version: str, kind: str, expected: Kind | None) -> None:
     assert kind_of(group, version, kind) is expected
-
-
-def test_kind_of_a_manifest_reads_api_version_and_kind() -> None:
-    assert kind_of_manifest({"apiVersion": "batch/v1", "kind": "Job"}) is Kind.JOB
-    assert kind_of_manifest({"apiVersion": "v1", "kind": "Pod"}) is Kind.POD
-    assert kind_of_manifest({"apiVersion": "apps/v1", "kind": "Pod"}) is None
 
 
 def test_controller_is_the_owner_with_controller_true() -> None:

@@ -32,13 +32,12 @@ LIST_PAGE_SIZE = 500
 class ApiError(Exception):
     """A failed API call: `status` is the HTTP status, 0 when no answer came (connection, timeout)."""
 
-    def __init__(self, status: int, message: str, retry_after: float | None = None, reason: str = "",
+    def __init__(self, status: int, message: str, retry_after: float | None = None,
                  causes: tuple[str, ...] = ()) -> None:
         super().__init__(f"{status or 'no answer'}: {message}")
         self.status = status
         self.message = message
         self.retry_after = retry_after
-        self.reason = reason  # the Status reason, such as Expired or TooManyRequests
         self.causes = causes  # details.causes[].reason, such as ResourceVersionTooLarge
 
     @property
@@ -421,20 +420,19 @@ def _json(response: Any) -> dict[str, Any]:
 
 def _api_error(err: Any) -> ApiError:
     status = int(err.status or 0)
-    message, retry_after, reason = str(err.reason or ""), None, ""
+    message, retry_after = str(err.reason or ""), None
     causes: tuple[str, ...] = ()
     with contextlib.suppress(orjson.JSONDecodeError, TypeError, AttributeError):
         body = orjson.loads(err.body or b"")
         if isinstance(body, dict):
             message = str(body.get("message") or message)
-            reason = str(body.get("reason") or "")
             details = body.get("details") or {}
             retry_after = _number(details.get("retryAfterSeconds"))
             causes = tuple(str(c.get("reason") or "") for c in details.get("causes") or [] if isinstance(c, dict))
     headers = err.headers or {}
     header = _number(headers.get("Retry-After")) if hasattr(headers, "get") else None
     retry_after = header if header is not None else retry_after
-    return (Gone if status == 410 else ApiError)(status, message, retry_after, reason, causes)
+    return (Gone if status == 410 else ApiError)(status, message, retry_after, causes)
 
 
 def _status_error(status: Mapping[str, Any]) -> ApiError:

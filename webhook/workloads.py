@@ -36,10 +36,6 @@ class KindInfo:
     # controller would fight back (a Deployment whose ReplicaSet differs makes another one).
     judged_through_controller: bool = False
 
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/v1" if self.group else "v1"
-
 
 KINDS: dict[Kind, KindInfo] = {
     Kind.DAEMONSET: KindInfo("apps", "daemonsets", ("spec", "template")),
@@ -56,12 +52,6 @@ _BY_GROUP_KIND = {(info.group, kind.value): kind for kind, info in KINDS.items()
 def kind_of(group: str, version: str, kind: str) -> Kind | None:
     """The reviewed kind an AdmissionReview's request.kind names, None for every other kind or version."""
     return _BY_GROUP_KIND.get((group, kind)) if version == "v1" else None
-
-
-def kind_of_manifest(obj: Mapping[str, Any]) -> Kind | None:
-    """The reviewed kind of a manifest (apiVersion and kind), None for anything else."""
-    group, _, version = str(obj.get("apiVersion") or "").rpartition("/")
-    return kind_of(group, version, str(obj.get("kind") or ""))
 
 
 def controller_of(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
