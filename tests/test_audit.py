@@ -27,7 +27,7 @@ from webhook.audit import (
 from webhook.cilium import AgentState, endpoint_state
 from webhook.controller.rules import NodeFacts, Situation, pod_facts
 from webhook.policy import CILIUM_TAINT_KEY, DEFAULT_GATE_CONDITION, SKIP_ANNOTATION, ExemptReason, PolicyConfig
-from webhook.unmanaged import owner_facts, snapshot_unmanaged
+from webhook.unmanaged import snapshot_unmanaged
 from webhook.workloads import Kind
 
 CONFIG = PolicyConfig()
@@ -71,7 +71,7 @@ def is_unmanaged(pod: dict[str, Any], endpoint: dict[str, Any] | None, agent: Ag
     on the pod network, not terminating, where the Cilium agent is ready, and no CiliumEndpoint of its own."""
     facts = pod_facts(pod, DEFAULT_GATE_CONDITION)
     situation = Situation(pod=facts, endpoint_state=endpoint_state(endpoint, facts.uid), node=NodeFacts(agent))
-    return snapshot_unmanaged(situation, owner_facts(pod))
+    return snapshot_unmanaged(situation)
 
 
 @pytest.mark.parametrize("pod, make_endpoint, agent, expected", [

@@ -193,6 +193,14 @@ def test_a_cluster_without_the_ciliumendpoint_resource_is_an_error(fake_kube, ku
     assert "does not serve ciliumendpoints.cilium.io/v2 (is Cilium installed?)" in one_line(err)
 
 
+def test_ciliumendpoints_that_go_away_after_discovery_are_the_same_error(fake_kube, kubeconfig_path, capsys):
+    unmanaged_cluster(fake_kube)
+    fake_kube.fail("GET", "/ciliumendpoints$", status=404, times=None)  # discovery still lists the resource
+    status, out, err = run(capsys, kubeconfig_path)
+    assert (status, out) == (2, "")
+    assert "does not serve ciliumendpoints.cilium.io/v2 (is Cilium installed?)" in one_line(err)
+
+
 def test_no_permission_exits_2(fake_kube, kubeconfig_path, capsys):
     unmanaged_cluster(fake_kube)
     fake_kube.fail("GET", "^/apis/apps/v1/namespaces/shop/replicasets/", 403, times=None)

@@ -33,7 +33,7 @@ def row(name: str, action: Outcome, reason: str = "no CiliumEndpoint past the gr
 
 def candidate(name: str, step: Plan, owner: OwnerFacts = RECREATING) -> Candidate:
     pod = PodFacts("shop", name, f"uid-{name}", "node-1", "Running", "10.0.0.5", started_at=NOW - 90)
-    return Candidate({}, Situation(pod=pod, node=NodeFacts(AgentState.READY, NOW - 3600)), owner, step)
+    return Candidate(Situation(pod=pod, node=NodeFacts(AgentState.READY, NOW - 3600)), owner, step)
 
 
 def test_json_line_has_the_documented_fields():

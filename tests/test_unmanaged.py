@@ -185,8 +185,8 @@ def test_situations_read_a_snapshot_with_the_agents_ready_time():
     # the agent became ready 30 s ago: a one-shot look still gives the pod its grace period from then
     assert plan_unmanaged(got["unmanaged"], OwnerFacts(), TIMINGS, NOW, include_bare=True) == Plan(
         Action.WAIT, "grace-period", NOW + 30)
-    assert snapshot_unmanaged(got["unmanaged"], OwnerFacts())  # audit counts it at once
-    assert not snapshot_unmanaged(got["managed"], OwnerFacts())
+    assert snapshot_unmanaged(got["unmanaged"])  # audit counts it at once
+    assert not snapshot_unmanaged(got["managed"])
 
 
 @pytest.mark.parametrize("scope, fields, expected", [

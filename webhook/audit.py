@@ -214,7 +214,7 @@ def _unmanaged(cluster: Cluster, config: PolicyConfig) -> list[Mapping[str, Any]
         return None
     snapshot = Snapshot(cluster.pods, cluster.nodes, cluster.agent_pods, cluster.endpoints)
     return [pod for pod, situation in situations(snapshot, config.cilium_taint_key, config.gate_condition_type)
-            if snapshot_unmanaged(situation, owner_facts(pod))]
+            if snapshot_unmanaged(situation)]
 
 
 def _by_owner(pods: Sequence[Mapping[str, Any]]) -> Counter[str]:

@@ -6,7 +6,7 @@ owners and evicts through webhook.kube (never the client itself), and renders th
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -83,7 +83,6 @@ class RecycleOptions:
 class Candidate:
     """An unmanaged pod past its grace period, with what the decision read."""
 
-    pod: Mapping[str, Any]
     situation: Situation
     owner: OwnerFacts
     plan: Plan  # RECYCLE or REPORT
@@ -130,16 +129,16 @@ def find(client: Kube, options: RecycleOptions, now: float) -> list[Candidate]:
         facts = owner_facts(pod)
         step = plan_unmanaged(situation, facts, options.timings, now, include_bare=options.include_bare)
         if step.action is Action.RECYCLE and facts.needs_reading:
-            facts = OwnerFacts(facts.owner, facts.mirror, _owner_verdict(client, options, pod, facts.owner, owners))
+            verdict = _owner_verdict(client, options, situation.pod.namespace, facts.owner, owners)
+            facts = OwnerFacts(facts.owner, facts.mirror, verdict)
             step = plan_unmanaged(situation, facts, options.timings, now, include_bare=options.include_bare)
         if step.action in (Action.RECYCLE, Action.REPORT):
-            candidates.append(Candidate(pod, situation, facts, step))
+            candidates.append(Candidate(situation, facts, step))
     return sorted(candidates, key=lambda c: (c.situation.pod.namespace, c.situation.pod.name))
 
 
-def _owner_verdict(client: Kube, options: RecycleOptions, pod: Mapping[str, Any], owner: Owner,
+def _owner_verdict(client: Kube, options: RecycleOptions, namespace: str, owner: Owner,
                    seen: dict[tuple[str, str, str], str]) -> str:
-    namespace = str((pod.get("metadata") or {}).get("namespace") or "")
     key = (owner.kind, namespace, owner.name)
     if key not in seen:
         resource = kube.OWNER_RESOURCES[owner.kind]
@@ -159,13 +158,15 @@ def _list_scoped(client: Kube, options: RecycleOptions, resource: Resource, fiel
 
 
 def _list(client: Kube, options: RecycleOptions, target: Target, what: str) -> list[dict[str, Any]]:
-    try:
-        return _call(client, options, f"list {what}",
-                     lambda: kube.list_all(client, target, options.page_size, options.timeout)[0])
-    except RecycleError as err:
-        if target.resource == kube.CILIUM_ENDPOINTS and "(404)" in str(err):  # went away after discovery
-            raise RecycleError(_no_endpoints(client)) from None
-        raise
+    def list_all() -> list[dict[str, Any]]:
+        try:
+            return kube.list_all(client, target, options.page_size, options.timeout)[0]
+        except ApiError as err:
+            if target.resource == kube.CILIUM_ENDPOINTS and err.status == 404:  # went away after discovery
+                raise RecycleError(_no_endpoints(client)) from None
+            raise
+
+    return _call(client, options, f"list {what}", list_all)
 
 
 def _no_endpoints(client: Kube) -> str:

@@ -190,11 +190,12 @@ def agent_ready_since(agent_pods: Iterable[Mapping[str, Any]]) -> float | None:
     return min(known) if known else None
 
 
-def snapshot_unmanaged(situation: Situation, owner: OwnerFacts) -> bool:
+def snapshot_unmanaged(situation: Situation) -> bool:
     """`audit`'s count: unmanaged right now, however recently the pod or its node's agent started (no grace
-    period, so no clock: an infinitely late reading is past every grace period)."""
-    step = plan_unmanaged(replace(situation, eviction_retry_at=None), owner, Timings(grace_period=0), math.inf,
-                          include_bare=True)
+    period, so no clock: an infinitely late reading is past every grace period). Its owner does not count: the
+    owner only tells an eviction (RECYCLE) from a report (REPORT), and both are unmanaged."""
+    step = plan_unmanaged(replace(situation, eviction_retry_at=None), OwnerFacts(), Timings(grace_period=0),
+                          math.inf, include_bare=True)
     return is_unmanaged(step)
 
 
