@@ -16,6 +16,7 @@ import uvloop
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tests.support import ServerProcess, load_fixture, make_certs
+from webhook import libc
 from webhook.certs import CERT_FILE, KEY_FILE
 from webhook.config import build_settings
 from webhook.listener import ConnectionLimits, Listener, Slot
@@ -61,12 +62,13 @@ def test_serve_runs_on_uvloop_with_the_guarded_httptools_protocol(tmp_path: Path
             sock.close()
 
 
-def test_freed_memory_is_handed_back_after_connections_ended_or_a_large_review(tmp_path: Path) -> None:
+def test_freed_memory_is_handed_back_after_connections_ended_or_a_large_review(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     make_certs(tmp_path)
     server = build_server(build_settings(port=0), tmp_path / CERT_FILE, tmp_path / KEY_FILE)
     try:
         trims: list[int] = []
-        server._trim = trims.append
+        monkeypatch.setattr(libc, "trim_heap", lambda: trims.append(0))
         server.listener = Listener([], server.context, ConnectionLimits(100, 100, 5.0), start_http=lambda _: None)
         table = server.listener.table
 

@@ -203,9 +203,9 @@ def _status(code: int, reason: str, message: str) -> dict[str, Any]:
 
 def _clean_warnings(warnings: Sequence[str]) -> list[str]:
     unique = list(dict.fromkeys(_printable(w, MAX_WARNING_LENGTH) for w in warnings[:MAX_WARNINGS * 4]))
-    omitted = len(warnings) - min(len(warnings), MAX_WARNINGS * 4) + len(unique) - MAX_WARNINGS + 1
     if len(unique) <= MAX_WARNINGS:
         return unique
+    omitted = len(warnings) - min(len(warnings), MAX_WARNINGS * 4) + len(unique) - MAX_WARNINGS + 1
     return [*unique[:MAX_WARNINGS - 1], f"cilium-startup-guard: {omitted} more warnings omitted"]
 
 

@@ -109,10 +109,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._refuse_large_head()
                 return
             if isinstance(err.__context__, _TooManyPipelined):
-                self.write_limits.on_close(CloseReason.PIPELINE_LIMIT)
-                log.info("connection closed", extra={"reason": CloseReason.PIPELINE_LIMIT.value,
-                                                     "client": _peer(self.client)})
-                self.transport.abort()  # the answers owed cannot all be given: nothing more is sent
+                self._cut_off(CloseReason.PIPELINE_LIMIT)  # the answers owed cannot all be given
                 return
             log.info("invalid HTTP request", extra={"error": str(err)[:200], "client": _peer(self.client)})
             self.send_400_response(f"invalid HTTP request: {err}"[:200])
@@ -228,9 +225,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._acked_at_check = acked
             self._write_timer = self.loop.call_later(self.write_limits.timeout, self._write_timed_out)
             return
-        self.write_limits.on_close(CloseReason.WRITE_TIMEOUT)
-        log.info("connection closed", extra={"reason": CloseReason.WRITE_TIMEOUT.value, "client": _peer(self.client)})
-        self.transport.abort()  # close() would wait to flush what the client does not read
+        self._cut_off(CloseReason.WRITE_TIMEOUT)
+
+    def _cut_off(self, reason: CloseReason) -> None:
+        """Count, log and reset the connection; nothing more is sent (close() would wait to flush what is owed)."""
+        self.write_limits.on_close(reason)
+        log.info("connection closed", extra={"reason": reason.value, "client": _peer(self.client)})
+        self.transport.abort()
 
 
 def guarded_protocol(limits: HeadLimits, write_limits: WriteLimits) -> type[GuardedHttpToolsProtocol]:

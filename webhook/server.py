@@ -68,7 +68,6 @@ class GuardServer(uvicorn.Server):
         self.listener: Listener | None = None
         self._exit_at: float | None = None
         self._churn_at_trim = (0, 0)
-        self._trim = libc.function("malloc_trim")
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         # Not uvicorn's: its loop.create_server() would start TLS on every accepted connection at once, with
@@ -135,13 +134,13 @@ class GuardServer(uvicorn.Server):
         stay at its peak. malloc_trim() releases every free page; it takes a few milliseconds, so it runs at most
         every 10 s, and only after connections ended or large reviews were made.
         """
-        if self.listener is None or self._trim is None:
+        if self.listener is None:
             return
         churn = (self.listener.table.released, self.runtime.large_reviews_done)
         ended, reviewed = churn[0] - self._churn_at_trim[0], churn[1] - self._churn_at_trim[1]
         if ended >= TRIM_AFTER_CONNECTIONS or reviewed >= TRIM_AFTER_LARGE_REVIEWS:
             self._churn_at_trim = churn
-            self._trim(0)
+            libc.trim_heap()
 
 
 def build_server(settings: Settings, cert: Path, key: Path,
