@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow  # the fake API server
 
 def pod_informer(kube_client: Any, on_change: Callable[..., Any], **options: Any) -> Informer:
     target = kube.Target(kube.PODS)
-    return Informer("pods", lambda: kube.list_all(kube_client, target),
+    return Informer("pods", lambda version: kube.list_all(kube_client, target, resource_version=version),
                     lambda version, timeout: kube.watch(kube_client, target, version, timeout),
                     on_change, backoff=Backoff(0.01, 0.05), **options)
 

@@ -42,7 +42,7 @@ def run(items: list[dict[str, Any]], events: list[WatchEvent]) -> tuple[Informer
 
     informer = Informer("agents", list_at, lambda version, timeout: Stream(events, stop),
                         lambda key, old, new: changes.append((key[1], old, new)),
-                        transform=summarize_agent, indexers={"node": node_of_summary}, list_at_version=True)
+                        transform=summarize_agent, indexers={"node": node_of_summary})
     informer.run(stop)
     return informer, changes, versions
 

@@ -18,3 +18,10 @@ def test_each_kind_has_its_own_period():
     assert throttle.allow(503, 0.0) == 0
     assert throttle.allow(422, 1.0) == 0
     assert throttle.allow(("informer", 503), 1.0) == 0
+
+
+def test_a_failure_without_an_answer_is_never_logged_here_and_others_are_throttled():
+    throttle = LogThrottle()
+    assert throttle.allow_failure("list", 0, 0.0) is None  # no answer at all: Reachability's line
+    assert throttle.allow_failure("list", 403, 0.0) == 0
+    assert throttle.allow_failure("list", 403, 1.0) is None

@@ -117,7 +117,6 @@ class Caches:
             lister or (lambda version: kube.list_all(self._kube, target, resource_version=version)),
             lambda version, timeout: kube.watch(self._kube, target, version, timeout),
             on_change,
-            optional=on_availability is not None,
             on_availability=on_availability,
             relist_period=o.relist_period,
             watch_timeout=o.watch_timeout,
@@ -125,7 +124,6 @@ class Caches:
             backoff=Backoff(o.backoff_initial, o.backoff_max),
             transform=transform,
             indexers={BY_NODE: node_of_summary} if by_node else None,
-            list_at_version=True,
         )
 
     def _list_endpoints(self, target: Target, version: str) -> tuple[list[dict[str, Any]], str]:

@@ -41,23 +41,22 @@ def resource_version(obj: Mapping[str, Any]) -> str:
 
 
 # List, then watch from the list's resourceVersion; list again on 410 Gone and every `relist_period`; reconnect
-# with backoff on any other error; a resource that is not served (404) is reported, cached as empty, and looked
-# for again.
+# with backoff on any other error; for an informer with `on_availability`, a resource that is not served (404) is
+# reported, cached as empty, and looked for again.
 #
 # `transform` turns each object into what the cache keeps, as it arrives (client-go's SetTransform,
 # https://github.com/kubernetes/kubernetes/blob/e8387da7d8546b64aca566ebb1727aaa02a61eca/staging/src/k8s.io/client-go/tools/cache/shared_informer.go);
 # a change that leaves the kept value equal calls nobody back. `indexers` name functions of a kept value (say, its
-# node) whose keys `by_index` answers without a scan. With `list_at_version`, `list_objects` takes the
-# resourceVersion to list at: "0" first (any version, from the API server's watch cache), then the last one seen.
+# node) whose keys `by_index` answers without a scan. `list_objects` takes the resourceVersion to list at: "0"
+# first (any version, from the API server's watch cache), then the last one seen.
 class Informer:
     def __init__(
         self,
         name: str,
-        list_objects: Callable[..., tuple[list[dict[str, Any]], str]],
+        list_objects: Callable[[str], tuple[list[dict[str, Any]], str]],
         watch_objects: Callable[[str, int], Stream],
         on_change: OnChange,
         *,
-        optional: bool = False,
         on_availability: Callable[[bool], None] | None = None,
         relist_period: float = 900.0,
         watch_timeout: int = 300,
@@ -65,7 +64,6 @@ class Informer:
         backoff: Backoff | None = None,
         transform: Transform | None = None,
         indexers: Mapping[str, Indexer] | None = None,
-        list_at_version: bool = False,
     ) -> None:
         self.name = name
         self._list = list_objects
@@ -74,11 +72,9 @@ class Informer:
         # Each index value's keys as a tuple: a node holds a handful of pods, and a tuple of one key is a quarter
         # of the memory of a set of one.
         self._indices: dict[str, dict[str, tuple[Key, ...]]] = {name: {} for name in self._indexers}
-        self._list_at_version = list_at_version
         self._log_throttle = LogThrottle()
         self._watch = watch_objects
         self._on_change = on_change
-        self._optional = optional
         self._on_availability = on_availability
         self._relist_period = relist_period
         self._watch_timeout = watch_timeout
@@ -124,7 +120,7 @@ class Informer:
             listing = version is None or time.monotonic() - listed_at >= self._relist_period
             try:
                 if listing:
-                    items, version = self._list(version or "0") if self._list_at_version else self._list()
+                    items, version = self._list(version or "0")
                     listed_at = time.monotonic()
                     self.lists += 1
                     self._replace(items)
@@ -138,15 +134,15 @@ class Informer:
                 log.info("watch expired; listing again", extra={"informer": self.name})
                 version = None
             except ApiError as err:
-                if err.status == 404 and self._optional:
+                if err.status == 404 and self._on_availability is not None:
                     self._set_available(False)
                     self._replace([])
                     self.synced.set()
                     version = None
                     stop.wait(self._absent_recheck)
                     continue
-                left_out = None if err.status == 0 else self._log_throttle.allow(err.status, time.monotonic())
-                if left_out is not None:  # no answer at all: Reachability says so, once per outage
+                left_out = self._log_throttle.allow_failure(err.status, err.status, time.monotonic())
+                if left_out is not None:
                     log.warning("list or watch failed; retrying (failures like it are logged once a minute)",
                                 extra={"informer": self.name, "status": err.status, "error": err.message,
                                        "listing": listing, "left_out_since_last_line": left_out})

@@ -26,3 +26,8 @@ class LogThrottle:
                 return None
             self._logged[kind] = now
             return self._since.pop(kind, 0)
+
+    def allow_failure(self, kind: Hashable, status: int, now: float) -> int | None:
+        """allow() for an API call that failed with `status`; never for 0, no answer at all, which Reachability
+        logs once per outage."""
+        return None if status == 0 else self.allow(kind, now)

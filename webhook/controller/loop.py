@@ -258,9 +258,8 @@ class GateController:
                 self._queue.forget(key)
             except ApiError as err:
                 delay = self._queue.add_rate_limited(key, err.retry_after)
-                left_out = None if err.status == 0 else self._log_throttle.allow(("reconcile", err.status),
-                                                                                 time.monotonic())
-                if left_out is not None:  # no answer at all: Reachability says so, once per outage
+                left_out = self._log_throttle.allow_failure(("reconcile", err.status), err.status, time.monotonic())
+                if left_out is not None:
                     log.warning("API call failed; will retry (failures like it are logged once a minute)", extra={
                         "namespace": key[0], "pod": key[1], "status": err.status, "error": err.message,
                         "retry_in_seconds": round(delay, 2), "left_out_since_last_line": left_out})
@@ -425,7 +424,7 @@ class GateController:
         permission is one line, not one per Event (no answer at all: Reachability says so)."""
         self.metrics.events.labels(outcome="failed").inc()
         status = err.status if isinstance(err, ApiError) else -1
-        left_out = None if status == 0 else self._log_throttle.allow(("event", status), time.monotonic())
+        left_out = self._log_throttle.allow_failure(("event", status), status, time.monotonic())
         if left_out is not None:
             log.warning("could not record an event (failures like it are counted, and logged once a minute)",
                         extra={"status": status, "error": getattr(err, "message", str(err)),
