@@ -121,8 +121,3 @@ class RateLimitingQueue:
         """A key is in line now or with a worker (keys waiting for their delay do not count)."""
         with self._cond:
             return bool(self._ready or self._processing)
-
-    def __len__(self) -> int:
-        """Keys in line or waiting for their delay; not the ones being processed."""
-        with self._cond:
-            return len(self._ready) + len(self._delayed)
