@@ -16,6 +16,7 @@ from webhook import kube, policy, workloads
 from webhook.catalog import Offender
 from webhook.cilium import is_cilium_taint
 from webhook.config import DEFAULT_AGENT_SELECTOR, DEFAULT_CILIUM_NAMESPACE, DEFAULT_REQUEST_TIMEOUT
+from webhook.controller.rules import has_gate
 from webhook.kube import ApiError, Kube, Target
 from webhook.policy import ExemptReason, PolicyConfig
 from webhook.report import dump_json, format_columns
@@ -169,10 +170,8 @@ def _gated_owners(pods: Sequence[Mapping[str, Any]], condition_type: str) -> Cou
     """Running pods that carry the readiness gate, by the uid of their controller (the gate at Pod CREATE)."""
     counts: Counter[str] = Counter()
     for pod in pods:
-        gates = (pod.get("spec") or {}).get("readinessGates") or []
         owner = workloads.controller_of(pod)
-        if owner is not None and any(isinstance(g, Mapping) and g.get("conditionType") == condition_type
-                                     for g in gates):
+        if owner is not None and has_gate(pod, condition_type):
             counts[str(owner.get("uid") or "")] += 1
     return counts
 

@@ -22,6 +22,7 @@ from webhook.controller.rules import (
     pod_facts,
     unmanaged_step,
 )
+from webhook.workloads import controller_of
 
 # A static pod's mirror carries this annotation (and a Node as owner); deleting it does not stop the kubelet's pod.
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
@@ -78,8 +79,7 @@ class OwnerFacts:
 def owner_facts(pod: Mapping[str, Any]) -> OwnerFacts:
     """What the pod itself says of its owner; the verdict needs the owner (owner_verdict)."""
     metadata = pod.get("metadata") or {}
-    refs = [o for o in metadata.get("ownerReferences") or [] if isinstance(o, Mapping) and o.get("controller")]
-    ref = refs[0] if refs else {}
+    ref = controller_of(pod) or {}
     owner = Owner(str(ref.get("kind") or ""), str(ref.get("name") or ""), str(ref.get("uid") or ""))
     mirror = MIRROR_ANNOTATION in (metadata.get("annotations") or {}) or owner.kind == "Node"
     return OwnerFacts(owner, mirror)

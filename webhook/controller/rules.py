@@ -230,8 +230,7 @@ def pod_facts(pod: Mapping[str, Any], condition_type: str) -> PodFacts:
         host_network=spec.get("hostNetwork") is True,
         started_at=parse_time(status.get("startTime")) or parse_time(metadata.get("creationTimestamp")),
         terminating=metadata.get("deletionTimestamp") is not None,
-        has_gate=any(g.get("conditionType") == condition_type for g in spec.get("readinessGates") or []
-                     if isinstance(g, Mapping)),
+        has_gate=has_gate(pod, condition_type),
         gate_true=is_gate_true(pod, condition_type),
         containers_started_at=containers_started_at(status),
     )
@@ -253,6 +252,12 @@ def reboot_time(before: str, after: str, heartbeat: float | None, now: float) ->
     if not before or not after or before == after:
         return None
     return heartbeat if heartbeat is not None and heartbeat <= now else now
+
+
+def has_gate(pod: Mapping[str, Any], condition_type: str) -> bool:
+    """spec.readinessGates names the gate condition."""
+    gates = (pod.get("spec") or {}).get("readinessGates") or []
+    return any(isinstance(g, Mapping) and g.get("conditionType") == condition_type for g in gates)
 
 
 def is_gate_true(pod: Mapping[str, Any], condition_type: str) -> bool:
