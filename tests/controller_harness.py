@@ -90,10 +90,6 @@ def evictions(fake: FakeKube) -> list[Request]:
     return fake.calls("POST", "/eviction$")
 
 
-def writes(fake: FakeKube) -> list[Request]:
-    return [r for r in fake.requests if r.method in ("POST", "PUT", "PATCH", "DELETE")]
-
-
 def events(fake: FakeKube, reason: str) -> list[dict[str, Any]]:
     return [e for e in fake.list("events.events.k8s.io") if e["reason"] == reason]
 

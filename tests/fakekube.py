@@ -241,7 +241,6 @@ class FakeKube:
 
     def start(self) -> FakeKube:
         self._server = _Server(("127.0.0.1", self._port), _handler_for(self))
-        self._server.daemon_threads = True
         self._port = int(self._server.server_address[1])  # a restart comes back on the same port
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fakekube",
                                         daemon=True)
@@ -472,7 +471,7 @@ class FakeKube:
             _check_secret(rt, body)
         obj = {**body, "metadata": dict(body.get("metadata") or {})} if share else copy.deepcopy(body)
         obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
-        metadata = obj["metadata"] if share else obj.setdefault("metadata", {})
+        metadata = obj.setdefault("metadata", {})  # with `share`, the copy made just above
         if rt.namespaced:
             if not namespace:
                 raise ApiError(400, "BadRequest", "the namespace of the object is required")
@@ -960,6 +959,11 @@ def _check_secret(rt: ResourceType, secret: dict[str, Any], old: dict[str, Any] 
 
 
 # --- authorization ---
+
+
+def writes(fake: FakeKube) -> list[Request]:
+    """The requests that wrote, in order."""
+    return [r for r in fake.requests if r.method in WRITES]
 
 
 def authorization(request: Request) -> tuple[str, str, str, str, str | None]:

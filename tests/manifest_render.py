@@ -43,12 +43,6 @@ def prepare(workdir: Path) -> Path:
     return target
 
 
-def render_overlays(manifests: Path) -> dict[str, list[Object]]:
-    """Every overlay, with the loader below: no process is started (test_manifests.py checks the loader against
-    `kubectl kustomize` in a slow test)."""
-    return {overlay: build(manifests / "overlays" / overlay) for overlay in OVERLAYS}
-
-
 def render(path: Path) -> list[Object]:
     return render_kubectl(path) if KUBECTL else build(path)
 

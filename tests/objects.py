@@ -176,9 +176,7 @@ AUDIT_RBAC = {
 RECYCLE_RBAC = {
     ("", "pods", "list"), ("", "pods", "get"), ("", "pods/eviction", "create"), ("", "nodes", "list"),
     ("cilium.io", "ciliumendpoints", "list"), ("cilium.io", "ciliumendpoints", "get"),
-    ("apps", "replicasets", "get"), ("apps", "statefulsets", "get"), ("apps", "daemonsets", "get"),
-    ("batch", "jobs", "get"),
-}
+} | OWNER_READS
 
 
 # What `certs --in-cluster` may do, as (namespace or "" for cluster-wide, apiGroup, resource, verb, resourceName or

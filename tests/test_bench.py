@@ -61,22 +61,14 @@ def test_check_refuses_an_answer_with_another_uid():
         bench._check_allowed({"uid": "other", "allowed": True}, "mine")
 
 
-def test_check_refuses_a_patch_that_keeps_the_blanket_toleration(tmp_path):
+@pytest.mark.parametrize("review, gates_at", [
+    pytest.param("daemonset", "/spec/template/spec/readinessGates", id="keeps-the-blanket-toleration"),
+    pytest.param("pod", "/spec/readinessGates", id="pod-without-the-gate-label"),
+])
+def test_check_refuses_a_patch_that_only_adds_the_gate(tmp_path, review, gates_at):
     bench = _bench_module()
-    ws = bench.Workspace.make(tmp_path)
-    gate_only = [{"op": "add", "path": "/spec/template/spec/readinessGates",
-                  "value": [{"conditionType": "startupguard.io/cilium-ready"}]}]
-    answer = {"uid": "u", "allowed": True, "patchType": "JSONPatch",
-              "patch": base64.b64encode(orjson.dumps(gate_only)).decode()}
-    with pytest.raises(bench.CheckFailed):
-        bench._check_patch(answer, "u", ws)
-
-
-def test_check_refuses_a_pod_patch_without_the_gate_label(tmp_path):
-    bench = _bench_module()
-    ws = bench.Workspace.make(tmp_path, bench.REVIEWS["pod"])
-    gate_only = [{"op": "add", "path": "/spec/readinessGates",
-                  "value": [{"conditionType": "startupguard.io/cilium-ready"}]}]
+    ws = bench.Workspace.make(tmp_path, bench.REVIEWS[review])
+    gate_only = [{"op": "add", "path": gates_at, "value": [{"conditionType": "startupguard.io/cilium-ready"}]}]
     answer = {"uid": "u", "allowed": True, "patchType": "JSONPatch",
               "patch": base64.b64encode(orjson.dumps(gate_only)).decode()}
     with pytest.raises(bench.CheckFailed):

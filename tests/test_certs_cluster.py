@@ -20,7 +20,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.fakekube import FakeKube, Request, authorization, is_granted
+from tests.fakekube import WRITES, FakeKube, Request, authorization, is_granted, writes
 from tests.manifest_render import ROOT, render
 from tests.objects import CERTS_JOB_GRANTS
 from webhook import certs, cli, cluster_certs
@@ -36,9 +36,6 @@ VALIDATING = "validatingwebhookconfigurations.admissionregistration.k8s.io"
 DAY = datetime.timedelta(days=1)
 NOW = datetime.datetime.now(datetime.UTC)
 SANS = certs.default_sans()
-WRITES = ("POST", "PUT", "PATCH", "DELETE")
-
-
 @pytest.fixture(autouse=True)
 def quiet_logging(monkeypatch: pytest.MonkeyPatch) -> None:
     # main() would otherwise point the root logger at this test's captured stderr for the rest of the run.
@@ -105,10 +102,6 @@ def ca_bundles(fake: FakeKube) -> dict[str, bytes | None]:
             value = hook["clientConfig"].get("caBundle")
             result[hook["name"]] = base64.b64decode(value) if value else None
     return result
-
-
-def writes(fake: FakeKube) -> list[Request]:
-    return [r for r in fake.requests if r.method in WRITES]
 
 
 def issued_by(cert_pem: bytes, ca_pem: bytes) -> bool:

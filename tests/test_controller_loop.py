@@ -23,9 +23,8 @@ from tests.controller_harness import (
     options,
     planned,
     wait_until,
-    writes,
 )
-from tests.fakekube import FakeKube, rbac_of
+from tests.fakekube import FakeKube, rbac_of, writes
 from tests.objects import CILIUM_NAMESPACE, CONTROLLER_RBAC, GATE, endpoint, gated_pod, node, stamp
 from webhook.controller.lease import LeaseConfig
 from webhook.controller.rules import Action, Timings

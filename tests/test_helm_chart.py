@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import re
-from pathlib import Path
 from typing import Any
 
 import helm_python
@@ -17,8 +16,7 @@ import yaml
 
 from tests import yamltext
 from tests.helm_render import CHART, render_chart
-from tests.installs import BY_NAME, MONITORING_VALUES, render_spec
-from tests.manifest_render import prepare
+from tests.installs import MONITORING_VALUES
 from tests.openapi import NEWEST
 from tests.test_manifests import (
     COMPONENT_GRANTS,
@@ -52,11 +50,6 @@ CORRESPONDING = [
     pytest.param(MONITORING_VALUES, "self-managed-job+monitoring", id="monitoring=overlay+components",
                  marks=pytest.mark.slow),
 ]
-
-
-@pytest.fixture(scope="module")
-def manifests(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return prepare(tmp_path_factory.mktemp("manifests"))
 
 
 def kinds(objects: list[Object], kind: str) -> list[Object]:
@@ -141,10 +134,9 @@ def test_schema_describes_every_default_value():
 # --- the same objects as the kustomize install ------------------------------------------------------------------
 
 @pytest.mark.parametrize("values, overlay", CORRESPONDING)
-def test_chart_renders_the_objects_of_the_corresponding_overlay_field_for_field(manifests, tmp_path, values,
-                                                                                overlay):
+def test_chart_renders_the_objects_of_the_corresponding_overlay_field_for_field(rendered_installs, values, overlay):
     chart = comparable(render_chart(values))
-    kustomize = comparable(render_spec(BY_NAME[overlay], manifests, tmp_path))
+    kustomize = comparable(rendered_installs[overlay])  # comparable() works on copies: the cache stays as it is
     assert sorted(chart) == sorted(kustomize)
     for identity in chart:
         assert chart[identity] == kustomize[identity], identity
