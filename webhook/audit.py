@@ -20,7 +20,7 @@ from webhook.controller.rules import has_gate
 from webhook.kube import ApiError, Kube, Target
 from webhook.policy import ExemptReason, PolicyConfig
 from webhook.report import dump_json, format_columns
-from webhook.unmanaged import Snapshot, owner_facts, situations, snapshot_unmanaged
+from webhook.unmanaged import Snapshot, namespaced_name, owner_facts, situations, snapshot_unmanaged
 from webhook.workloads import KINDS, Kind
 
 NOEXECUTE = "NoExecute"
@@ -229,18 +229,13 @@ def _by_owner(pods: Sequence[Mapping[str, Any]]) -> Counter[str]:
 
 def _unmanaged_pod(pod: Mapping[str, Any]) -> UnmanagedPod:
     owner = owner_facts(pod).owner
-    namespace, name = _key(pod)
+    namespace, name = namespaced_name(pod)
     return UnmanagedPod(namespace, name, str((pod.get("spec") or {}).get("nodeName") or ""), owner.kind or None,
                         owner.name or None)
 
 
-def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
-    metadata = obj.get("metadata") or {}
-    return str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
-
-
 def _ref(obj: Mapping[str, Any]) -> str:
-    return str(policy.ObjectRef(*_key(obj)))
+    return str(policy.ObjectRef(*namespaced_name(obj)))
 
 
 # --- output --------------------------------------------------------------------------------------------------

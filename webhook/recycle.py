@@ -5,6 +5,7 @@ owners and evicts through webhook.kube (never the client itself), and renders th
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from webhook.unmanaged import (
     Snapshot,
     owner_facts,
     owner_verdict,
+    plan_reading_owner,
     plan_unmanaged,
     selections,
     situations,
@@ -126,12 +128,9 @@ def find(client: Kube, options: RecycleOptions, now: float) -> list[Candidate]:
     owners: dict[tuple[str, str, str], str] = {}
     candidates = []
     for pod, situation in situations(snapshot, options.taint_key, options.gate_condition):
-        facts = owner_facts(pod)
-        step = plan_unmanaged(situation, facts, options.timings, now, include_bare=options.include_bare)
-        if step.action is Action.RECYCLE and facts.needs_reading:
-            verdict = _owner_verdict(client, options, situation.pod.namespace, facts.owner, owners)
-            facts = OwnerFacts(facts.owner, facts.mirror, verdict)
-            step = plan_unmanaged(situation, facts, options.timings, now, include_bare=options.include_bare)
+        read_verdict = functools.partial(_owner_verdict, client, options, situation.pod.namespace, seen=owners)
+        facts, step = plan_reading_owner(situation, owner_facts(pod), options.timings, now, read_verdict,
+                                         include_bare=options.include_bare)
         if step.action in (Action.RECYCLE, Action.REPORT):
             candidates.append(Candidate(situation, facts, step))
     return sorted(candidates, key=lambda c: (c.situation.pod.namespace, c.situation.pod.name))

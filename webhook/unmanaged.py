@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -126,6 +126,18 @@ def plan_unmanaged(situation: Situation, owner: OwnerFacts, timings: Timings, no
     return step if why_not is None else Plan(Action.REPORT, why_not)
 
 
+def plan_reading_owner(situation: Situation, owner: OwnerFacts, timings: Timings, now: float,
+                       read_verdict: Callable[[Owner], str], *,
+                       include_bare: bool = False) -> tuple[OwnerFacts, Plan]:
+    """plan_unmanaged, and when it would evict a pod whose owner must be read first (`owner.needs_reading`): the
+    owner's verdict from `read_verdict` (owner_verdict on the object read), and the plan again with it."""
+    step = plan_unmanaged(situation, owner, timings, now, include_bare=include_bare)
+    if step.action is Action.RECYCLE and owner.needs_reading:
+        owner = replace(owner, verdict=read_verdict(owner.owner))
+        step = plan_unmanaged(situation, owner, timings, now, include_bare=include_bare)
+    return owner, step
+
+
 def _why_not_evict(owner: OwnerFacts, include_bare: bool) -> str | None:
     if owner.mirror:
         return "mirror-pod"
@@ -158,7 +170,7 @@ class Snapshot:
 def situations(snapshot: Snapshot, taint_key: str, gate_condition: str) -> list[tuple[Mapping[str, Any], Situation]]:
     """Each pod with what the rules look at. A node's agent counts as ready since its Ready condition last turned
     True: a one-shot look has not watched it happen, as the controller has."""
-    endpoints = {_key(e): e for e in snapshot.endpoints}
+    endpoints = {namespaced_name(e): e for e in snapshot.endpoints}
     nodes = {str((n.get("metadata") or {}).get("name") or ""): n for n in snapshot.nodes}
     agents: dict[str, list[Mapping[str, Any]]] = {}
     for agent in snapshot.agents:
@@ -171,7 +183,7 @@ def situations(snapshot: Snapshot, taint_key: str, gate_condition: str) -> list[
             on_node = agents.get(f.node_name, [])
             state = agent_state(nodes.get(f.node_name), on_node, taint_key)
             facts[f.node_name] = NodeFacts(state, agent_ready_since(on_node) if state is AgentState.READY else None)
-        result.append((pod, Situation(pod=f, endpoint_state=endpoint_state(endpoints.get(_key(pod)), f.uid),
+        result.append((pod, Situation(pod=f, endpoint_state=endpoint_state(endpoints.get(namespaced_name(pod)), f.uid),
                                       node=facts[f.node_name])))
     return result
 
@@ -226,6 +238,6 @@ def selections(scope: PodScope, field_selector: str = "", *, labels: bool = True
 # --- the fields the decisions read, for a cache of every pod ---------------------------------------------------
 
 
-def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
+def namespaced_name(obj: Mapping[str, Any]) -> tuple[str, str]:
     metadata = obj.get("metadata") or {}
     return str(metadata.get("namespace") or ""), str(metadata.get("name") or "")

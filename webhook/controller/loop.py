@@ -38,7 +38,7 @@ from webhook.controller.summaries import (
 from webhook.controller.turns import EvictionTurns, LineChange, Turn
 from webhook.controller.workqueue import Key, RateLimitingQueue
 from webhook.kube import ApiError, Kube
-from webhook.unmanaged import is_unmanaged, owner_verdict, plan_unmanaged
+from webhook.unmanaged import is_unmanaged, owner_verdict, plan_reading_owner, plan_unmanaged
 
 __all__ = ["ControllerOptions", "GateController"]
 
@@ -384,12 +384,9 @@ class GateController:
         if gated:
             step = self._plan(situation, now)
         else:
-            owner = fresh.owner
-            step = plan_unmanaged(situation, owner, self.options.timings, now)
-            if step.action is Action.RECYCLE and owner.needs_reading:  # plan again with the owner read
-                found = kube.get_object(self._kube, kube.OWNER_RESOURCES[owner.owner.kind], key[0], owner.owner.name)
-                fresh = replace(fresh, owner=replace(owner, verdict=owner_verdict(owner.owner, found)))
-                step = plan_unmanaged(situation, fresh.owner, self.options.timings, now)
+            owner, step = plan_reading_owner(situation, fresh.owner, self.options.timings, now, lambda o: owner_verdict(
+                o, kube.get_object(self._kube, kube.OWNER_RESOURCES[o.kind], key[0], o.name)))
+            fresh = replace(fresh, owner=owner)
             self.books.planned(step)
         self._note(key, fresh, step)
         if step.action is not Action.RECYCLE:
