@@ -6,7 +6,7 @@ whether Cilium's operator restarts unmanaged pods itself. Pure and stdlib only; 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -24,11 +24,19 @@ def endpoint_state(endpoint: Mapping[str, Any] | None, pod_uid: str) -> str | No
     of the same name is stale (Cilium names endpoints after pods and sets the pod as owner)."""
     if endpoint is None:
         return None
+    return judge_endpoint(endpoint_pod_uids(endpoint), str((endpoint.get("status") or {}).get("state") or ""),
+                          pod_uid)
+
+
+def endpoint_pod_uids(endpoint: Mapping[str, Any]) -> list[str]:
+    """The uids of the pods that own the endpoint."""
     owners = (endpoint.get("metadata") or {}).get("ownerReferences") or []
-    pod_owners = [o for o in owners if isinstance(o, Mapping) and o.get("kind") == "Pod" and o.get("uid")]
-    if pod_owners and all(o.get("uid") != pod_uid for o in pod_owners):
-        return None
-    return str((endpoint.get("status") or {}).get("state") or "")
+    return [str(o["uid"]) for o in owners if isinstance(o, Mapping) and o.get("kind") == "Pod" and o.get("uid")]
+
+
+def judge_endpoint(pod_uids: Sequence[str], state: str, pod_uid: str) -> str | None:
+    """The rule of endpoint_state, from the endpoint's owning pods' uids and its state."""
+    return None if pod_uids and pod_uid not in pod_uids else state
 
 
 def agent_state(node: Mapping[str, Any] | None, agent_pods: Iterable[Mapping[str, Any]], taint_key: str) -> AgentState:

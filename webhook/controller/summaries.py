@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from webhook.cilium import AgentState, is_pod_ready, judge_agent
+from webhook.cilium import AgentState, endpoint_pod_uids, is_pod_ready, judge_agent, judge_endpoint
 from webhook.controller.rules import PodFacts, parse_time, pod_facts, reboot_time
 from webhook.unmanaged import Owner, OwnerFacts, owner_facts
 
@@ -63,9 +63,7 @@ class EndpointSummary:
     def state_for(self, pod_uid: str) -> str | None:
         """The state, or None when the endpoint belongs to an earlier pod of the same name (as
         webhook.cilium.endpoint_state)."""
-        if self.owner_uids and pod_uid not in self.owner_uids:
-            return None
-        return self.state
+        return judge_endpoint(self.owner_uids, self.state, pod_uid)
 
 
 def summarize_pod(pod: Mapping[str, Any], gate_condition: str) -> PodSummary:
@@ -90,9 +88,7 @@ def summarize_agent(pod: Mapping[str, Any]) -> AgentSummary:
 
 
 def summarize_endpoint(endpoint: Mapping[str, Any]) -> EndpointSummary:
-    owners = (endpoint.get("metadata") or {}).get("ownerReferences") or []
-    uids = tuple(shared(str(o["uid"])) for o in owners
-                 if isinstance(o, Mapping) and o.get("kind") == "Pod" and o.get("uid"))
+    uids = tuple(shared(uid) for uid in endpoint_pod_uids(endpoint))
     return EndpointSummary(owner_uids=uids, state=shared(str((endpoint.get("status") or {}).get("state") or "")))
 
 
